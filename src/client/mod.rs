@@ -1,0 +1,1 @@
+//! Origin and dest event loops (mux channels over one WebSocket). To be implemented.

@@ -1,0 +1,1 @@
+//! End-to-end mux protocol between origin and dest, sans-IO. To be implemented.

@@ -1,0 +1,1 @@
+//! The relay: session broker and zero-copy forwarder. To be implemented.

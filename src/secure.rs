@@ -1,0 +1,1 @@
+//! End-to-end security: token, admission value, Noise transport. To be implemented.
