@@ -1,1 +1,0 @@
-//! End-to-end mux protocol between origin and dest, sans-IO. To be implemented.
