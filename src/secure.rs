@@ -790,6 +790,19 @@ mod tests {
     }
 
     #[test]
+    fn nonce_exhaustion_is_an_error() {
+        let (mut d, mut o) = pair(TOKEN, TOKEN, &sid(16));
+        let c = seal(&mut d, b"m");
+        let State::Transport(ts) = &mut o.state else {
+            unreachable!()
+        };
+        // 2^64 - 1 is reserved by Noise; snow refuses to use it.
+        ts.set_receiving_nonce(u64::MAX);
+        assert_eq!(open(&mut o, &c), Err(Error::NonceExhausted));
+        assert!(o.is_failed());
+    }
+
+    #[test]
     fn phase_errors() {
         let s = sid(14);
         let mut d = Noise::new(Side::Dest, TOKEN, &s).unwrap();
