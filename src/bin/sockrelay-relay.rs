@@ -61,11 +61,14 @@ fn main() {
     let level = cli::level(m.opt_count("v"), m.opt_count("q"), m.opt_str("log-level").as_deref())
         .unwrap_or_else(|e| fail(e));
     let mut cfg = Config::default();
-    let port = match (m.opt_str("p").as_deref(), m.free.iter().map(String::as_str).collect::<Vec<_>>().as_slice()) {
-        (Some(_), [_, ..]) => fail("give the port either as -p or as an argument, not both".into()),
-        (_, [_, _, ..]) => fail(format!("unexpected arguments: {}", m.free[1..].join(" "))),
-        (Some(p), []) | (None, [p]) => p.parse::<u16>().unwrap_or_else(|_| fail(format!("{p:?} is not a port number"))),
-        (None, []) => DEFAULT_PORT,
+    let port_arg = m.opt_str("p");
+    let port = match (port_arg.as_deref(), m.free.first().map(String::as_str), m.free.len()) {
+        (_, _, 2..) => fail(format!("unexpected arguments: {}", m.free[1..].join(" "))),
+        (Some(_), Some(_), _) => fail("give the port either as -p or as an argument, not both".into()),
+        (Some(p), None, _) | (None, Some(p), _) => {
+            p.parse::<u16>().unwrap_or_else(|_| fail(format!("{p:?} is not a port number")))
+        }
+        (None, None, _) => DEFAULT_PORT,
     };
     let bind: IpAddr = match m.opt_str("b") {
         Some(b) => b
