@@ -46,19 +46,18 @@ fn xor_word(lane: &mut [u8], word: u64) {
     lane.copy_from_slice(&(u64::from_ne_bytes(w) ^ word).to_ne_bytes());
 }
 
-/// The obvious byte-wise version: the reference the word version is tested
-/// against, and the baseline the bench compares it with.
-pub fn apply_mask_bytewise(buf: &mut [u8], key: [u8; 4], offset: u64) {
-    for (i, b) in buf.iter_mut().enumerate() {
-        // (offset + i) % 4 without overflow for offsets near u64::MAX.
-        let pos = ((offset % 4) as usize + i % 4) % 4;
-        *b ^= key[pos];
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The obvious byte-wise version: the reference the word version is tested against.
+    fn apply_mask_bytewise(buf: &mut [u8], key: [u8; 4], offset: u64) {
+        for (i, b) in buf.iter_mut().enumerate() {
+            // (offset + i) % 4 without overflow for offsets near u64::MAX.
+            let pos = ((offset % 4) as usize + i % 4) % 4;
+            *b ^= key[pos];
+        }
+    }
 
     const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
 
