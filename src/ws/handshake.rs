@@ -107,7 +107,10 @@ impl std::error::Error for ClientError {}
 /// value; bytes after `consumed` are already WebSocket frames. An error
 /// response is only reported once its body (Content-Length, or up to 512
 /// bytes / connection close via `parse_response_eof`) is in.
-pub fn parse_response(_buf: &[u8], _expected_accept: &str) -> Result<Option<(Response, usize)>, ClientError> {
+pub fn parse_response(
+    _buf: &[u8],
+    _expected_accept: &str,
+) -> Result<Option<(Response, usize)>, ClientError> {
     todo!()
 }
 
