@@ -1,9 +1,9 @@
+//! sockrelay-dest: a local unix socket whose connections reach the origin's socket.
+//! See `sockrelay-dest --help` and docs/CLIENTS.md.
+
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if args.iter().any(|a| a == "--version" || a == "-V") {
-        println!("sockrelay-dest {}", sockrelay::cli::VERSION);
-        return;
-    }
-    eprintln!("sockrelay-dest: not implemented yet");
-    std::process::exit(2);
+    std::process::exit(sockrelay::client::args::main(
+        sockrelay::client::Side::Dest,
+        "sockrelay-dest",
+    ));
 }

@@ -1,9 +1,9 @@
+//! sockrelay-origin: offer a local unix socket (e.g. an ssh-agent) through a relay.
+//! See `sockrelay-origin --help` and docs/CLIENTS.md.
+
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if args.iter().any(|a| a == "--version" || a == "-V") {
-        println!("sockrelay-origin {}", sockrelay::cli::VERSION);
-        return;
-    }
-    eprintln!("sockrelay-origin: not implemented yet");
-    std::process::exit(2);
+    std::process::exit(sockrelay::client::args::main(
+        sockrelay::client::Side::Origin,
+        "sockrelay-origin",
+    ));
 }

@@ -1,0 +1,1136 @@
+//! The client event loop shared by origin and dest (one `mio::Poll`).
+//!
+//! Layers, outermost first: the relay WebSocket ([`WsConn`]) and the relay's
+//! control pings; the end-to-end layer (Noise, unless plaintext); the mux
+//! ([`Mux`], sans-IO); the unix sockets, one per channel. An *epoch* is one
+//! origin–dest pairing: it starts at `peer-joined` and ends when the peer
+//! leaves or the WebSocket drops; each epoch has a fresh Noise state, a
+//! fresh mux and fresh channel ids, and nothing crosses epochs.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use mio::net::{UnixListener, UnixStream};
+use mio::{Events, Interest, Poll, Token};
+use uuid::Uuid;
+
+use super::listen::{listen_private, PrivateSocket};
+use super::ws::{WsConn, WsEvent};
+use super::*;
+use crate::mux::{self, ChannelId, Mux};
+use crate::sys::{self, Signal, Signals};
+use crate::timer::Timers;
+use crate::ws::frame::OpCode;
+
+const SIGNALS: Token = Token(1);
+const LISTENER: Token = Token(2);
+/// WebSocket tokens: this bit plus the connection generation.
+const WS_BIT: usize = 1 << 62;
+/// Heartbeat check period.
+const TICK: Duration = Duration::from_secs(5);
+/// Close code we use when the peer's end-to-end stream fails.
+const CLOSE_E2E: u16 = 4401;
+
+/// Channel tokens: epoch generation in the high half, channel id in the
+/// low 32 bits. Ids are never reused within an epoch and the generation
+/// never repeats, so an event for a dead channel can never reach another.
+fn channel_token(epoch: u32, ch: ChannelId) -> Token {
+    Token(((epoch as usize) << 32) | ch as usize)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    Reconnect(u64),
+    ConnectDeadline(u64),
+    Tick(u64),
+    E2eDeadline(u32),
+    PendingExpiry,
+}
+
+/// End-to-end layer with one API whether or not the feature is built in.
+mod e2e {
+    use super::Side;
+    use uuid::Uuid;
+
+    #[cfg(feature = "e2e")]
+    pub struct E2e(crate::secure::Noise);
+    #[cfg(not(feature = "e2e"))]
+    pub enum E2e {}
+
+    #[cfg(feature = "e2e")]
+    impl E2e {
+        pub fn new(side: Side, token: &[u8], session: &Uuid) -> Result<E2e, String> {
+            let s = match side {
+                Side::Origin => crate::secure::Side::Origin,
+                Side::Dest => crate::secure::Side::Dest,
+            };
+            crate::secure::Noise::new(s, token, session)
+                .map(E2e)
+                .map_err(|e| e.to_string())
+        }
+        pub fn wants_to_send(&self) -> bool {
+            self.0.wants_to_send()
+        }
+        pub fn handshake_out(&mut self, out: &mut Vec<u8>) -> Result<(), String> {
+            self.0.handshake_out(out).map_err(|e| e.to_string())
+        }
+        pub fn handshake_in(&mut self, msg: &[u8]) -> Result<(), String> {
+            self.0.handshake_in(msg).map_err(|e| e.to_string())
+        }
+        pub fn is_established(&self) -> bool {
+            self.0.is_established()
+        }
+        pub fn seal(&mut self, p: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+            self.0.seal(p, out).map_err(|e| e.to_string())
+        }
+        pub fn open(&mut self, c: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+            self.0.open(c, out).map_err(|e| e.to_string())
+        }
+    }
+
+    #[cfg(not(feature = "e2e"))]
+    impl E2e {
+        pub fn new(_: Side, _: &[u8], _: &Uuid) -> Result<E2e, String> {
+            Err("built without the e2e feature".into())
+        }
+        pub fn wants_to_send(&self) -> bool {
+            match *self {}
+        }
+        pub fn handshake_out(&mut self, _: &mut Vec<u8>) -> Result<(), String> {
+            match *self {}
+        }
+        pub fn handshake_in(&mut self, _: &[u8]) -> Result<(), String> {
+            match *self {}
+        }
+        pub fn is_established(&self) -> bool {
+            match *self {}
+        }
+        pub fn seal(&mut self, _: &[u8], _: &mut Vec<u8>) -> Result<(), String> {
+            match *self {}
+        }
+        pub fn open(&mut self, _: &[u8], _: &mut Vec<u8>) -> Result<(), String> {
+            match *self {}
+        }
+    }
+}
+
+use e2e::E2e;
+
+struct Epoch {
+    gen: u32,
+    /// None in plaintext mode.
+    e2e: Option<E2e>,
+    /// Some once the end-to-end handshake is done (at once in plaintext).
+    mux: Option<Mux>,
+}
+
+/// One unix connection carrying one channel. Readiness is remembered
+/// because polling is edge-triggered and we stop reading for flow control.
+struct Conn {
+    sock: UnixStream,
+    readable: bool,
+    writable: bool,
+    read_eof: bool,
+}
+
+struct Link {
+    ws: WsConn,
+    gen: u64,
+    last_rx: Instant,
+    last_ping: Instant,
+}
+
+/// What ends a run: `Ok` on a signal, `Err` on a fatal refusal.
+type Stop = Result<(), Error>;
+
+pub struct Engine {
+    opts: Options,
+    session: Uuid,
+    admission: String,
+    poll: Poll,
+    timers: Timers<Timer>,
+    rng: Prng,
+    signals: Signals,
+    listener: Option<(PrivateSocket, UnixListener)>,
+    link: Option<Link>,
+    link_gen: u64,
+    backoff: Backoff,
+    upgraded_once: bool,
+    epoch: Option<Epoch>,
+    epoch_gen: u32,
+    conns: HashMap<ChannelId, Conn>,
+    /// Dest: unix connections waiting for the session (accepted at).
+    waiting: VecDeque<(UnixStream, Instant)>,
+    /// Channels to service this iteration.
+    dirty: Vec<ChannelId>,
+    /// Channels that still had input when their read budget ran out.
+    again: Vec<ChannelId>,
+    /// Some channel stopped reading because of the high-water mark.
+    hwm_hit: bool,
+    scratch: Vec<u8>,
+    plain: Vec<u8>,
+    sealed: Vec<u8>,
+    stop: Option<Stop>,
+}
+
+/// Run origin or dest until a signal (Ok) or a fatal error.
+pub fn run(opts: Options) -> Result<(), Error> {
+    let mut engine = Engine::new(opts)?;
+    engine.run()
+}
+
+impl Engine {
+    fn new(opts: Options) -> Result<Engine, Error> {
+        let local = |what: &str, e: io::Error| Error::Local(format!("{what}: {e}"));
+        let session = match (opts.side, opts.session) {
+            (_, Some(id)) => id,
+            (Side::Origin, None) => Uuid::new_v4(),
+            (Side::Dest, None) => return Err(Error::Local("dest needs a session id".into())),
+        };
+        let admission = admission(&opts.token, &session);
+        let poll = Poll::new().map_err(|e| local("epoll", e))?;
+        let mut signals = Signals::install().map_err(|e| local("signal handlers", e))?;
+        poll.registry()
+            .register(signals.source(), SIGNALS, Interest::READABLE)
+            .map_err(|e| local("register signals", e))?;
+        let listener = if opts.side == Side::Dest {
+            let sock = listen_private(&opts.socket).map_err(|e| Error::Local(e.to_string()))?;
+            let std_l = sock
+                .listener
+                .try_clone()
+                .map_err(|e| local("listener", e))?;
+            let mut l = UnixListener::from_std(std_l);
+            poll.registry()
+                .register(&mut l, LISTENER, Interest::READABLE)
+                .map_err(|e| local("register listener", e))?;
+            log::info!("listening on {}", opts.socket.display());
+            Some((sock, l))
+        } else {
+            if !opts.socket.exists() {
+                log::warn!(
+                    "{}: does not exist (yet); channels will fail until it does",
+                    opts.socket.display()
+                );
+            }
+            None
+        };
+        Ok(Engine {
+            opts,
+            session,
+            admission,
+            poll,
+            timers: Timers::new(),
+            rng: Prng::from_os(),
+            signals,
+            listener,
+            link: None,
+            link_gen: 0,
+            backoff: Backoff::default(),
+            upgraded_once: false,
+            epoch: None,
+            epoch_gen: 0,
+            conns: HashMap::new(),
+            waiting: VecDeque::new(),
+            dirty: Vec::new(),
+            again: Vec::new(),
+            hwm_hit: false,
+            scratch: vec![0u8; READ_CHUNK_BYTES],
+            plain: Vec::new(),
+            sealed: Vec::new(),
+            stop: None,
+        })
+    }
+
+    fn side(&self) -> Side {
+        self.opts.side
+    }
+
+    fn run(&mut self) -> Result<(), Error> {
+        let mut events = Events::with_capacity(256);
+        self.connect();
+        loop {
+            if let Some(stop) = self.stop.take() {
+                self.shutdown();
+                return stop;
+            }
+            let now = Instant::now();
+            let timeout = if self.again.is_empty() {
+                self.timers.timeout(now)
+            } else {
+                Some(Duration::ZERO)
+            };
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(Error::Local(format!("poll: {e}")));
+            }
+            self.dirty.append(&mut self.again);
+            for ev in events.iter() {
+                self.on_event(
+                    ev.token(),
+                    ev.is_readable() || ev.is_read_closed() || ev.is_error(),
+                    ev.is_writable() || ev.is_write_closed() || ev.is_error(),
+                );
+            }
+            self.fire_timers();
+            self.service_dirty();
+            self.flush();
+        }
+    }
+
+    /// Best-effort goodbye to the relay on a clean stop.
+    fn shutdown(&mut self) {
+        if let Some(link) = &mut self.link {
+            let why = match self.opts.side {
+                Side::Origin => "origin exiting",
+                Side::Dest => "dest exiting",
+            };
+            link.ws.close(1000, why, &mut self.rng);
+            let _ = link.ws.flush();
+        }
+        self.end_epoch("exiting");
+    }
+
+    fn on_event(&mut self, token: Token, readable: bool, writable: bool) {
+        match token {
+            SIGNALS => match self.signals.drain() {
+                Some(Signal::Terminate) => {
+                    log::info!("terminating on signal");
+                    self.stop = Some(Ok(()));
+                }
+                Some(Signal::Reload) => log::info!("SIGHUP ignored"),
+                None => {}
+            },
+            LISTENER => self.accept(),
+            Token(t) if t & WS_BIT != 0 => {
+                let gen = (t & !WS_BIT) as u64;
+                if self.link.as_ref().is_some_and(|l| l.gen == gen) {
+                    if writable {
+                        self.flush_ws();
+                    }
+                    if readable {
+                        self.read_ws();
+                    }
+                }
+            }
+            Token(t) => {
+                let (gen, ch) = ((t >> 32) as u32, t as u32);
+                if self.epoch.as_ref().is_some_and(|e| e.gen == gen) {
+                    if let Some(c) = self.conns.get_mut(&ch) {
+                        c.readable |= readable;
+                        c.writable |= writable;
+                        self.dirty.push(ch);
+                    }
+                }
+            }
+        }
+    }
+
+    // ---- relay link ---------------------------------------------------
+
+    fn connect(&mut self) {
+        self.link_gen += 1;
+        let gen = self.link_gen;
+        let addr: Option<SocketAddr> = (self.opts.relay.host.as_str(), self.opts.relay.port)
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next());
+        let Some(addr) = addr else {
+            self.link_failed(
+                format!("cannot resolve relay host {:?}", self.opts.relay.host),
+                None,
+            );
+            return;
+        };
+        let path = match self.side() {
+            Side::Origin => format!("/origin?id={}", self.session),
+            Side::Dest => format!("/dest?id={}", self.session),
+        };
+        let headers = [("Sockrelay-Admission", self.admission.as_str())];
+        let authority = self.opts.relay.authority();
+        let mut ws = match WsConn::connect(addr, &authority, &path, &headers, &mut self.rng) {
+            Ok(ws) => ws,
+            Err(e) => {
+                self.link_failed(format!("connect to relay {addr}: {e}"), None);
+                return;
+            }
+        };
+        if let Err(e) = self.poll.registry().register(
+            ws.source(),
+            Token(WS_BIT | gen as usize),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            self.link_failed(format!("register relay socket: {e}"), None);
+            return;
+        }
+        log::debug!("connecting to relay {addr}");
+        let now = Instant::now();
+        self.link = Some(Link {
+            ws,
+            gen,
+            last_rx: now,
+            last_ping: now,
+        });
+        self.timers
+            .schedule(now + CONNECT_TIMEOUT, Timer::ConnectDeadline(gen));
+    }
+
+    /// The link is gone or unusable: end the epoch and reconnect after
+    /// `delay` (None: the next backoff step). An origin that never got a
+    /// session stops instead: its user is waiting for the eval lines.
+    fn link_failed(&mut self, why: String, delay: Option<Duration>) {
+        if self.side() == Side::Origin && !self.upgraded_once {
+            self.stop = Some(Err(Error::Refused(why)));
+            self.link = None;
+            return;
+        }
+        self.drop_link();
+        let delay = delay.unwrap_or_else(|| self.backoff.next_delay());
+        log::warn!("{why}; reconnecting in {:.1} s", delay.as_secs_f64());
+        self.timers
+            .schedule(Instant::now() + delay, Timer::Reconnect(self.link_gen));
+    }
+
+    fn drop_link(&mut self) {
+        if let Some(mut link) = self.link.take() {
+            let _ = link.ws.flush();
+            let _ = self.poll.registry().deregister(link.ws.source());
+        }
+        self.end_epoch("relay connection lost");
+    }
+
+    /// Close the WebSocket ourselves (protocol failure) and reconnect.
+    fn abort_link(&mut self, code: u16, why: String) {
+        if let Some(link) = &mut self.link {
+            link.ws.close(code, &why, &mut self.rng);
+        }
+        self.link_failed(why, None);
+    }
+
+    fn flush_ws(&mut self) {
+        let Some(link) = &mut self.link else { return };
+        if let Err(e) = link.ws.flush() {
+            let why = format!("relay connection: {e}");
+            self.link_failed(why, None);
+        }
+    }
+
+    fn read_ws(&mut self) {
+        let Some(link) = &mut self.link else { return };
+        let mut events = Vec::new();
+        link.ws.read(&mut events, &mut self.rng);
+        if !events.is_empty() {
+            link.last_rx = Instant::now();
+        }
+        let gen = link.gen;
+        for ev in events {
+            // A handler may have replaced the link: stale events are moot.
+            if self.link.as_ref().map(|l| l.gen) != Some(gen) || self.stop.is_some() {
+                return;
+            }
+            self.on_ws_event(ev);
+        }
+        if let Some(link) = &mut self.link {
+            link.last_rx = Instant::now();
+        }
+    }
+
+    fn on_ws_event(&mut self, ev: WsEvent) {
+        match ev {
+            WsEvent::Upgraded(resp) => self.on_upgraded(resp),
+            WsEvent::Refused(err) => self.on_refused(err),
+            WsEvent::Binary(msg) => self.on_message(&msg),
+            WsEvent::Ping(payload) => {
+                self.on_control(&payload);
+                // Answer after acting on it: the relay takes the echoed
+                // peer-joined/peer-left as "anything after this is for the
+                // new peer".
+                if let Some(link) = &mut self.link {
+                    link.ws.send(OpCode::Pong, &payload, &mut self.rng);
+                }
+            }
+            WsEvent::Closed(code, reason) => self.on_closed(code, &reason),
+            WsEvent::Lost(why) => self.link_failed(why, None),
+            WsEvent::ProtocolError(why) => self.link_failed(why, None),
+        }
+    }
+
+    fn on_upgraded(&mut self, resp: crate::ws::handshake::Response) {
+        if let Some(id) = resp.header("sockrelay-session") {
+            if id != self.session.to_string().as_bytes() {
+                let why = format!(
+                    "relay assigned session {} instead of {}",
+                    String::from_utf8_lossy(id),
+                    self.session
+                );
+                self.stop = Some(Err(Error::Refused(why)));
+                return;
+            }
+        }
+        log::info!(
+            "{} session {} on relay {}",
+            if self.upgraded_once {
+                "resumed"
+            } else {
+                "joined"
+            },
+            self.session,
+            self.opts.relay.authority()
+        );
+        self.backoff.reset();
+        let first = !self.upgraded_once;
+        self.upgraded_once = true;
+        if let Some(link) = &self.link {
+            let gen = link.gen;
+            self.timers
+                .schedule(Instant::now() + TICK, Timer::Tick(gen));
+        }
+        if first {
+            self.announce();
+        }
+    }
+
+    fn on_refused(&mut self, err: crate::ws::handshake::ClientError) {
+        let status = err.status();
+        let text = err.to_string();
+        match (self.side(), status) {
+            (Side::Dest, Some(403)) => {
+                self.stop = Some(Err(Error::Refused(format!("wrong token ({text})"))));
+            }
+            (Side::Dest, Some(400 | 426)) => self.stop = Some(Err(Error::Refused(text))),
+            (Side::Dest, Some(404)) => self.link_failed(
+                format!(
+                    "session {} not found on relay: origin gone? ({text})",
+                    self.session
+                ),
+                None,
+            ),
+            (Side::Origin, Some(400 | 403 | 409 | 426)) => {
+                self.stop = Some(Err(Error::Refused(text)));
+            }
+            _ => self.link_failed(text, None),
+        }
+    }
+
+    fn on_closed(&mut self, code: Option<u16>, reason: &str) {
+        let c = code.map_or("no code".to_string(), |c| c.to_string());
+        match (self.side(), code) {
+            (Side::Dest, Some(4003)) => {
+                log::info!("origin reconnected; joining again");
+                self.link_failed(format!("relay closed ({c} {reason})"), Some(Duration::ZERO));
+            }
+            (Side::Dest, Some(4001)) => {
+                log::warn!("origin left ({reason})");
+                self.link_failed(format!("relay closed ({c} {reason})"), None);
+            }
+            (Side::Origin, Some(4002)) => {
+                self.stop = Some(Err(Error::Refused(format!(
+                    "another origin took over session {} ({reason})",
+                    self.session
+                ))));
+            }
+            _ => self.link_failed(format!("relay closed the connection ({c} {reason})"), None),
+        }
+    }
+
+    /// Relay control pings (README "Relay control messages").
+    fn on_control(&mut self, payload: &[u8]) {
+        let Ok(text) = std::str::from_utf8(payload) else {
+            return;
+        };
+        let Some(rest) = text.strip_prefix("sockrelay ") else {
+            return;
+        };
+        let (kind, args) = rest.split_once(' ').unwrap_or((rest, ""));
+        // Newer relays put a sequence number first; skip it if present.
+        let args = match args.split_once(' ') {
+            Some((seq, more)) if seq.parse::<u32>().is_ok() => more,
+            _ => args,
+        };
+        match kind {
+            "session" => log::debug!("relay confirms session {args}"),
+            "peer-joined" => {
+                match self.side() {
+                    Side::Origin => log::info!("dest joined from {args}"),
+                    Side::Dest => log::info!("paired with origin at {args}"),
+                }
+                self.start_epoch();
+            }
+            "peer-left" => {
+                log::info!("dest left ({args})");
+                self.end_epoch("dest left");
+            }
+            other => log::debug!("ignoring relay control message {other:?}"),
+        }
+    }
+
+    // ---- epochs -------------------------------------------------------
+
+    fn start_epoch(&mut self) {
+        self.end_epoch("new peer");
+        self.epoch_gen += 1;
+        let gen = self.epoch_gen;
+        let mut epoch = Epoch {
+            gen,
+            e2e: None,
+            mux: None,
+        };
+        if self.opts.plaintext {
+            epoch.mux = Some(Mux::new(self.side(), mux::Config::default()));
+            self.epoch = Some(epoch);
+            self.on_mux_ready();
+            return;
+        }
+        let mut e2e = match E2e::new(self.side(), self.opts.token.expose(), &self.session) {
+            Ok(n) => n,
+            Err(e) => {
+                self.stop = Some(Err(Error::Local(format!("end-to-end setup: {e}"))));
+                return;
+            }
+        };
+        if e2e.wants_to_send() {
+            let mut msg = Vec::new();
+            if let Err(e) = e2e.handshake_out(&mut msg) {
+                self.stop = Some(Err(Error::Local(format!("end-to-end handshake: {e}"))));
+                return;
+            }
+            if let Some(link) = &mut self.link {
+                link.ws.send(OpCode::Binary, &msg, &mut self.rng);
+            }
+        }
+        if self.side() == Side::Dest {
+            self.timers
+                .schedule(Instant::now() + E2E_TIMEOUT, Timer::E2eDeadline(gen));
+        }
+        epoch.e2e = Some(e2e);
+        self.epoch = Some(epoch);
+    }
+
+    /// Drop every channel of the current epoch (their unix connections
+    /// close) and the epoch itself.
+    fn end_epoch(&mut self, why: &str) {
+        if self.epoch.take().is_some() && !self.conns.is_empty() {
+            log::info!("closing {} channel(s): {why}", self.conns.len());
+        }
+        self.conns.clear();
+        self.dirty.clear();
+        self.again.clear();
+    }
+
+    /// The mux exists: the dest opens channels for waiting connections.
+    fn on_mux_ready(&mut self) {
+        while let Some((sock, _)) = self.waiting.pop_front() {
+            self.open_channel(sock);
+        }
+    }
+
+    fn on_message(&mut self, msg: &[u8]) {
+        let Some(epoch) = &mut self.epoch else {
+            log::debug!("dropping {} bytes that arrived with no peer", msg.len());
+            return;
+        };
+        let plain: &[u8] = match &mut epoch.e2e {
+            None => msg,
+            Some(e2e) if !e2e.is_established() => {
+                let res = e2e.handshake_in(msg).and_then(|()| {
+                    let mut out = Vec::new();
+                    if e2e.wants_to_send() {
+                        e2e.handshake_out(&mut out)?;
+                    }
+                    Ok(out)
+                });
+                match res {
+                    Ok(reply) => {
+                        if !reply.is_empty() {
+                            if let Some(link) = &mut self.link {
+                                link.ws.send(OpCode::Binary, &reply, &mut self.rng);
+                            }
+                        }
+                        if e2e.is_established() {
+                            log::info!("end-to-end encryption established");
+                            epoch.mux = Some(Mux::new(self.opts.side, mux::Config::default()));
+                            self.on_mux_ready();
+                        }
+                    }
+                    Err(e) => match self.opts.side {
+                        // The origin cannot tell the dest; it waits for a
+                        // fresh handshake (the dest times out and rejoins).
+                        Side::Origin => {
+                            log::warn!("{e}");
+                            self.start_epoch();
+                        }
+                        Side::Dest => self.abort_link(CLOSE_E2E, e),
+                    },
+                }
+                return;
+            }
+            Some(e2e) => {
+                self.plain.clear();
+                if let Err(e) = e2e.open(msg, &mut self.plain) {
+                    self.abort_link(CLOSE_E2E, e);
+                    return;
+                }
+                &self.plain
+            }
+        };
+        let Some(m) = &mut epoch.mux else { return };
+        if let Err(e) = m.recv_message(plain) {
+            log::error!("peer broke the mux protocol: {e}");
+            self.abort_link(e.close_code(), e.to_string());
+            return;
+        }
+        self.drain_mux_events();
+    }
+
+    fn drain_mux_events(&mut self) {
+        loop {
+            let Some(ev) = self
+                .epoch
+                .as_mut()
+                .and_then(|e| e.mux.as_mut())
+                .and_then(|m| m.poll_event())
+            else {
+                return;
+            };
+            match ev {
+                mux::Event::Ready { window } => log::debug!("peer ready, window {window}"),
+                mux::Event::Open(ch) => self.connect_channel(ch),
+                mux::Event::OpenOk(ch) => log::debug!("channel {ch} open"),
+                mux::Event::Closed(ch, reason) => {
+                    log::debug!("channel {ch} closed by peer: {reason}");
+                    if self.conns.remove(&ch).is_some() && self.side() == Side::Dest {
+                        log::warn!("connection closed: {reason}");
+                    }
+                }
+                mux::Event::Service(ch) => self.dirty.push(ch),
+            }
+        }
+    }
+
+    // ---- channels -----------------------------------------------------
+
+    /// Origin: connect the channel to the real socket.
+    fn connect_channel(&mut self, ch: ChannelId) {
+        let Some(epoch) = &mut self.epoch else { return };
+        let Some(m) = &mut epoch.mux else { return };
+        let path = &self.opts.socket;
+        let res = UnixStream::connect(path).and_then(|mut s| {
+            self.poll.registry().register(
+                &mut s,
+                channel_token(epoch.gen, ch),
+                Interest::READABLE | Interest::WRITABLE,
+            )?;
+            Ok(s)
+        });
+        match res {
+            Ok(sock) => {
+                log::debug!("channel {ch}: connected to {}", path.display());
+                m.accept_open(ch);
+                self.conns.insert(
+                    ch,
+                    Conn {
+                        sock,
+                        readable: true,
+                        writable: true,
+                        read_eof: false,
+                    },
+                );
+                self.dirty.push(ch);
+            }
+            Err(e) => {
+                let reason = format!("connect {}: {e}", path.display());
+                log::warn!("channel {ch}: {reason}");
+                m.reject_open(ch, &reason);
+            }
+        }
+    }
+
+    /// Dest: a new local connection.
+    fn accept(&mut self) {
+        loop {
+            let Some((_, l)) = &mut self.listener else {
+                return;
+            };
+            match l.accept() {
+                Ok((sock, _)) => {
+                    let ready = self.epoch.as_ref().is_some_and(|e| e.mux.is_some());
+                    if ready {
+                        self.open_channel(sock);
+                    } else if self.waiting.len() < MAX_PENDING_CONNS {
+                        log::debug!("connection waits for the session");
+                        let now = Instant::now();
+                        self.waiting.push_back((sock, now));
+                        self.timers
+                            .schedule(now + PENDING_CONN_TIMEOUT, Timer::PendingExpiry);
+                    } else {
+                        log::warn!("too many connections waiting for the session; closing one");
+                    }
+                }
+                Err(e) if sys::is_transient(&e) && e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log::warn!("accept: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn open_channel(&mut self, mut sock: UnixStream) {
+        let Some(epoch) = &mut self.epoch else { return };
+        let Some(m) = &mut epoch.mux else { return };
+        let ch = match m.open() {
+            Ok(ch) => ch,
+            Err(e) => {
+                log::warn!("cannot open channel: {e}");
+                return;
+            }
+        };
+        if let Err(e) = self.poll.registry().register(
+            &mut sock,
+            channel_token(epoch.gen, ch),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            m.close(ch, &format!("register: {e}"));
+            return;
+        }
+        log::debug!("channel {ch}: opened");
+        self.conns.insert(
+            ch,
+            Conn {
+                sock,
+                readable: true,
+                writable: true,
+                read_eof: false,
+            },
+        );
+        self.dirty.push(ch);
+    }
+
+    fn service_dirty(&mut self) {
+        if self.dirty.is_empty() {
+            return;
+        }
+        let mut dirty = std::mem::take(&mut self.dirty);
+        dirty.sort_unstable();
+        dirty.dedup();
+        for &ch in &dirty {
+            self.service(ch);
+        }
+        dirty.clear();
+        // Keep the allocation.
+        if self.dirty.is_empty() {
+            self.dirty = dirty;
+        }
+    }
+
+    /// Move bytes between one unix socket and the mux, as far as readiness,
+    /// windows and the high-water mark allow.
+    fn service(&mut self, ch: ChannelId) {
+        let Some(epoch) = &mut self.epoch else { return };
+        let Some(m) = &mut epoch.mux else { return };
+        let Some(conn) = self.conns.get_mut(&ch) else {
+            return;
+        };
+        if !m.contains(ch) {
+            self.conns.remove(&ch);
+            return;
+        }
+        // Peer → socket.
+        while conn.writable {
+            let p = m.pending(ch);
+            if p.is_empty() {
+                break;
+            }
+            match conn.sock.write(p) {
+                Ok(n) => m.consume(ch, n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => conn.writable = false,
+                Err(e) => {
+                    log::debug!("channel {ch}: write: {e}");
+                    m.close(ch, &format!("write: {e}"));
+                    self.conns.remove(&ch);
+                    return;
+                }
+            }
+        }
+        if m.wants_shutdown(ch) {
+            let _ = conn.sock.shutdown(Shutdown::Write);
+            m.eof_delivered(ch);
+        }
+        // Socket → peer, one batch worth per turn for fairness.
+        let queued = self.link.as_ref().map_or(0, |l| l.ws.out_len()) + m.queued_bytes();
+        if conn.readable && !conn.read_eof {
+            if queued >= HIGH_WATER_BYTES {
+                self.hwm_hit = true;
+            } else {
+                let mut budget = READ_CHUNK_BYTES;
+                loop {
+                    let n = m.send_window(ch).min(budget);
+                    if n == 0 {
+                        break;
+                    }
+                    match conn.sock.read(&mut self.scratch[..n]) {
+                        Ok(0) => {
+                            conn.read_eof = true;
+                            m.send_eof(ch);
+                            break;
+                        }
+                        Ok(k) => {
+                            m.send_data(ch, &self.scratch[..k]);
+                            budget -= k;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            conn.readable = false;
+                            break;
+                        }
+                        Err(e) => {
+                            log::debug!("channel {ch}: read: {e}");
+                            m.close(ch, &format!("read: {e}"));
+                            self.conns.remove(&ch);
+                            return;
+                        }
+                    }
+                }
+                if budget == 0 && conn.readable && !conn.read_eof {
+                    self.again.push(ch);
+                }
+            }
+        }
+        if !m.contains(ch) {
+            log::debug!("channel {ch}: finished");
+            self.conns.remove(&ch);
+        }
+    }
+
+    /// Turn queued mux batches into WebSocket messages and write.
+    fn flush(&mut self) {
+        if let (Some(epoch), Some(link)) = (&mut self.epoch, &mut self.link) {
+            if let Some(m) = &mut epoch.mux {
+                if link.ws.is_open() {
+                    while let Some(batch) = m.pop_batch() {
+                        match &mut epoch.e2e {
+                            None => link.ws.send(OpCode::Binary, &batch, &mut self.rng),
+                            Some(e2e) => {
+                                self.sealed.clear();
+                                if let Err(e) = e2e.seal(&batch, &mut self.sealed) {
+                                    self.stop =
+                                        Some(Err(Error::Local(format!("end-to-end seal: {e}"))));
+                                    return;
+                                }
+                                link.ws.send(OpCode::Binary, &self.sealed, &mut self.rng);
+                            }
+                        }
+                        m.recycle(batch);
+                    }
+                }
+            }
+        }
+        self.flush_ws();
+        // Below the low-water mark again: resume channels held back.
+        if self.hwm_hit {
+            let out = self.link.as_ref().map_or(0, |l| l.ws.out_len());
+            if out < HIGH_WATER_BYTES / 2 {
+                self.hwm_hit = false;
+                for (&ch, c) in &self.conns {
+                    if c.readable && !c.read_eof {
+                        self.again.push(ch);
+                    }
+                }
+            }
+        }
+    }
+
+    // ---- timers -------------------------------------------------------
+
+    fn fire_timers(&mut self) {
+        let now = Instant::now();
+        while let Some(t) = self.timers.pop_due(now) {
+            match t {
+                Timer::Reconnect(gen) if gen == self.link_gen && self.link.is_none() => {
+                    self.connect();
+                }
+                Timer::ConnectDeadline(gen) => {
+                    if self
+                        .link
+                        .as_ref()
+                        .is_some_and(|l| l.gen == gen && !l.ws.is_open())
+                    {
+                        self.link_failed(
+                            format!(
+                                "relay {} did not answer within {} s",
+                                self.opts.relay.authority(),
+                                CONNECT_TIMEOUT.as_secs()
+                            ),
+                            None,
+                        );
+                    }
+                }
+                Timer::Tick(gen) => self.tick(gen, now),
+                Timer::E2eDeadline(gen) => {
+                    let stuck = self
+                        .epoch
+                        .as_ref()
+                        .is_some_and(|e| e.gen == gen && e.mux.is_none());
+                    if stuck {
+                        self.abort_link(
+                            CLOSE_E2E,
+                            format!(
+                                "end-to-end handshake did not complete within {} s",
+                                E2E_TIMEOUT.as_secs()
+                            ),
+                        );
+                    }
+                }
+                Timer::PendingExpiry => {
+                    while let Some((_, at)) = self.waiting.front() {
+                        if now.duration_since(*at) < PENDING_CONN_TIMEOUT {
+                            break;
+                        }
+                        log::warn!(
+                            "closing a connection that waited {} s for the session",
+                            PENDING_CONN_TIMEOUT.as_secs()
+                        );
+                        self.waiting.pop_front();
+                    }
+                }
+                Timer::Reconnect(_) => {}
+            }
+        }
+    }
+
+    /// Heartbeat: ping when idle, give up when silent too long.
+    fn tick(&mut self, gen: u64, now: Instant) {
+        let Some(link) = &mut self.link else { return };
+        if link.gen != gen {
+            return;
+        }
+        let silent = now.duration_since(link.last_rx);
+        if silent >= DEAD_AFTER {
+            let why = format!("relay silent for {} s", silent.as_secs());
+            self.link_failed(why, None);
+            return;
+        }
+        if silent >= PING_INTERVAL && now.duration_since(link.last_ping) >= PING_INTERVAL {
+            link.ws.send(OpCode::Ping, b"", &mut self.rng);
+            link.last_ping = now;
+        }
+        self.timers.schedule(now + TICK, Timer::Tick(gen));
+    }
+
+    // ---- announcing ---------------------------------------------------
+
+    /// The session is ready: print the eval lines (and fork, if asked).
+    fn announce(&mut self) {
+        let mut lines = String::new();
+        match self.side() {
+            Side::Origin => {
+                lines.push_str(&format!(
+                    "SOCKRELAY_SESSION={}; export SOCKRELAY_SESSION;\n",
+                    self.session
+                ));
+            }
+            Side::Dest => {
+                if self.opts.print_env {
+                    lines.push_str(&format!(
+                        "SSH_AUTH_SOCK={}; export SSH_AUTH_SOCK;\n",
+                        shell_quote(&self.opts.socket.to_string_lossy())
+                    ));
+                }
+            }
+        }
+        let pid_var = match self.side() {
+            Side::Origin => "SOCKRELAY_PID",
+            Side::Dest => "SOCKRELAY_DEST_PID",
+        };
+        if self.opts.background {
+            match daemonize() {
+                Ok(Some(child)) => {
+                    lines.push_str(&format!("{pid_var}={child}; export {pid_var};\n"));
+                    let mut out = io::stdout().lock();
+                    let _ = out.write_all(lines.as_bytes());
+                    let _ = out.flush();
+                    // SAFETY: _exit(2) ends the parent without running
+                    // destructors, which would otherwise send a WebSocket
+                    // close on the connection the child now owns.
+                    unsafe { libc::_exit(0) };
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.stop = Some(Err(Error::Local(format!("fork: {e}"))));
+                }
+            }
+        } else {
+            let mut out = io::stdout().lock();
+            let _ = out.write_all(lines.as_bytes());
+            let _ = out.flush();
+        }
+    }
+}
+
+/// Fork: `Ok(Some(pid))` in the parent, `Ok(None)` in the child, which
+/// becomes a session leader with stdin and stdout on /dev/null (so that
+/// `eval "$(sockrelay-origin ...)"` returns once the parent exits).
+fn daemonize() -> io::Result<Option<i32>> {
+    let _ = io::stdout().flush();
+    // SAFETY: this process is single-threaded (one mio loop, no helper
+    // threads), so the child's copy of the only thread holds no locks that
+    // another thread could have taken. The child keeps every fd, and epoll
+    // registrations belong to the shared open file descriptions, so its
+    // loop continues unchanged; the parent only prints and calls _exit.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid > 0 {
+        return Ok(Some(pid));
+    }
+    // SAFETY: setsid, open, dup2 and close on fds we own, in the child.
+    unsafe {
+        libc::setsid();
+        let fd = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        if fd >= 0 {
+            libc::dup2(fd, 0);
+            libc::dup2(fd, 1);
+            if fd > 2 {
+                libc::close(fd);
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Quote for POSIX sh when needed.
+pub fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-+,:@%".contains(&b))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(shell_quote("/tmp/a.sock"), "/tmp/a.sock");
+        assert_eq!(shell_quote("/tmp/a b"), "'/tmp/a b'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+    }
+
+    #[test]
+    fn channel_tokens_never_collide_with_fixed_ones() {
+        let t = channel_token(1, 1);
+        assert!(t.0 > LISTENER.0 && t.0 & WS_BIT == 0);
+        assert_ne!(channel_token(1, 5), channel_token(2, 5));
+    }
+}

@@ -1,0 +1,326 @@
+//! The client end of one WebSocket to the relay, over a non-blocking mio
+//! `TcpStream`: TCP connect, HTTP upgrade, frame decoding into messages and
+//! control frames, and an output buffer of masked frames.
+//!
+//! Like the sans-IO cores it reports what happened as [`WsEvent`]s and never
+//! decides policy (reconnect, what a ping means): that is the engine's job.
+
+use std::io::{self, Write};
+use std::net::SocketAddr;
+
+use mio::net::TcpStream;
+
+use super::{Prng, MAX_WS_MESSAGE_BYTES};
+use crate::sys;
+use crate::ws::frame::{self, Decoder, Event as FrameEvent, OpCode, Role};
+use crate::ws::handshake::{self, ClientError, Response};
+
+/// Input buffer: one full batch-sized frame plus headers fits at once.
+const IN_BUF_BYTES: usize = 96 * 1024;
+
+#[derive(Debug)]
+enum State {
+    /// TCP connect in progress; the upgrade request is queued in `out`.
+    Connecting,
+    /// Request sent; waiting for the 101.
+    Upgrading {
+        accept: String,
+    },
+    Open,
+    /// We failed or closed; nothing more is decoded.
+    Done,
+}
+
+/// What reading the connection produced.
+#[derive(Debug)]
+pub enum WsEvent {
+    /// The relay answered 101.
+    Upgraded(Response),
+    /// The relay answered something else (status when it was HTTP).
+    Refused(ClientError),
+    /// A complete binary message.
+    Binary(Vec<u8>),
+    /// A ping; the engine answers it (after acting on it).
+    Ping(Vec<u8>),
+    /// The relay closed the WebSocket (code, reason); we already answered.
+    Closed(Option<u16>, String),
+    /// The TCP connection ended or failed.
+    Lost(String),
+    /// The relay violated RFC 6455; we sent a close with the matching code.
+    ProtocolError(String),
+}
+
+pub struct WsConn {
+    sock: TcpStream,
+    peer: SocketAddr,
+    state: State,
+    /// Sec-WebSocket-Accept to expect, until the request goes out.
+    pending_accept: String,
+    inbuf: Box<[u8]>,
+    in_len: usize,
+    dec: Decoder,
+    /// The data message being reassembled (normally one frame).
+    msg: Vec<u8>,
+    msg_is_binary: bool,
+    out: Vec<u8>,
+    out_pos: usize,
+    tcp_connected: bool,
+}
+
+impl WsConn {
+    /// Start a connection to `addr`; the upgrade request for `host` and
+    /// `path_and_query` is sent once TCP connects.
+    pub fn connect(
+        addr: SocketAddr,
+        host: &str,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+        rng: &mut Prng,
+    ) -> io::Result<WsConn> {
+        let sock = TcpStream::connect(addr)?;
+        let (req, accept) = handshake::client_request(host, path_and_query, headers, rng.key16());
+        Ok(WsConn {
+            sock,
+            peer: addr,
+            state: State::Connecting,
+            pending_accept: accept,
+            inbuf: vec![0u8; IN_BUF_BYTES].into_boxed_slice(),
+            in_len: 0,
+            dec: Decoder::new(Role::Client, MAX_WS_MESSAGE_BYTES),
+            msg: Vec::new(),
+            msg_is_binary: false,
+            // The upgrade request waits here until the connect completes.
+            out: req,
+            out_pos: 0,
+            tcp_connected: false,
+        })
+    }
+
+    pub fn source(&mut self) -> &mut TcpStream {
+        &mut self.sock
+    }
+
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    pub fn is_open(&self) -> bool {
+        matches!(self.state, State::Open)
+    }
+
+    /// Bytes queued and not yet written to the socket.
+    pub fn out_len(&self) -> usize {
+        self.out.len() - self.out_pos
+    }
+
+    /// Queue one unfragmented frame, masked (we are the client).
+    pub fn send(&mut self, opcode: OpCode, payload: &[u8], rng: &mut Prng) {
+        if matches!(self.state, State::Done) {
+            return;
+        }
+        self.compact_out();
+        frame::encode_frame(&mut self.out, true, opcode, Some(rng.mask()), payload);
+    }
+
+    /// Queue a close frame; nothing more will be decoded.
+    pub fn close(&mut self, code: u16, reason: &str, rng: &mut Prng) {
+        if matches!(self.state, State::Open) {
+            self.compact_out();
+            frame::encode_close(&mut self.out, Some(rng.mask()), code, reason);
+        }
+        self.state = State::Done;
+    }
+
+    fn compact_out(&mut self) {
+        if self.out_pos > 0 && self.out_pos == self.out.len() {
+            self.out.clear();
+            self.out_pos = 0;
+        } else if self.out_pos > 64 * 1024 && self.out_pos * 2 > self.out.len() {
+            self.out.drain(..self.out_pos);
+            self.out_pos = 0;
+        }
+    }
+
+    /// Write queued bytes until done or `WouldBlock`. While TCP is still
+    /// connecting this first checks whether the connect finished.
+    pub fn flush(&mut self) -> io::Result<()> {
+        if !self.tcp_connected {
+            if let Some(e) = self.sock.take_error()? {
+                return Err(e);
+            }
+            match self.sock.peer_addr() {
+                Ok(_) => {
+                    self.tcp_connected = true;
+                    let _ = self.sock.set_nodelay(true);
+                    if matches!(self.state, State::Connecting) {
+                        let accept = std::mem::take(&mut self.pending_accept);
+                        self.state = State::Upgrading { accept };
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        while self.out_pos < self.out.len() {
+            match self.sock.write(&self.out[self.out_pos..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.out_pos += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        if self.out_pos == self.out.len() {
+            self.out.clear();
+            self.out_pos = 0;
+            if self.out.capacity() > 256 * 1024 {
+                self.out = Vec::new();
+            }
+        }
+        Ok(())
+    }
+
+    /// Read until `WouldBlock`, appending what it yields to `events`.
+    /// Stops after a terminal event (`Refused`, `Closed`, `Lost`,
+    /// `ProtocolError`).
+    pub fn read(&mut self, events: &mut Vec<WsEvent>, rng: &mut Prng) {
+        if !self.tcp_connected {
+            // A readable event can mean a failed connect.
+            if let Err(e) = self.flush() {
+                events.push(WsEvent::Lost(format!("connect to {}: {e}", self.peer)));
+                self.state = State::Done;
+                return;
+            }
+            if !self.tcp_connected {
+                return;
+            }
+        }
+        loop {
+            if matches!(self.state, State::Done) {
+                return;
+            }
+            let (n, eof) = match sys::read_some(&mut self.sock, &mut self.inbuf[self.in_len..]) {
+                Ok(r) => r,
+                Err(e) => {
+                    events.push(WsEvent::Lost(format!("read from relay: {e}")));
+                    self.state = State::Done;
+                    return;
+                }
+            };
+            self.in_len += n;
+            let was_full = self.in_len == self.inbuf.len();
+            self.process(events, rng);
+            if matches!(self.state, State::Done) {
+                return;
+            }
+            if eof {
+                let ev = match &self.state {
+                    State::Upgrading { .. } => {
+                        WsEvent::Refused(handshake::parse_response_eof(&self.inbuf[..self.in_len]))
+                    }
+                    _ => WsEvent::Lost("relay closed the connection".into()),
+                };
+                events.push(ev);
+                self.state = State::Done;
+                return;
+            }
+            if !was_full {
+                // read_some stopped at WouldBlock.
+                return;
+            }
+        }
+    }
+
+    /// Decode everything complete in `inbuf[..in_len]`, then shift the rest
+    /// to the front.
+    fn process(&mut self, events: &mut Vec<WsEvent>, rng: &mut Prng) {
+        let mut pos = 0;
+        if let State::Upgrading { accept } = &self.state {
+            match handshake::parse_response(&self.inbuf[..self.in_len], accept) {
+                Ok(None) => {
+                    if self.in_len == self.inbuf.len() {
+                        events.push(WsEvent::Refused(ClientError::TooLarge));
+                        self.state = State::Done;
+                    }
+                    return;
+                }
+                Ok(Some((resp, consumed))) => {
+                    pos = consumed;
+                    self.state = State::Open;
+                    events.push(WsEvent::Upgraded(resp));
+                }
+                Err(e) => {
+                    events.push(WsEvent::Refused(e));
+                    self.state = State::Done;
+                    return;
+                }
+            }
+        }
+        while matches!(self.state, State::Open) && pos < self.in_len {
+            let (ev, used) = match self.dec.decode(&mut self.inbuf[pos..self.in_len]) {
+                Ok(Some(x)) => x,
+                Ok(None) => break,
+                Err(e) => {
+                    let text = format!("relay broke the WebSocket protocol: {e}");
+                    self.close(e.close_code(), "protocol error", rng);
+                    events.push(WsEvent::ProtocolError(text));
+                    return;
+                }
+            };
+            match ev {
+                FrameEvent::DataHeader(h) => {
+                    if h.opcode != OpCode::Continuation {
+                        self.msg.clear();
+                        self.msg_is_binary = h.opcode == OpCode::Binary;
+                    }
+                    if h.payload_len == 0 && h.fin {
+                        self.message_done(events);
+                    }
+                }
+                FrameEvent::Payload {
+                    len, message_done, ..
+                } => {
+                    self.msg.extend_from_slice(&self.inbuf[pos..pos + len]);
+                    if message_done {
+                        self.message_done(events);
+                    }
+                }
+                FrameEvent::Control(h) => {
+                    let end = pos + used;
+                    let payload = &self.inbuf[end - h.payload_len as usize..end];
+                    match h.opcode {
+                        OpCode::Ping => events.push(WsEvent::Ping(payload.to_vec())),
+                        OpCode::Pong => {}
+                        _ => {
+                            let (code, reason) = match frame::parse_close(payload) {
+                                Ok(Some((c, r))) => (Some(c), r.to_string()),
+                                _ => (None, String::new()),
+                            };
+                            // Answer the close (RFC 6455 §5.5.1) and stop.
+                            self.compact_out();
+                            frame::encode_close(
+                                &mut self.out,
+                                Some(rng.mask()),
+                                code.unwrap_or(1000),
+                                "",
+                            );
+                            self.state = State::Done;
+                            events.push(WsEvent::Closed(code, reason));
+                        }
+                    }
+                }
+            }
+            pos += used;
+        }
+        self.inbuf.copy_within(pos..self.in_len, 0);
+        self.in_len -= pos;
+    }
+
+    fn message_done(&mut self, events: &mut Vec<WsEvent>) {
+        let msg = std::mem::take(&mut self.msg);
+        // Text messages are not part of our protocol: ignore them.
+        if self.msg_is_binary {
+            events.push(WsEvent::Binary(msg));
+        }
+    }
+}
