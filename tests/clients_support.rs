@@ -1,0 +1,427 @@
+//! Helpers shared by the client integration tests (`#[path]`-included by
+//! tests/clients.rs and tests/ssh_agent.rs; as a test crate of its own it
+//! has no tests). Everything has a timeout so that no test can hang.
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+pub const RELAY: &str = env!("CARGO_BIN_EXE_sockrelay-relay");
+pub const ORIGIN: &str = env!("CARGO_BIN_EXE_sockrelay-origin");
+pub const DEST: &str = env!("CARGO_BIN_EXE_sockrelay-dest");
+pub const TOKEN: &str = "test-token-0123456789abcdef";
+
+/// Poll `cond` every 20 ms until it holds or `timeout` passes.
+pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A unique temporary directory, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        // Short: unix socket paths are limited to 107 bytes.
+        let p = std::env::temp_dir().join(format!("sr-{tag}-{}-{n}-{nanos:x}", std::process::id()));
+        fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process killed on drop, its stderr in a log file.
+pub struct Proc {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
+        wait_for(timeout, || self.log_text().contains(needle))
+    }
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+    /// Wait for exit (bounded); the exit code, or None on timeout/signal.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let end = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st.code();
+            }
+            if Instant::now() >= end {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+    /// Resident set size from /proc, bytes.
+    pub fn rss(&self) -> u64 {
+        rss_of(self.child.id())
+    }
+}
+
+pub fn rss_of(pid: u32) -> u64 {
+    let s = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|k| k.parse::<u64>().ok())
+        .map_or(0, |k| k * 1024)
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.is_running() {
+            self.signal(libc::SIGTERM);
+            if self.wait_exit(Duration::from_secs(3)).is_none() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+    }
+}
+
+fn spawn(bin: &str, args: &[&str], envs: &[(&str, &str)], log: PathBuf, stdout: Stdio) -> Child {
+    let mut cmd = Command::new(bin);
+    cmd.args(args)
+        .env_remove("SOCKRELAY_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(fs::File::create(&log).unwrap());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.spawn().unwrap_or_else(|e| panic!("spawn {bin}: {e}"))
+}
+
+pub struct Relay {
+    pub proc: Proc,
+    pub port: u16,
+}
+
+impl Relay {
+    /// Start a relay on a free loopback port (`-p 0`), or on `port`.
+    pub fn start(dir: &TempDir, port: u16) -> Relay {
+        let log = dir.path(&format!(
+            "relay-{}.log",
+            Instant::now().elapsed().as_nanos()
+        ));
+        let p = port.to_string();
+        let child = spawn(
+            RELAY,
+            &["-p", &p, "-b", "127.0.0.1"],
+            &[],
+            log.clone(),
+            Stdio::null(),
+        );
+        let proc = Proc { child, log };
+        let mut port = port;
+        let ok = wait_for(Duration::from_secs(10), || {
+            let t = proc.log_text();
+            if let Some(i) = t.find("listening on 127.0.0.1:") {
+                let rest = &t[i + "listening on 127.0.0.1:".len()..];
+                let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+                if let Ok(n) = digits.parse() {
+                    port = n;
+                    return true;
+                }
+            }
+            false
+        });
+        assert!(ok, "relay did not start: {}", proc.log_text());
+        Relay { proc, port }
+    }
+}
+
+pub struct Origin {
+    pub proc: Proc,
+    pub session: String,
+}
+
+impl Origin {
+    pub fn start(dir: &TempDir, port: u16, socket: &Path, extra: &[&str]) -> Origin {
+        Self::try_start(dir, port, socket, extra, TOKEN).expect("origin printed its session")
+    }
+
+    /// Start an origin; Err(log) if it exits before printing the session.
+    pub fn try_start(
+        dir: &TempDir,
+        port: u16,
+        socket: &Path,
+        extra: &[&str],
+        token: &str,
+    ) -> Result<Origin, (Option<i32>, String)> {
+        let log = dir.path(&format!("origin-{}.log", unique()));
+        let p = port.to_string();
+        let mut args: Vec<&str> = extra.to_vec();
+        args.extend(["127.0.0.1", &p, socket.to_str().unwrap()]);
+        let child = spawn(
+            ORIGIN,
+            &args,
+            &[("SOCKRELAY_TOKEN", token)],
+            log.clone(),
+            Stdio::piped(),
+        );
+        let mut proc = Proc { child, log };
+        let stdout = proc.child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(Duration::from_secs(15)).unwrap_or_default();
+        let session = line
+            .strip_prefix("SOCKRELAY_SESSION=")
+            .and_then(|r| r.split(';').next())
+            .map(str::to_string);
+        match session {
+            Some(session) => Ok(Origin { proc, session }),
+            None => {
+                let code = proc.wait_exit(Duration::from_secs(5));
+                Err((code, proc.log_text()))
+            }
+        }
+    }
+}
+
+pub struct Dest {
+    pub proc: Proc,
+    pub socket: PathBuf,
+}
+
+impl Dest {
+    /// Start a dest and wait until its session is end-to-end ready.
+    pub fn start(dir: &TempDir, port: u16, session: &str, socket: &Path, extra: &[&str]) -> Dest {
+        let d = Self::spawn(dir, port, session, socket, extra, TOKEN);
+        let ready = if extra.contains(&"--insecure-plaintext") {
+            "paired with origin"
+        } else {
+            "end-to-end encryption established"
+        };
+        assert!(
+            d.proc.wait_log(ready, Duration::from_secs(15)),
+            "dest not ready: {}",
+            d.proc.log_text()
+        );
+        d
+    }
+
+    pub fn spawn(
+        dir: &TempDir,
+        port: u16,
+        session: &str,
+        socket: &Path,
+        extra: &[&str],
+        token: &str,
+    ) -> Dest {
+        let log = dir.path(&format!("dest-{}.log", unique()));
+        let p = port.to_string();
+        let mut args: Vec<&str> = extra.to_vec();
+        args.extend(["127.0.0.1", &p, session, socket.to_str().unwrap()]);
+        let child = spawn(
+            DEST,
+            &args,
+            &[("SOCKRELAY_TOKEN", token)],
+            log.clone(),
+            Stdio::null(),
+        );
+        Dest {
+            proc: Proc { child, log },
+            socket: socket.to_path_buf(),
+        }
+    }
+}
+
+pub fn unique() -> usize {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Connect with a timeout-guarded socket.
+pub fn connect(path: &Path) -> UnixStream {
+    let s = UnixStream::connect(path).unwrap_or_else(|e| panic!("connect {}: {e}", path.display()));
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
+    s
+}
+
+/// A unix echo server in a thread: each connection echoes until EOF, then
+/// half-closes. Connections whose first byte is b'S' are never read
+/// (a stalled reader) and kept open until the server is dropped.
+pub struct EchoServer {
+    pub path: PathBuf,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl EchoServer {
+    pub fn start(path: &Path) -> EchoServer {
+        let l = std::os::unix::net::UnixListener::bind(path).unwrap();
+        l.set_nonblocking(true).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop2 = stop.clone();
+        std::thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((s, _)) => {
+                        let stop3 = stop2.clone();
+                        std::thread::spawn(move || serve(s, stop3));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        EchoServer {
+            path: path.to_path_buf(),
+            stop,
+        }
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+fn serve(mut s: UnixStream, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    s.set_nonblocking(false).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut first = [0u8; 1];
+    match s.read(&mut first) {
+        Ok(1) if first[0] == b'S' => {
+            // A stalled reader: hold the connection, never read.
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            return;
+        }
+        Ok(1) => {
+            if s.write_all(&first).is_err() {
+                return;
+            }
+        }
+        Ok(_) => {
+            let _ = s.shutdown(std::net::Shutdown::Write);
+            return;
+        }
+        Err(_) => return,
+    }
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if s.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+            Err(_) => return,
+        }
+    }
+    let _ = s.shutdown(std::net::Shutdown::Write);
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Send `data` on a fresh connection and read the echo back (a writer
+/// thread and this reader run concurrently); returns what came back.
+pub fn echo_roundtrip(path: &Path, data: Vec<u8>) -> Vec<u8> {
+    let s = connect(path);
+    let mut w = s.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        w.write_all(&data).unwrap();
+        w.shutdown(std::net::Shutdown::Write).unwrap();
+    });
+    let mut got = Vec::new();
+    let mut r = s;
+    r.read_to_end(&mut got).unwrap();
+    writer.join().unwrap();
+    got
+}
+
+/// Everything a test needs: relay, echo server as the origin's socket,
+/// origin, dest.
+pub struct Chain {
+    pub dir: TempDir,
+    pub relay: Relay,
+    pub echo: Option<EchoServer>,
+    pub origin: Origin,
+    pub dest: Dest,
+}
+
+impl Chain {
+    pub fn start(tag: &str, extra: &[&str]) -> Chain {
+        let dir = TempDir::new(tag);
+        let relay = Relay::start(&dir, 0);
+        let echo = EchoServer::start(&dir.path("echo.sock"));
+        let origin = Origin::start(&dir, relay.port, &echo.path, extra);
+        let dest = Dest::start(
+            &dir,
+            relay.port,
+            &origin.session,
+            &dir.path("dest.sock"),
+            extra,
+        );
+        Chain {
+            dir,
+            relay,
+            echo: Some(echo),
+            origin,
+            dest,
+        }
+    }
+}
