@@ -1,0 +1,158 @@
+//! A real ssh-agent through relay + origin + dest: list, public keys,
+//! signatures, and 50 concurrent clients. Skipped (with a message) when
+//! OpenSSH's tools are not installed.
+
+#[path = "clients_support.rs"]
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use support::*;
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Run with SSH_AUTH_SOCK set, bounded by `timeout(1)`.
+fn with_agent(sock: &Path, cmd: &[&str]) -> Output {
+    Command::new("timeout")
+        .arg("20")
+        .args(cmd)
+        .env("SSH_AUTH_SOCK", sock)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn ssh_agent_through_the_relay() {
+    if !["ssh-agent", "ssh-add", "ssh-keygen", "timeout"]
+        .iter()
+        .all(|t| have(t))
+    {
+        eprintln!("SKIPPED: OpenSSH client tools not installed");
+        return;
+    }
+    let dir = TempDir::new("agent");
+    let agent_sock = dir.path("agent.sock");
+    // ssh-agent -D: foreground, so it is our child and dies with the test.
+    let agent = Proc {
+        child: Command::new("ssh-agent")
+            .args(["-D", "-a"])
+            .arg(&agent_sock)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+        log: dir.path("agent.log"),
+    };
+    assert!(wait_for(Duration::from_secs(5), || agent_sock.exists()));
+    let key = dir.path("id_ed25519");
+    let out = Command::new("ssh-keygen")
+        .args([
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            "sockrelay-test",
+            "-f",
+        ])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let out = with_agent(&agent_sock, &["ssh-add", key.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let fingerprint = String::from_utf8(
+        Command::new("ssh-keygen")
+            .arg("-lf")
+            .arg(&key)
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let fingerprint = fingerprint.split_whitespace().nth(1).unwrap().to_string();
+    let pubkey_path = dir.path("id_ed25519.pub");
+    let pubkey = std::fs::read_to_string(&pubkey_path).unwrap();
+
+    let relay = Relay::start(&dir, 0);
+    let origin = Origin::start(&dir, relay.port, &agent_sock, &[]);
+    let dest = Dest::start(&dir, relay.port, &origin.session, &dir.path("d.sock"), &[]);
+    let sock = &dest.socket;
+
+    let out = with_agent(sock, &["ssh-add", "-l"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains(&fingerprint),
+        "{out:?}"
+    );
+
+    let out = with_agent(sock, &["ssh-add", "-L"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let key_b64 = pubkey.split_whitespace().nth(1).unwrap();
+    assert!(out.status.success() && text.contains(key_b64), "{out:?}");
+
+    // Sign through the relayed agent, verify locally.
+    let file = dir.path("message.txt");
+    std::fs::write(&file, b"signed through sockrelay\n").unwrap();
+    let out = with_agent(
+        sock,
+        &[
+            "ssh-keygen",
+            "-Y",
+            "sign",
+            "-f",
+            pubkey_path.to_str().unwrap(),
+            "-n",
+            "file",
+            file.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let sig = dir.path("message.txt.sig");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ssh-keygen -Y check-novalidate -n file -f {} -s {} < {}",
+            pubkey_path.display(),
+            sig.display(),
+            file.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+
+    // 50 concurrent clients.
+    let children: Vec<_> = (0..50)
+        .map(|_| {
+            Command::new("timeout")
+                .args(["20", "ssh-add", "-l"])
+                .env("SSH_AUTH_SOCK", sock)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut ok = 0;
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        if out.status.success() && String::from_utf8_lossy(&out.stdout).contains(&fingerprint) {
+            ok += 1;
+        } else {
+            eprintln!("failed: {out:?}");
+        }
+    }
+    assert_eq!(ok, 50);
+    drop(agent);
+}
