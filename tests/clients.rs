@@ -81,8 +81,8 @@ fn half_close_each_direction_is_independent() {
         s.shutdown(Shutdown::Write).unwrap();
         got
     });
-    let origin = Origin::start(&dir, relay.port, &srv_path, &[]);
-    let dest = Dest::start(&dir, relay.port, &origin.session, &dir.path("d.sock"), &[]);
+    let origin = Origin::start(&dir, relay.port, &srv_path, &["-v"]);
+    let dest = Dest::start(&dir, relay.port, &origin.session, &dir.path("d.sock"), &["-v"]);
     let mut c = connect(&dest.socket);
     let mut banner = [0u8; 6];
     c.read_exact(&mut banner).unwrap();
@@ -96,7 +96,13 @@ fn half_close_each_direction_is_independent() {
     assert_eq!(server.join().unwrap().len(), 300_000);
     // Both directions done: both sides forget the channel.
     drop(c);
-    assert!(origin.proc.wait_log("", Duration::ZERO));
+    for p in [&origin.proc, &dest.proc] {
+        assert!(
+            p.wait_log("channel 1: finished", Duration::from_secs(5)),
+            "{}",
+            p.log_text()
+        );
+    }
 }
 
 #[test]
