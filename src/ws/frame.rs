@@ -405,6 +405,8 @@ impl Decoder {
     }
 
     /// True while inside a fragmented message (a non-fin data frame was seen).
+    /// It stays true until the payload of the message's final frame has been
+    /// yielded.
     pub fn in_message(&self) -> bool {
         self.in_message
     }
