@@ -56,7 +56,10 @@ fn main() {
         "relay.example.org:8080",
         "/dest?id=6f1d2c3e-8a4b-4c5d-9e6f-7a8b9c0d1e2f",
         &[
-            ("Sockrelay-Admission", "Zm9vYmFyYmF6cXV4cXV1eGNvcmdlZ3JhdWx0"),
+            (
+                "Sockrelay-Admission",
+                "Zm9vYmFyYmF6cXV4cXV1eGNvcmdlZ3JhdWx0",
+            ),
             ("User-Agent", "sockrelay-dest/0.1.0"),
         ],
         key,
@@ -87,14 +90,24 @@ fn main() {
         measure("response_101 + session header", resp_101.len(), || {
             black_box(response_101(black_box(&ws_key), black_box(&session_hdr)));
         }),
-        measure("error_response 403", error_response(403, "wrong admission value").len(), || {
-            black_box(error_response(black_box(403), black_box("wrong admission value")));
-        }),
+        measure(
+            "error_response 403",
+            error_response(403, "wrong admission value").len(),
+            || {
+                black_box(error_response(
+                    black_box(403),
+                    black_box("wrong admission value"),
+                ));
+            },
+        ),
         measure("client_request", dest_request.len(), || {
             black_box(client_request(
                 black_box("relay.example.org:8080"),
                 black_box("/dest?id=6f1d2c3e-8a4b-4c5d-9e6f-7a8b9c0d1e2f"),
-                black_box(&[("Sockrelay-Admission", "Zm9vYmFyYmF6cXV4cXV1eGNvcmdlZ3JhdWx0")]),
+                black_box(&[(
+                    "Sockrelay-Admission",
+                    "Zm9vYmFyYmF6cXV4cXV1eGNvcmdlZ3JhdWx0",
+                )]),
                 black_box(key),
             ));
         }),

@@ -4,9 +4,7 @@
 //! (a request or a reject) every longer prefix gets the very same answer, so
 //! the relay may parse again on each read without changing its mind.
 use libfuzzer_sys::fuzz_target;
-use sockrelay::ws::handshake::{
-    error_response, parse_request, response_101, MAX_HEADER_BYTES,
-};
+use sockrelay::ws::handshake::{error_response, parse_request, response_101, MAX_HEADER_BYTES};
 
 fuzz_target!(|data: &[u8]| {
     let mut decided = None;
