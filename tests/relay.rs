@@ -666,3 +666,68 @@ fn churn_does_not_disturb_a_long_lived_session() {
     let (_, body) = relay.get("/metrics");
     assert!(body.contains("sockrelay_sessions 1\n"), "{body}");
 }
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces) start at ") ".
+    let rest = &stat[stat.rfind(") ").unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap() // utime + stime
+}
+
+#[test]
+fn running_out_of_file_descriptors_neither_spins_nor_crashes() {
+    use std::os::unix::process::CommandExt;
+    let relay = Relay::spawn(&["-p", "0", "-b", "127.0.0.1", "-v"], |cmd| {
+        // SAFETY: only async-signal-safe setrlimit between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                let lim = libc::rlimit {
+                    rlim_cur: 40,
+                    rlim_max: 40,
+                };
+                libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+                Ok(())
+            });
+        }
+    });
+    let (mut origin, mut dest, _) = pair(&relay);
+    // Far more connections than descriptors: the rest wait in the backlog.
+    let flood: Vec<TcpStream> = (0..80)
+        .filter_map(|_| TcpStream::connect(relay.addr).ok())
+        .collect();
+    assert!(
+        relay.wait_log("accept failed", Duration::from_secs(5)),
+        "{}",
+        relay.log()
+    );
+    let pid = relay.child.id();
+    let before = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_secs(1));
+    let used = cpu_ticks(pid) - before;
+    // Clock ticks are 10 ms: a spinning loop would burn ~100 per second.
+    assert!(
+        used < 30,
+        "relay used {used} ticks in 1 s while out of descriptors"
+    );
+    // The paired session keeps working meanwhile.
+    origin
+        .send(Message::binary(b"still flowing".to_vec()))
+        .unwrap();
+    assert_eq!(next_msg(&mut dest).into_data().as_ref(), b"still flowing");
+    drop(flood);
+    // Once descriptors free up, the relay serves new requests again.
+    let end = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, body) = relay.get("/metrics");
+        if status == 200 {
+            assert!(
+                !body.contains("sockrelay_accept_errors_total 0\n"),
+                "{body}"
+            );
+            break;
+        }
+        assert!(Instant::now() < end, "relay did not recover");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
