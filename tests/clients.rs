@@ -126,7 +126,7 @@ fn stalled_channel_does_not_slow_another_and_memory_stays_bounded() {
     let before = rtt(200);
     // A stalled channel: the server never reads it; the client pushes
     // 100 MiB in a thread (it blocks once the windows are full).
-    let mut stalled = connect(&c.dest.socket);
+    let stalled = connect(&c.dest.socket);
     stalled.set_write_timeout(None).unwrap();
     let mut w = stalled.try_clone().unwrap();
     let pusher = std::thread::spawn(move || {
