@@ -82,7 +82,13 @@ fn half_close_each_direction_is_independent() {
         got
     });
     let origin = Origin::start(&dir, relay.port, &srv_path, &["-v"]);
-    let dest = Dest::start(&dir, relay.port, &origin.session, &dir.path("d.sock"), &["-v"]);
+    let dest = Dest::start(
+        &dir,
+        relay.port,
+        &origin.session,
+        &dir.path("d.sock"),
+        &["-v"],
+    );
     let mut c = connect(&dest.socket);
     let mut banner = [0u8; 6];
     c.read_exact(&mut banner).unwrap();
@@ -460,4 +466,43 @@ fn probe_throughput() {
             eprintln!("{extra:?} {len} bytes echoed in {:?}", t.elapsed());
         }
     }
+}
+
+#[test]
+fn heartbeat_keeps_an_idle_link_and_detects_a_frozen_relay() {
+    // Scaled-down intervals (hidden test knob): ping after 200 ms idle,
+    // dead after 400 ms of silence.
+    let c = Chain::start_env("heartbeat", &[], &[("SOCKRELAY_TEST_PING_MS", "200")]);
+    // Idle for many intervals: pings are answered, nothing is dropped.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        !c.origin.proc.log_text().contains("silent"),
+        "{}",
+        c.origin.proc.log_text()
+    );
+    assert!(
+        !c.dest.proc.log_text().contains("silent"),
+        "{}",
+        c.dest.proc.log_text()
+    );
+    assert_eq!(echo_roundtrip(&c.dest.socket, b"idle".to_vec()), b"idle");
+    // A frozen relay (SIGSTOP): both notice and start reconnecting.
+    c.relay.proc.signal(libc::SIGSTOP);
+    let noticed = c
+        .origin
+        .proc
+        .wait_log("relay silent", Duration::from_secs(5))
+        && c.dest.proc.wait_log("relay silent", Duration::from_secs(5));
+    c.relay.proc.signal(libc::SIGCONT);
+    assert!(
+        noticed,
+        "{}\n{}",
+        c.origin.proc.log_text(),
+        c.dest.proc.log_text()
+    );
+    // And they come back.
+    assert!(wait_for(Duration::from_secs(20), || {
+        std::os::unix::net::UnixStream::connect(&c.dest.socket).is_ok()
+            && echo_roundtrip(&c.dest.socket, b"back".to_vec()) == b"back"
+    }));
 }

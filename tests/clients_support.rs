@@ -192,17 +192,24 @@ impl Origin {
         extra: &[&str],
         token: &str,
     ) -> Result<Origin, (Option<i32>, String)> {
+        Self::try_start_env(dir, port, socket, extra, token, &[])
+    }
+
+    pub fn try_start_env(
+        dir: &TempDir,
+        port: u16,
+        socket: &Path,
+        extra: &[&str],
+        token: &str,
+        env: &[(&str, &str)],
+    ) -> Result<Origin, (Option<i32>, String)> {
         let log = dir.path(&format!("origin-{}.log", unique()));
         let p = port.to_string();
         let mut args: Vec<&str> = extra.to_vec();
         args.extend(["127.0.0.1", &p, socket.to_str().unwrap()]);
-        let child = spawn(
-            ORIGIN,
-            &args,
-            &[("SOCKRELAY_TOKEN", token)],
-            log.clone(),
-            Stdio::piped(),
-        );
+        let mut envs = vec![("SOCKRELAY_TOKEN", token)];
+        envs.extend_from_slice(env);
+        let child = spawn(ORIGIN, &args, &envs, log.clone(), Stdio::piped());
         let mut proc = Proc { child, log };
         let stdout = proc.child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
@@ -234,7 +241,18 @@ pub struct Dest {
 impl Dest {
     /// Start a dest and wait until its session is end-to-end ready.
     pub fn start(dir: &TempDir, port: u16, session: &str, socket: &Path, extra: &[&str]) -> Dest {
-        let d = Self::spawn(dir, port, session, socket, extra, TOKEN);
+        Self::start_env(dir, port, session, socket, extra, &[])
+    }
+
+    pub fn start_env(
+        dir: &TempDir,
+        port: u16,
+        session: &str,
+        socket: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Dest {
+        let d = Self::spawn_env(dir, port, session, socket, extra, TOKEN, env);
         let ready = if extra.contains(&"--insecure-plaintext") {
             "paired with origin"
         } else {
@@ -256,17 +274,25 @@ impl Dest {
         extra: &[&str],
         token: &str,
     ) -> Dest {
+        Self::spawn_env(dir, port, session, socket, extra, token, &[])
+    }
+
+    pub fn spawn_env(
+        dir: &TempDir,
+        port: u16,
+        session: &str,
+        socket: &Path,
+        extra: &[&str],
+        token: &str,
+        env: &[(&str, &str)],
+    ) -> Dest {
         let log = dir.path(&format!("dest-{}.log", unique()));
         let p = port.to_string();
         let mut args: Vec<&str> = extra.to_vec();
         args.extend(["127.0.0.1", &p, session, socket.to_str().unwrap()]);
-        let child = spawn(
-            DEST,
-            &args,
-            &[("SOCKRELAY_TOKEN", token)],
-            log.clone(),
-            Stdio::null(),
-        );
+        let mut envs = vec![("SOCKRELAY_TOKEN", token)];
+        envs.extend_from_slice(env);
+        let child = spawn(DEST, &args, &envs, log.clone(), Stdio::null());
         Dest {
             proc: Proc { child, log },
             socket: socket.to_path_buf(),
@@ -405,16 +431,23 @@ pub struct Chain {
 
 impl Chain {
     pub fn start(tag: &str, extra: &[&str]) -> Chain {
+        Self::start_env(tag, extra, &[])
+    }
+
+    /// Like `start`, with extra environment for origin and dest.
+    pub fn start_env(tag: &str, extra: &[&str], env: &[(&str, &str)]) -> Chain {
         let dir = TempDir::new(tag);
         let relay = Relay::start(&dir, 0);
         let echo = EchoServer::start(&dir.path("echo.sock"));
-        let origin = Origin::start(&dir, relay.port, &echo.path, extra);
-        let dest = Dest::start(
+        let origin = Origin::try_start_env(&dir, relay.port, &echo.path, extra, TOKEN, env)
+            .expect("origin printed its session");
+        let dest = Dest::start_env(
             &dir,
             relay.port,
             &origin.session,
             &dir.path("dest.sock"),
             extra,
+            env,
         );
         Chain {
             dir,

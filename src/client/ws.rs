@@ -65,6 +65,8 @@ pub struct WsConn {
     out: Vec<u8>,
     out_pos: usize,
     tcp_connected: bool,
+    /// Last time any byte arrived (pongs included): the liveness signal.
+    last_rx: std::time::Instant,
 }
 
 impl WsConn {
@@ -93,6 +95,7 @@ impl WsConn {
             out: req,
             out_pos: 0,
             tcp_connected: false,
+            last_rx: std::time::Instant::now(),
         })
     }
 
@@ -102,6 +105,11 @@ impl WsConn {
 
     pub fn peer(&self) -> SocketAddr {
         self.peer
+    }
+
+    /// When bytes last arrived from the relay.
+    pub fn last_rx(&self) -> std::time::Instant {
+        self.last_rx
     }
 
     pub fn is_open(&self) -> bool {
@@ -207,6 +215,9 @@ impl WsConn {
                     return;
                 }
             };
+            if n > 0 {
+                self.last_rx = std::time::Instant::now();
+            }
             self.in_len += n;
             let was_full = self.in_len == self.inbuf.len();
             self.process(events, rng);
