@@ -389,7 +389,8 @@ impl Engine {
     /// session stops instead: its user is waiting for the eval lines.
     fn link_failed(&mut self, why: String, delay: Option<Duration>) {
         if self.side() == Side::Origin && !self.upgraded_once {
-            self.stop = Some(Err(Error::Refused(why)));
+            let relay = self.opts.relay.authority();
+            self.stop = Some(Err(Error::Local(format!("relay {relay}: {why}"))));
             self.link = None;
             return;
         }
@@ -497,7 +498,12 @@ impl Engine {
 
     fn on_refused(&mut self, err: crate::ws::handshake::ClientError) {
         let status = err.status();
-        let text = err.to_string();
+        let full = err.to_string();
+        // "relay refused: 409 Conflict: ..." reads better than "relay refused: relay answered 409 ...".
+        let text = full
+            .strip_prefix("relay answered ")
+            .unwrap_or(&full)
+            .to_string();
         match (self.side(), status) {
             (Side::Dest, Some(403)) => {
                 self.stop = Some(Err(Error::Refused(format!("wrong token ({text})"))));
@@ -510,6 +516,9 @@ impl Engine {
                 ),
                 None,
             ),
+            (Side::Origin, Some(_)) if !self.upgraded_once => {
+                self.stop = Some(Err(Error::Refused(text)));
+            }
             (Side::Origin, Some(400 | 403 | 409 | 426)) => {
                 self.stop = Some(Err(Error::Refused(text)));
             }
