@@ -731,3 +731,158 @@ fn running_out_of_file_descriptors_neither_spins_nor_crashes() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+#[test]
+fn listens_on_ipv6_with_the_seed_port_form() {
+    // `sockrelay-relay PORT` (the seed's form) with an IPv6 bind address.
+    let relay = Relay::spawn(&["0", "-b", "::1", "-v"], |_| {});
+    assert!(relay.addr.is_ipv6(), "{}", relay.addr);
+    let (mut origin, mut dest, _) = pair(&relay);
+    origin.send(Message::binary(b"over ::1".to_vec())).unwrap();
+    assert_eq!(next_msg(&mut dest).into_data().as_ref(), b"over ::1");
+}
+
+#[test]
+fn separate_origin_and_dest_listeners() {
+    let relay = Relay::spawn(
+        &[
+            "--origin-listen",
+            "127.0.0.1:0",
+            "--dest-listen",
+            "127.0.0.1:0",
+            "-v",
+        ],
+        |_| {},
+    );
+    // The first "listening on" line is the origin listener; find the other.
+    assert!(relay.wait_log("(dests only)", Duration::from_secs(5)));
+    let log = relay.log();
+    let dest_addr: std::net::SocketAddr = log
+        .lines()
+        .find(|l| l.contains("(dests only)"))
+        .and_then(|l| l.split("listening on ").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let origin_addr = relay.addr;
+    assert!(
+        log.contains(&format!("listening on {origin_addr} (origins only)")),
+        "{log}"
+    );
+    let (mut origin, id) = connect(origin_addr, "/origin", Some("s")).unwrap();
+    let id = id.unwrap();
+    // Dests are not served on the origin port, nor origins on the dest port.
+    assert_eq!(
+        status_of(connect(origin_addr, &format!("/dest?id={id}"), Some("s")).unwrap_err()),
+        404
+    );
+    assert_eq!(
+        status_of(connect(dest_addr, "/origin", Some("s")).unwrap_err()),
+        404
+    );
+    let (mut dest, _) = connect(dest_addr, &format!("/dest?id={id}"), Some("s")).unwrap();
+    wait_ping(&mut origin, "sockrelay peer-joined ");
+    dest.send(Message::binary(b"split ports".to_vec())).unwrap();
+    assert_eq!(next_msg(&mut origin).into_data().as_ref(), b"split ports");
+}
+
+#[test]
+fn origin_keys_restrict_who_opens_sessions_and_reload_on_sighup() {
+    let dir = common::temp_dir("origin-keys");
+    let keys = dir.join("keys");
+    std::fs::write(&keys, "# accepted origins\nalpha-key\n").unwrap();
+    let relay = Relay::start(&["--origin-keys", keys.to_str().unwrap()]);
+    let open = |key: Option<&str>| {
+        let url = format!("ws://{}/origin", relay.addr);
+        let mut req = url.into_client_request().unwrap();
+        req.headers_mut()
+            .insert("Sockrelay-Admission", "adm".parse().unwrap());
+        if let Some(k) = key {
+            req.headers_mut()
+                .insert("Sockrelay-Origin-Key", k.parse().unwrap());
+        }
+        let stream = TcpStream::connect(relay.addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        match tungstenite::client::client(req, stream) {
+            Ok(_) => 101,
+            Err(tungstenite::HandshakeError::Failure(WsError::Http(r))) => r.status().as_u16(),
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(open(Some("alpha-key")), 101);
+    assert_eq!(open(Some("beta-key")), 403);
+    assert_eq!(open(None), 403);
+    std::fs::write(&keys, "beta-key\n").unwrap();
+    relay.signal(libc::SIGHUP);
+    assert!(relay.wait_log("reloaded 1 origin keys", Duration::from_secs(5)));
+    assert_eq!(open(Some("beta-key")), 101);
+    assert_eq!(open(Some("alpha-key")), 403);
+    let (_, body) = relay.get("/metrics");
+    assert!(body.contains("origin_not_allowed\"} 3"), "{body}");
+    // A broken reload keeps the old keys.
+    std::fs::remove_file(&keys).unwrap();
+    relay.signal(libc::SIGHUP);
+    assert!(relay.wait_log("keeping the old origin keys", Duration::from_secs(5)));
+    assert_eq!(open(Some("beta-key")), 101);
+}
+
+#[test]
+fn pending_limit_answers_503_and_frees_up() {
+    let relay = Relay::start(&["--max-pending", "3"]);
+    let idle: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(relay.addr).unwrap())
+        .collect();
+    assert!(relay.wait_log("connection from", Duration::from_secs(5)));
+    std::thread::sleep(Duration::from_millis(200));
+    let (status, _) = relay.get("/healthz");
+    assert_eq!(status, 503);
+    drop(idle);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(relay.get("/healthz").0, 200);
+}
+
+#[test]
+fn usage_errors_are_clear() {
+    for (args, needle) in [
+        (vec!["-p", "notaport"], "is not a port number"),
+        (vec!["--max-sessions", "0"], "is not a positive number"),
+        (vec!["--ping-interval", "soon"], "is not a duration"),
+        (vec!["--bogus"], "Unrecognized option"),
+        (vec!["1", "2"], "unexpected arguments"),
+    ] {
+        let out = std::process::Command::new(common::RELAY)
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    let help = std::process::Command::new(common::RELAY)
+        .arg("--help")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&help.stdout);
+    for opt in [
+        "--port",
+        "--bind",
+        "--max-sessions",
+        "--ping-interval",
+        "--origin-keys",
+        "default 8080",
+    ] {
+        assert!(text.contains(opt), "{opt} missing from --help");
+    }
+    // A port in use is a clear runtime error (exit 1).
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = holder.local_addr().unwrap().port().to_string();
+    let out = std::process::Command::new(common::RELAY)
+        .args(["-p", &port, "-b", "127.0.0.1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot listen on"));
+}
