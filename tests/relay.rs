@@ -886,3 +886,27 @@ fn usage_errors_are_clear() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot listen on"));
 }
+
+#[test]
+fn dest_vanishing_inside_a_large_message_does_not_wedge_the_origin() {
+    let relay = Relay::start(&[]);
+    let (origin, dest, id) = pair(&relay);
+    let writer = std::thread::spawn(move || {
+        let mut origin = origin;
+        origin.send(Message::binary(vec![7u8; 32 << 20])).unwrap();
+        origin
+    });
+    // Let part of the message through, then the dest vanishes (no close).
+    std::thread::sleep(Duration::from_millis(100));
+    drop(dest);
+    let mut origin = writer.join().expect("origin's send completes");
+    let left = wait_ping(&mut origin, "sockrelay peer-left ");
+    assert!(left.contains(" 1006 "), "{left}");
+    let (mut dest2, _) = connect(relay.addr, &format!("/dest?id={id}"), Some("secret-a")).unwrap();
+    wait_ping(&mut dest2, "sockrelay peer-joined ");
+    wait_ping(&mut origin, "sockrelay peer-joined ");
+    origin
+        .send(Message::binary(b"fresh start".to_vec()))
+        .unwrap();
+    assert_eq!(next_msg(&mut dest2).into_data().as_ref(), b"fresh start");
+}
