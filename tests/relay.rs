@@ -369,6 +369,11 @@ fn proposed_id_is_used_and_same_admission_takes_over() {
 /// Complete a WebSocket handshake by hand, for tests that must send bytes
 /// no conforming client would.
 fn raw_upgrade(relay: &Relay, path: &str) -> TcpStream {
+    raw_upgrade_head(relay, path).0
+}
+
+/// As `raw_upgrade`, also returning the response head.
+fn raw_upgrade_head(relay: &Relay, path: &str) -> (TcpStream, String) {
     let mut s = TcpStream::connect(relay.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(
@@ -384,12 +389,9 @@ fn raw_upgrade(relay: &Relay, path: &str) -> TcpStream {
         s.read_exact(&mut b).unwrap();
         head.push(b[0]);
     }
-    assert!(
-        head.starts_with(b"HTTP/1.1 101"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
-    s
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    (s, head)
 }
 
 /// Read frames (unmasked, from the relay) until a close; return its code.
@@ -909,4 +911,138 @@ fn dest_vanishing_inside_a_large_message_does_not_wedge_the_origin() {
         .send(Message::binary(b"fresh start".to_vec()))
         .unwrap();
     assert_eq!(next_msg(&mut dest2).into_data().as_ref(), b"fresh start");
+}
+
+/// xorshift64*: deterministic randomness for the stream test.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+#[test]
+fn random_frames_in_random_chunks_arrive_intact_through_a_tiny_buffer() {
+    use sockrelay::ws::frame::{encode_frame, OpCode as Op};
+    // A 1 KiB forwarding buffer forces headers and control frames to
+    // straddle buffer ends, exercising compaction on every path.
+    let relay = Relay::start(&["--buffer", "1K"]);
+    for seed in 1..=3u64 {
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ seed);
+        let (mut origin, head) = raw_upgrade_head(&relay, "/origin");
+        let id = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Sockrelay-Session: "))
+            .unwrap()
+            .to_string();
+        raw_read_frame(&mut origin); // session ping
+        let (mut dest, _) = connect(relay.addr, &format!("/dest?id={id}"), Some("raw")).unwrap();
+        wait_ping(&mut dest, "sockrelay peer-joined ");
+        let (op, joined) = raw_read_frame(&mut origin);
+        assert_eq!(op, 0x9);
+        let mut pong = Vec::new();
+        encode_frame(&mut pong, true, Op::Pong, Some([9, 8, 7, 6]), &joined);
+        origin.write_all(&pong).unwrap();
+
+        // Build the stream: messages in random fragments, pings between.
+        let mut stream = Vec::new();
+        let mut expected: Vec<(bool, Vec<u8>)> = Vec::new();
+        let mut pings = 0;
+        for _ in 0..120 {
+            let text = rng.below(2) == 0;
+            let big = rng.below(10) == 0;
+            let len = if big {
+                rng.below(100_000)
+            } else {
+                rng.below(3000)
+            } as usize;
+            let body: Vec<u8> = if text {
+                // Two-byte characters so fragment cuts can split one.
+                "añb€".repeat(len / 6 + 1).into_bytes()
+            } else {
+                (0..len).map(|_| rng.next() as u8).collect()
+            };
+            let frags = 1 + rng.below(4) as usize;
+            let mut cuts: Vec<usize> = (0..frags - 1)
+                .map(|_| rng.below(body.len() as u64 + 1) as usize)
+                .collect();
+            cuts.push(0);
+            cuts.push(body.len());
+            cuts.sort();
+            for (i, w) in cuts.windows(2).enumerate() {
+                let op = match (i, text) {
+                    (0, true) => Op::Text,
+                    (0, false) => Op::Binary,
+                    _ => Op::Continuation,
+                };
+                let mask = (rng.next() as u32).to_be_bytes();
+                encode_frame(
+                    &mut stream,
+                    i == frags - 1,
+                    op,
+                    Some(mask),
+                    &body[w[0]..w[1]],
+                );
+                if pings < 40 && rng.below(4) == 0 {
+                    let n = rng.below(126) as usize;
+                    encode_frame(&mut stream, true, Op::Ping, Some(mask), &vec![b'p'; n]);
+                    pings += 1;
+                }
+            }
+            expected.push((text, body));
+        }
+        // Write it in random chunks while the dest reads.
+        let writer = std::thread::spawn(move || {
+            let mut at = 0;
+            while at < stream.len() {
+                let n = (1 + rng.below(5000) as usize).min(stream.len() - at);
+                origin.write_all(&stream[at..at + n]).unwrap();
+                at += n;
+                if rng.below(50) == 0 {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+            origin
+        });
+        for (i, (text, body)) in expected.iter().enumerate() {
+            match next_msg(&mut dest) {
+                Message::Text(t) if *text => {
+                    assert_eq!(t.as_bytes(), &body[..], "seed {seed} message {i}")
+                }
+                Message::Binary(b) if !*text => {
+                    assert_eq!(b.as_ref(), &body[..], "seed {seed} message {i}")
+                }
+                other => panic!("seed {seed} message {i}: unexpected {other:?}"),
+            }
+        }
+        let _origin = writer.join().unwrap();
+    }
+}
+
+/// Read one (unmasked) frame from the relay: (opcode, payload).
+fn raw_read_frame(s: &mut TcpStream) -> (u8, Vec<u8>) {
+    let mut h = [0u8; 2];
+    s.read_exact(&mut h).unwrap();
+    let len = match h[1] & 0x7f {
+        126 => {
+            let mut l = [0u8; 2];
+            s.read_exact(&mut l).unwrap();
+            u16::from_be_bytes(l) as usize
+        }
+        127 => {
+            let mut l = [0u8; 8];
+            s.read_exact(&mut l).unwrap();
+            u64::from_be_bytes(l) as usize
+        }
+        n => n as usize,
+    };
+    let mut p = vec![0u8; len];
+    s.read_exact(&mut p).unwrap();
+    (h[0] & 0x0f, p)
 }
