@@ -369,6 +369,11 @@ fn proposed_id_is_used_and_same_admission_takes_over() {
 /// Complete a WebSocket handshake by hand, for tests that must send bytes
 /// no conforming client would.
 fn raw_upgrade(relay: &Relay, path: &str) -> TcpStream {
+    raw_upgrade_head(relay, path).0
+}
+
+/// As `raw_upgrade`, also returning the response head.
+fn raw_upgrade_head(relay: &Relay, path: &str) -> (TcpStream, String) {
     let mut s = TcpStream::connect(relay.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(
@@ -384,12 +389,9 @@ fn raw_upgrade(relay: &Relay, path: &str) -> TcpStream {
         s.read_exact(&mut b).unwrap();
         head.push(b[0]);
     }
-    assert!(
-        head.starts_with(b"HTTP/1.1 101"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
-    s
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    (s, head)
 }
 
 /// Read frames (unmasked, from the relay) until a close; return its code.
@@ -730,4 +732,317 @@ fn running_out_of_file_descriptors_neither_spins_nor_crashes() {
         assert!(Instant::now() < end, "relay did not recover");
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+#[test]
+fn listens_on_ipv6_with_the_seed_port_form() {
+    // `sockrelay-relay PORT` (the seed's form) with an IPv6 bind address.
+    let relay = Relay::spawn(&["0", "-b", "::1", "-v"], |_| {});
+    assert!(relay.addr.is_ipv6(), "{}", relay.addr);
+    let (mut origin, mut dest, _) = pair(&relay);
+    origin.send(Message::binary(b"over ::1".to_vec())).unwrap();
+    assert_eq!(next_msg(&mut dest).into_data().as_ref(), b"over ::1");
+}
+
+#[test]
+fn separate_origin_and_dest_listeners() {
+    let relay = Relay::spawn(
+        &[
+            "--origin-listen",
+            "127.0.0.1:0",
+            "--dest-listen",
+            "127.0.0.1:0",
+            "-v",
+        ],
+        |_| {},
+    );
+    // The first "listening on" line is the origin listener; find the other.
+    assert!(relay.wait_log("(dests only)", Duration::from_secs(5)));
+    let log = relay.log();
+    let dest_addr: std::net::SocketAddr = log
+        .lines()
+        .find(|l| l.contains("(dests only)"))
+        .and_then(|l| l.split("listening on ").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let origin_addr = relay.addr;
+    assert!(
+        log.contains(&format!("listening on {origin_addr} (origins only)")),
+        "{log}"
+    );
+    let (mut origin, id) = connect(origin_addr, "/origin", Some("s")).unwrap();
+    let id = id.unwrap();
+    // Dests are not served on the origin port, nor origins on the dest port.
+    assert_eq!(
+        status_of(connect(origin_addr, &format!("/dest?id={id}"), Some("s")).unwrap_err()),
+        404
+    );
+    assert_eq!(
+        status_of(connect(dest_addr, "/origin", Some("s")).unwrap_err()),
+        404
+    );
+    let (mut dest, _) = connect(dest_addr, &format!("/dest?id={id}"), Some("s")).unwrap();
+    wait_ping(&mut origin, "sockrelay peer-joined ");
+    dest.send(Message::binary(b"split ports".to_vec())).unwrap();
+    assert_eq!(next_msg(&mut origin).into_data().as_ref(), b"split ports");
+}
+
+#[test]
+fn origin_keys_restrict_who_opens_sessions_and_reload_on_sighup() {
+    let dir = common::temp_dir("origin-keys");
+    let keys = dir.join("keys");
+    std::fs::write(&keys, "# accepted origins\nalpha-key\n").unwrap();
+    let relay = Relay::start(&["--origin-keys", keys.to_str().unwrap()]);
+    let open = |key: Option<&str>| {
+        let url = format!("ws://{}/origin", relay.addr);
+        let mut req = url.into_client_request().unwrap();
+        req.headers_mut()
+            .insert("Sockrelay-Admission", "adm".parse().unwrap());
+        if let Some(k) = key {
+            req.headers_mut()
+                .insert("Sockrelay-Origin-Key", k.parse().unwrap());
+        }
+        let stream = TcpStream::connect(relay.addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        match tungstenite::client::client(req, stream) {
+            Ok(_) => 101,
+            Err(tungstenite::HandshakeError::Failure(WsError::Http(r))) => r.status().as_u16(),
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(open(Some("alpha-key")), 101);
+    assert_eq!(open(Some("beta-key")), 403);
+    assert_eq!(open(None), 403);
+    std::fs::write(&keys, "beta-key\n").unwrap();
+    relay.signal(libc::SIGHUP);
+    assert!(relay.wait_log("reloaded 1 origin keys", Duration::from_secs(5)));
+    assert_eq!(open(Some("beta-key")), 101);
+    assert_eq!(open(Some("alpha-key")), 403);
+    let (_, body) = relay.get("/metrics");
+    assert!(body.contains("origin_not_allowed\"} 3"), "{body}");
+    // A broken reload keeps the old keys.
+    std::fs::remove_file(&keys).unwrap();
+    relay.signal(libc::SIGHUP);
+    assert!(relay.wait_log("keeping the old origin keys", Duration::from_secs(5)));
+    assert_eq!(open(Some("beta-key")), 101);
+}
+
+#[test]
+fn pending_limit_answers_503_and_frees_up() {
+    let relay = Relay::start(&["--max-pending", "3"]);
+    let idle: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(relay.addr).unwrap())
+        .collect();
+    assert!(relay.wait_log("connection from", Duration::from_secs(5)));
+    std::thread::sleep(Duration::from_millis(200));
+    let (status, _) = relay.get("/healthz");
+    assert_eq!(status, 503);
+    drop(idle);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(relay.get("/healthz").0, 200);
+}
+
+#[test]
+fn usage_errors_are_clear() {
+    for (args, needle) in [
+        (vec!["-p", "notaport"], "is not a port number"),
+        (vec!["--max-sessions", "0"], "is not a positive number"),
+        (vec!["--ping-interval", "soon"], "is not a duration"),
+        (vec!["--bogus"], "Unrecognized option"),
+        (vec!["1", "2"], "unexpected arguments"),
+    ] {
+        let out = std::process::Command::new(common::RELAY)
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    let help = std::process::Command::new(common::RELAY)
+        .arg("--help")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&help.stdout);
+    for opt in [
+        "--port",
+        "--bind",
+        "--max-sessions",
+        "--ping-interval",
+        "--origin-keys",
+        "default 8080",
+    ] {
+        assert!(text.contains(opt), "{opt} missing from --help");
+    }
+    // A port in use is a clear runtime error (exit 1).
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = holder.local_addr().unwrap().port().to_string();
+    let out = std::process::Command::new(common::RELAY)
+        .args(["-p", &port, "-b", "127.0.0.1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot listen on"));
+}
+
+#[test]
+fn dest_vanishing_inside_a_large_message_does_not_wedge_the_origin() {
+    let relay = Relay::start(&[]);
+    let (origin, dest, id) = pair(&relay);
+    let writer = std::thread::spawn(move || {
+        let mut origin = origin;
+        origin.send(Message::binary(vec![7u8; 32 << 20])).unwrap();
+        origin
+    });
+    // Let part of the message through, then the dest vanishes (no close).
+    std::thread::sleep(Duration::from_millis(100));
+    drop(dest);
+    let mut origin = writer.join().expect("origin's send completes");
+    let left = wait_ping(&mut origin, "sockrelay peer-left ");
+    assert!(left.contains(" 1006 "), "{left}");
+    let (mut dest2, _) = connect(relay.addr, &format!("/dest?id={id}"), Some("secret-a")).unwrap();
+    wait_ping(&mut dest2, "sockrelay peer-joined ");
+    wait_ping(&mut origin, "sockrelay peer-joined ");
+    origin
+        .send(Message::binary(b"fresh start".to_vec()))
+        .unwrap();
+    assert_eq!(next_msg(&mut dest2).into_data().as_ref(), b"fresh start");
+}
+
+/// xorshift64*: deterministic randomness for the stream test.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+#[test]
+fn random_frames_in_random_chunks_arrive_intact_through_a_tiny_buffer() {
+    use sockrelay::ws::frame::{encode_frame, OpCode as Op};
+    // A 1 KiB forwarding buffer forces headers and control frames to
+    // straddle buffer ends, exercising compaction on every path.
+    let relay = Relay::start(&["--buffer", "1K"]);
+    for seed in 1..=3u64 {
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ seed);
+        let (mut origin, head) = raw_upgrade_head(&relay, "/origin");
+        let id = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Sockrelay-Session: "))
+            .unwrap()
+            .to_string();
+        raw_read_frame(&mut origin); // session ping
+        let (mut dest, _) = connect(relay.addr, &format!("/dest?id={id}"), Some("raw")).unwrap();
+        wait_ping(&mut dest, "sockrelay peer-joined ");
+        let (op, joined) = raw_read_frame(&mut origin);
+        assert_eq!(op, 0x9);
+        let mut pong = Vec::new();
+        encode_frame(&mut pong, true, Op::Pong, Some([9, 8, 7, 6]), &joined);
+        origin.write_all(&pong).unwrap();
+
+        // Build the stream: messages in random fragments, pings between.
+        let mut stream = Vec::new();
+        let mut expected: Vec<(bool, Vec<u8>)> = Vec::new();
+        let mut pings = 0;
+        for _ in 0..120 {
+            let text = rng.below(2) == 0;
+            let big = rng.below(10) == 0;
+            let len = if big {
+                rng.below(100_000)
+            } else {
+                rng.below(3000)
+            } as usize;
+            let body: Vec<u8> = if text {
+                // Two-byte characters so fragment cuts can split one.
+                "añb€".repeat(len / 6 + 1).into_bytes()
+            } else {
+                (0..len).map(|_| rng.next() as u8).collect()
+            };
+            let frags = 1 + rng.below(4) as usize;
+            let mut cuts: Vec<usize> = (0..frags - 1)
+                .map(|_| rng.below(body.len() as u64 + 1) as usize)
+                .collect();
+            cuts.push(0);
+            cuts.push(body.len());
+            cuts.sort();
+            for (i, w) in cuts.windows(2).enumerate() {
+                let op = match (i, text) {
+                    (0, true) => Op::Text,
+                    (0, false) => Op::Binary,
+                    _ => Op::Continuation,
+                };
+                let mask = (rng.next() as u32).to_be_bytes();
+                encode_frame(
+                    &mut stream,
+                    i == frags - 1,
+                    op,
+                    Some(mask),
+                    &body[w[0]..w[1]],
+                );
+                if pings < 40 && rng.below(4) == 0 {
+                    let n = rng.below(126) as usize;
+                    encode_frame(&mut stream, true, Op::Ping, Some(mask), &vec![b'p'; n]);
+                    pings += 1;
+                }
+            }
+            expected.push((text, body));
+        }
+        // Write it in random chunks while the dest reads.
+        let writer = std::thread::spawn(move || {
+            let mut at = 0;
+            while at < stream.len() {
+                let n = (1 + rng.below(5000) as usize).min(stream.len() - at);
+                origin.write_all(&stream[at..at + n]).unwrap();
+                at += n;
+                if rng.below(50) == 0 {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+            origin
+        });
+        for (i, (text, body)) in expected.iter().enumerate() {
+            match next_msg(&mut dest) {
+                Message::Text(t) if *text => {
+                    assert_eq!(t.as_bytes(), &body[..], "seed {seed} message {i}")
+                }
+                Message::Binary(b) if !*text => {
+                    assert_eq!(b.as_ref(), &body[..], "seed {seed} message {i}")
+                }
+                other => panic!("seed {seed} message {i}: unexpected {other:?}"),
+            }
+        }
+        let _origin = writer.join().unwrap();
+    }
+}
+
+/// Read one (unmasked) frame from the relay: (opcode, payload).
+fn raw_read_frame(s: &mut TcpStream) -> (u8, Vec<u8>) {
+    let mut h = [0u8; 2];
+    s.read_exact(&mut h).unwrap();
+    let len = match h[1] & 0x7f {
+        126 => {
+            let mut l = [0u8; 2];
+            s.read_exact(&mut l).unwrap();
+            u16::from_be_bytes(l) as usize
+        }
+        127 => {
+            let mut l = [0u8; 8];
+            s.read_exact(&mut l).unwrap();
+            u64::from_be_bytes(l) as usize
+        }
+        n => n as usize,
+    };
+    let mut p = vec![0u8; len];
+    s.read_exact(&mut p).unwrap();
+    (h[0] & 0x0f, p)
 }

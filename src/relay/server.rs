@@ -851,6 +851,11 @@ impl Server {
                 Event::Payload {
                     len, frame_done, ..
                 } => {
+                    // The target may have left since the frame began: the
+                    // rest of the frame then goes nowhere.
+                    let s = &self.sessions[session];
+                    let target_alive = side == Side::Dest || s.dest.is_some();
+                    inb.fwd_frame &= target_alive && inb.fwd_epoch == s.epoch;
                     if inb.fwd_frame {
                         push_seg(&mut buf.segs, at, at + len, frame_done);
                         match side {
