@@ -1,1 +1,64 @@
-//! The relay: session broker and zero-copy forwarder. To be implemented.
+//! The relay: one mio loop that brokers sessions between origins and dests
+//! and, once a session is paired, forwards WebSocket frames between them
+//! without copying payloads. See `LIFECYCLE.md` beside this file.
+
+pub mod api;
+pub mod metrics;
+pub mod pool;
+mod server;
+
+pub use server::{Server, Token2};
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Which upgrades a listening address serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenRole {
+    Any,
+    Origin,
+    Dest,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: Vec<(SocketAddr, ListenRole)>,
+    pub max_sessions: usize,
+    pub max_connections: usize,
+    pub max_pending: usize,
+    /// Largest data frame or message forwarded (1009 past it).
+    pub max_message_bytes: u64,
+    /// Per-direction forwarding buffer (bounds memory per session in flight).
+    pub buffer_bytes: usize,
+    /// Free buffers kept for reuse; more are returned to the allocator.
+    pub pool_keep: usize,
+    pub ping_interval: Duration,
+    pub pong_timeout: Duration,
+    pub handshake_timeout: Duration,
+    /// File of accepted origin keys, one per line; `None`: anyone may open sessions.
+    pub origin_keys: Option<PathBuf>,
+}
+
+pub const DEFAULT_PORT: u16 = 8080;
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: vec![(
+                SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)),
+                ListenRole::Any,
+            )],
+            max_sessions: 100_000,
+            max_connections: 250_000,
+            max_pending: 4096,
+            max_message_bytes: 64 << 20,
+            buffer_bytes: 64 << 10,
+            pool_keep: 256,
+            ping_interval: Duration::from_secs(30),
+            pong_timeout: Duration::from_secs(15),
+            handshake_timeout: Duration::from_secs(10),
+            origin_keys: None,
+        }
+    }
+}

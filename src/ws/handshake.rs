@@ -1,16 +1,70 @@
-//! RFC 6455 §4 opening handshake, sans-IO, both roles. CONTRACT STUB — to be implemented.
+//! RFC 6455 §4 opening handshake, sans-IO, both roles.
+//!
+//! Server side: [`parse_request`] takes whatever bytes have arrived so far and
+//! answers *need more* / *complete* / *reject*; the caller writes
+//! [`response_101`], [`error_response`] or [`plain_response`]. Client side:
+//! [`client_request`] builds the upgrade, [`parse_response`] checks the answer
+//! and [`parse_response_eof`] explains a connection that closed early.
+//!
+//! Policy choices beyond the RFC text (see the unit tests for each):
+//! - A request without any WebSocket intent (no `Upgrade: websocket`, no
+//!   `Sec-WebSocket-Key`, no `Sec-WebSocket-Version`) is a *plain* request
+//!   (`ws_key: None`). An `Upgrade` naming only other protocols (e.g. `h2c`
+//!   from `curl --http2`) is ignored as RFC 7230 §6.7 allows, so such a probe
+//!   of /healthz still gets its answer.
+//! - Plain requests may be HTTP/1.0 (load balancer health checks often are)
+//!   and then need no Host; upgrades need HTTP/1.1 and Host.
+//! - An upgrade request with a body (`Content-Length` ≠ 0 or any
+//!   `Transfer-Encoding`) is rejected: the bytes after the header are read as
+//!   WebSocket frames, so a body would be smuggled into the frame stream.
+//! - Header lines the builders write never contain CR or LF: such bytes in a
+//!   caller's name, value or reason are dropped (no response splitting).
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use sha1::{Digest, Sha1};
 
 /// Requests larger than this (or with more headers) get 431.
 pub const MAX_HEADER_BYTES: usize = 8192;
 pub const MAX_HEADERS: usize = 32;
+/// How much of a non-101 response body the client waits for and keeps, to
+/// tell the user why the relay refused.
+pub const MAX_ERROR_BODY_BYTES: usize = 512;
+
+/// RFC 6455 §1.3: appended to the key before hashing.
+const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
 /// A handshake failure on the server side: the HTTP status to answer with and
 /// a one-line reason for the body and the log.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reject {
     pub status: u16,
     pub reason: &'static str,
 }
+
+impl Reject {
+    const fn new(status: u16, reason: &'static str) -> Self {
+        Reject { status, reason }
+    }
+
+    /// The complete HTTP answer for this rejection.
+    pub fn response(&self) -> Vec<u8> {
+        error_response(self.status, self.reason)
+    }
+}
+
+impl std::fmt::Display for Reject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {}: {}",
+            self.status,
+            reason_phrase(self.status),
+            self.reason
+        )
+    }
+}
+impl std::error::Error for Reject {}
 
 /// A parsed, validated request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,50 +83,329 @@ pub struct Request {
 }
 
 impl Request {
-    pub fn query_param(&self, _name: &str) -> Option<&str> {
-        todo!()
+    /// The first query parameter called `name` (an empty string for `?name`).
+    pub fn query_param(&self, name: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
-    pub fn header(&self, _lowercase_name: &str) -> Option<&[u8]> {
-        todo!()
+
+    /// The first header called `lowercase_name`, leading and trailing
+    /// whitespace already removed.
+    pub fn header(&self, lowercase_name: &str) -> Option<&[u8]> {
+        find_header(&self.headers, lowercase_name)
+    }
+
+    /// True for a WebSocket upgrade, false for a plain GET.
+    pub fn is_upgrade(&self) -> bool {
+        self.ws_key.is_some()
     }
 }
+
+// Reasons are constants so that the relay can count rejects by reason in
+// /metrics without allocating, and tests can name them.
+const R_BAD_LINE: Reject = Reject::new(400, "malformed request line");
+const R_BAD_VERSION_HTTP: Reject = Reject::new(400, "unsupported HTTP version");
+const R_BAD_HEADER: Reject = Reject::new(400, "malformed header line");
+const R_TOO_LARGE: Reject = Reject::new(431, "request header too large");
+const R_TOO_MANY: Reject = Reject::new(431, "too many request headers");
+const R_METHOD: Reject = Reject::new(405, "only GET is supported");
+const R_TARGET: Reject = Reject::new(400, "request target must be a path");
+const R_HTTP10_UPGRADE: Reject = Reject::new(400, "WebSocket upgrade requires HTTP/1.1");
+const R_NO_HOST: Reject = Reject::new(400, "missing Host header");
+const R_DUP_HOST: Reject = Reject::new(400, "duplicate Host header");
+const R_NO_UPGRADE: Reject = Reject::new(400, "Upgrade header must contain websocket");
+const R_NO_CONNECTION: Reject = Reject::new(400, "Connection header must contain upgrade");
+const R_NO_VERSION: Reject = Reject::new(426, "missing Sec-WebSocket-Version (need 13)");
+const R_BAD_VERSION: Reject = Reject::new(426, "unsupported Sec-WebSocket-Version (need 13)");
+const R_NO_KEY: Reject = Reject::new(400, "missing Sec-WebSocket-Key");
+const R_DUP_KEY: Reject = Reject::new(400, "duplicate Sec-WebSocket-Key");
+const R_BAD_KEY: Reject = Reject::new(400, "Sec-WebSocket-Key is not 16 bytes of base64");
+const R_BODY: Reject = Reject::new(400, "upgrade request must not have a body");
+const R_BAD_PROTOCOL: Reject = Reject::new(400, "malformed Sec-WebSocket-Protocol");
+const R_PATH_ESCAPE: Reject = Reject::new(400, "malformed percent-escape in path");
+const R_PATH_UTF8: Reject = Reject::new(400, "path is not valid UTF-8");
+const R_QUERY_ESCAPE: Reject = Reject::new(400, "malformed percent-escape in query");
+const R_QUERY_UTF8: Reject = Reject::new(400, "query is not valid UTF-8");
 
 /// Parse a request from the front of `buf`. `Ok(None)`: incomplete (and still
 /// under MAX_HEADER_BYTES). `Ok(Some((req, consumed)))`: complete and valid.
 /// `Err(reject)`: answer with `error_response(reject.status, reject.reason)`.
-pub fn parse_request(_buf: &[u8]) -> Result<Option<(Request, usize)>, Reject> {
-    todo!()
+///
+/// Deterministic in the bytes seen: once a prefix of a stream yields
+/// `Some` or `Err`, every longer buffer starting with the same bytes yields
+/// the same answer (the fuzz target checks this).
+pub fn parse_request(buf: &[u8]) -> Result<Option<(Request, usize)>, Reject> {
+    // Only the first MAX_HEADER_BYTES can matter: a header that has not ended
+    // by then is too large whatever follows, so a slow client sending a giant
+    // header is refused as soon as the cap is reached, and no parse ever looks
+    // at more than the cap.
+    let window = &buf[..buf.len().min(MAX_HEADER_BYTES)];
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut slots);
+    let consumed = match req.parse(window) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEADER_BYTES => return Err(R_TOO_LARGE),
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(R_TOO_MANY),
+        Err(httparse::Error::Version) => return Err(R_BAD_VERSION_HTTP),
+        Err(httparse::Error::Token | httparse::Error::Status) => return Err(R_BAD_LINE),
+        Err(_) => return Err(R_BAD_HEADER),
+    };
+    // All three are set once the parse is complete.
+    let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
+        return Err(R_BAD_LINE);
+    };
+    if method != "GET" {
+        return Err(R_METHOD);
+    }
+    // Origin form only (RFC 7230 §5.3.1); "*" and absolute URIs are not for us.
+    if !target.starts_with('/') {
+        return Err(R_TARGET);
+    }
+
+    let hdrs = &*req.headers;
+    let named = |name: &'static str| {
+        hdrs.iter()
+            .filter(move |h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| trim_ows(h.value))
+    };
+
+    // RFC 7230 §5.4: HTTP/1.1 needs exactly one Host.
+    match named("host").count() {
+        0 if version == 1 => return Err(R_NO_HOST),
+        0 | 1 => {}
+        _ => return Err(R_DUP_HOST),
+    }
+
+    let (raw_path, raw_query) = match target.find('?') {
+        Some(i) => (&target[..i], &target[i + 1..]),
+        None => (target, ""),
+    };
+    let path = decode_component(raw_path, R_PATH_ESCAPE, R_PATH_UTF8)?;
+    let mut query = Vec::new();
+    for pair in raw_query.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        query.push((
+            decode_component(name, R_QUERY_ESCAPE, R_QUERY_UTF8)?,
+            decode_component(value, R_QUERY_ESCAPE, R_QUERY_UTF8)?,
+        ));
+    }
+
+    let upgrade_ws = has_token(named("upgrade"), "websocket");
+    let wants_ws = upgrade_ws
+        || named("sec-websocket-key").next().is_some()
+        || named("sec-websocket-version").next().is_some();
+
+    let ws_key = if wants_ws {
+        Some(validate_upgrade(hdrs, version, upgrade_ws)?)
+    } else {
+        None
+    };
+
+    let mut protocols = Vec::new();
+    for value in named("sec-websocket-protocol") {
+        let value = std::str::from_utf8(value).map_err(|_| R_BAD_PROTOCOL)?;
+        protocols.extend(tokens(value).map(str::to_owned));
+    }
+
+    let headers = hdrs
+        .iter()
+        .map(|h| (h.name.to_ascii_lowercase(), trim_ows(h.value).to_vec()))
+        .collect();
+
+    Ok(Some((
+        Request {
+            path,
+            query,
+            ws_key,
+            protocols,
+            headers,
+        },
+        consumed,
+    )))
+}
+
+/// RFC 6455 §4.2.1 for a request that asked for a WebSocket; returns the key.
+fn validate_upgrade(
+    hdrs: &[httparse::Header<'_>],
+    version: u8,
+    upgrade_ws: bool,
+) -> Result<String, Reject> {
+    let named = |name: &'static str| {
+        hdrs.iter()
+            .filter(move |h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| trim_ows(h.value))
+    };
+    if version != 1 {
+        return Err(R_HTTP10_UPGRADE);
+    }
+    if !upgrade_ws {
+        return Err(R_NO_UPGRADE);
+    }
+    if !has_token(named("connection"), "upgrade") {
+        return Err(R_NO_CONNECTION);
+    }
+    // §4.4: a version mismatch is a 426 naming the version we speak, checked
+    // before the key because other versions may use other key formats.
+    let mut versions = named("sec-websocket-version").peekable();
+    if versions.peek().is_none() {
+        return Err(R_NO_VERSION);
+    }
+    if !versions.all(|v| v == b"13") {
+        return Err(R_BAD_VERSION);
+    }
+    let mut keys = named("sec-websocket-key");
+    let key = keys.next().ok_or(R_NO_KEY)?;
+    if keys.next().is_some() {
+        return Err(R_DUP_KEY);
+    }
+    // §4.1: the key is 16 random bytes in base64, so exactly 24 characters;
+    // the STANDARD engine also rejects non-canonical padding and trailing bits.
+    let decoded_len = BASE64.decode(key).map(|k| k.len());
+    if key.len() != 24 || decoded_len != Ok(16) {
+        return Err(R_BAD_KEY);
+    }
+    // The frames start right after the header: a body would be read as frames.
+    let has_body =
+        named("content-length").any(|v| v != b"0") || named("transfer-encoding").next().is_some();
+    if has_body {
+        return Err(R_BODY);
+    }
+    // Base64 is ASCII, so this cannot fail; no unwrap on client bytes anyway.
+    String::from_utf8(key.to_vec()).map_err(|_| R_BAD_KEY)
 }
 
 /// Sec-WebSocket-Accept for a Sec-WebSocket-Key.
-pub fn accept_key(_key: &str) -> String {
-    todo!()
+pub fn accept_key(key: &str) -> String {
+    let mut sha = Sha1::new();
+    sha.update(key.as_bytes());
+    sha.update(WS_GUID.as_bytes());
+    BASE64.encode(sha.finalize())
 }
 
 /// The 101 Switching Protocols response, with extra headers (name, value).
-pub fn response_101(_key: &str, _extra_headers: &[(&str, &str)]) -> Vec<u8> {
-    todo!()
+pub fn response_101(key: &str, extra_headers: &[(&str, &str)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(160);
+    out.extend_from_slice(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n",
+    );
+    push_header(&mut out, "Sec-WebSocket-Accept", &accept_key(key));
+    for (name, value) in extra_headers {
+        push_header(&mut out, name, value);
+    }
+    out.extend_from_slice(b"\r\n");
+    out
 }
 
 /// A plain HTTP error response, body = reason + "\n", `Connection: close`;
-/// 426 carries `Sec-WebSocket-Version: 13`.
-pub fn error_response(_status: u16, _reason: &str) -> Vec<u8> {
-    todo!()
+/// 426 carries `Sec-WebSocket-Version: 13`, 405 carries `Allow: GET`.
+pub fn error_response(status: u16, reason: &str) -> Vec<u8> {
+    let mut body = Vec::with_capacity(reason.len() + 1);
+    push_line_bytes(&mut body, reason);
+    body.push(b'\n');
+    let extra: &[(&str, &str)] = match status {
+        426 => &[("Sec-WebSocket-Version", "13")],
+        405 => &[("Allow", "GET")],
+        _ => &[],
+    };
+    response_with_body(status, "text/plain", extra, &body)
 }
 
-/// A plain HTTP response with a body (for /healthz, /metrics).
-pub fn plain_response(_status: u16, _content_type: &str, _body: &[u8]) -> Vec<u8> {
-    todo!()
+/// A plain HTTP response with a body (for /healthz, /metrics), with
+/// `Connection: close`: the relay serves one request per connection.
+pub fn plain_response(status: u16, content_type: &str, body: &[u8]) -> Vec<u8> {
+    response_with_body(status, content_type, &[], body)
+}
+
+fn response_with_body(
+    status: u16,
+    content_type: &str,
+    extra_headers: &[(&str, &str)],
+    body: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128 + body.len());
+    out.extend_from_slice(format!("HTTP/1.1 {status} {}\r\n", reason_phrase(status)).as_bytes());
+    push_header(&mut out, "Content-Type", content_type);
+    push_header(&mut out, "Content-Length", &body.len().to_string());
+    out.extend_from_slice(b"Connection: close\r\n");
+    for (name, value) in extra_headers {
+        push_header(&mut out, name, value);
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    out
+}
+
+/// The standard reason phrase for the statuses sockrelay uses.
+pub fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        101 => "Switching Protocols",
+        200 => "OK",
+        204 => "No Content",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        426 => "Upgrade Required",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Unknown",
+    }
 }
 
 /// Client side: the upgrade request and the accept value to expect.
+///
+/// `path_and_query` goes on the request line as given: encode query values
+/// with [`percent_encode`]. CR, LF and spaces in it, and CR/LF in header
+/// names and values, are dropped rather than allowed to break the request.
 pub fn client_request(
-    _host: &str,
-    _path_and_query: &str,
-    _extra_headers: &[(&str, &str)],
-    _key: [u8; 16],
+    host: &str,
+    path_and_query: &str,
+    extra_headers: &[(&str, &str)],
+    key: [u8; 16],
 ) -> (Vec<u8>, String) {
-    todo!()
+    let key = BASE64.encode(key);
+    let mut out = Vec::with_capacity(200 + path_and_query.len());
+    out.extend_from_slice(b"GET ");
+    out.extend(
+        path_and_query
+            .bytes()
+            .filter(|b| !matches!(b, b'\r' | b'\n' | b' ')),
+    );
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    push_header(&mut out, "Host", host);
+    out.extend_from_slice(b"Upgrade: websocket\r\nConnection: Upgrade\r\n");
+    push_header(&mut out, "Sec-WebSocket-Key", &key);
+    out.extend_from_slice(b"Sec-WebSocket-Version: 13\r\n");
+    for (name, value) in extra_headers {
+        push_header(&mut out, name, value);
+    }
+    out.extend_from_slice(b"\r\n");
+    let accept = accept_key(&key);
+    (out, accept)
+}
+
+/// Percent-encode everything but RFC 3986 unreserved characters, for query
+/// values (tokens, ids) that clients put into `path_and_query`.
+pub fn percent_encode(s: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push('%');
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 15)]));
+        }
+    }
+    out
 }
 
 /// A server's answer to our upgrade request.
@@ -83,8 +416,9 @@ pub struct Response {
 }
 
 impl Response {
-    pub fn header(&self, _lowercase_name: &str) -> Option<&[u8]> {
-        todo!()
+    /// The first header called `lowercase_name`, whitespace trimmed.
+    pub fn header(&self, lowercase_name: &str) -> Option<&[u8]> {
+        find_header(&self.headers, lowercase_name)
     }
 }
 
@@ -92,12 +426,84 @@ impl Response {
 /// act on, e.g. "relay answered 403 Forbidden: wrong token".
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientError {
-    Todo,
+    /// A well-formed HTTP answer other than 101. `message` is the first line
+    /// of the body (control characters replaced), `location` the redirect
+    /// target of a 3xx.
+    Rejected {
+        status: u16,
+        status_text: String,
+        message: String,
+        location: Option<String>,
+    },
+    /// A 101 that is not a valid WebSocket accept (RFC 6455 §4.1 client
+    /// checks): the reason names the failed check.
+    BadUpgrade(&'static str),
+    /// A 101 whose Sec-WebSocket-Accept does not match our key: something in
+    /// between (a proxy, a cache) answered for the relay, or it is not one.
+    BadAccept { expected: String, got: String },
+    /// Not parseable as an HTTP/1.x response (e.g. TLS on a plain port).
+    Malformed(&'static str),
+    /// The response header did not end within MAX_HEADER_BYTES.
+    TooLarge,
+    /// The connection closed before a complete response header arrived.
+    Closed { received: usize },
+}
+
+impl ClientError {
+    /// The HTTP status of a rejection (403, 404, 503, ...), for retry policy.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Rejected { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
 }
 
 impl std::fmt::Display for ClientError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{self:?}")
+        match self {
+            ClientError::Rejected {
+                status,
+                status_text,
+                message,
+                location,
+            } => {
+                write!(f, "relay answered {status}")?;
+                if !status_text.is_empty() {
+                    write!(f, " {status_text}")?;
+                }
+                if !message.is_empty() {
+                    write!(f, ": {message}")?;
+                }
+                if let Some(location) = location {
+                    write!(f, " (Location: {location})")?;
+                }
+                Ok(())
+            }
+            ClientError::BadUpgrade(why) => write!(f, "relay sent an invalid upgrade: {why}"),
+            ClientError::BadAccept { expected, got } => write!(
+                f,
+                "relay sent a wrong Sec-WebSocket-Accept (expected {expected}, got {got}): \
+                 is something else answering on that address?"
+            ),
+            ClientError::Malformed(why) => {
+                write!(
+                    f,
+                    "relay sent a malformed HTTP response ({why}): is it really an HTTP server?"
+                )
+            }
+            ClientError::TooLarge => write!(
+                f,
+                "relay's response header exceeds {MAX_HEADER_BYTES} bytes"
+            ),
+            ClientError::Closed { received: 0 } => {
+                write!(f, "connection closed before the relay answered")
+            }
+            ClientError::Closed { received } => write!(
+                f,
+                "connection closed in the middle of the relay's answer ({received} bytes received)"
+            ),
+        }
     }
 }
 impl std::error::Error for ClientError {}
@@ -107,12 +513,1154 @@ impl std::error::Error for ClientError {}
 /// value; bytes after `consumed` are already WebSocket frames. An error
 /// response is only reported once its body (Content-Length, or up to 512
 /// bytes / connection close via `parse_response_eof`) is in.
-pub fn parse_response(_buf: &[u8], _expected_accept: &str) -> Result<Option<(Response, usize)>, ClientError> {
-    todo!()
+pub fn parse_response(
+    buf: &[u8],
+    expected_accept: &str,
+) -> Result<Option<(Response, usize)>, ClientError> {
+    let window = &buf[..buf.len().min(MAX_HEADER_BYTES)];
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut slots);
+    let consumed = match resp.parse(window) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEADER_BYTES => {
+            return Err(ClientError::TooLarge)
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(malformed(e)),
+    };
+    let status = resp.code.unwrap_or(0);
+    let hdrs = &*resp.headers;
+    if status != 101 {
+        let reason = resp.reason.unwrap_or("");
+        return match error_body(hdrs, status, &buf[consumed..], false) {
+            Some(body) => Err(rejected(status, reason, hdrs, body)),
+            None => Ok(None),
+        };
+    }
+    let named = |name: &'static str| {
+        hdrs.iter()
+            .filter(move |h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| trim_ows(h.value))
+    };
+    // RFC 6455 §4.1, the client's checks of the server's handshake.
+    if !has_token(named("upgrade"), "websocket") {
+        return Err(ClientError::BadUpgrade(
+            "Upgrade header must contain websocket",
+        ));
+    }
+    if !has_token(named("connection"), "upgrade") {
+        return Err(ClientError::BadUpgrade(
+            "Connection header must contain upgrade",
+        ));
+    }
+    let mut accepts = named("sec-websocket-accept");
+    let got = accepts.next().unwrap_or(b"");
+    if got != expected_accept.as_bytes() || accepts.next().is_some() {
+        return Err(ClientError::BadAccept {
+            expected: expected_accept.to_owned(),
+            got: printable(got),
+        });
+    }
+    // We never offer extensions, so the server must not pick one.
+    if named("sec-websocket-extensions").any(|v| !v.is_empty()) {
+        return Err(ClientError::BadUpgrade(
+            "extension negotiated that we did not offer",
+        ));
+    }
+    let headers = hdrs
+        .iter()
+        .map(|h| (h.name.to_ascii_lowercase(), trim_ows(h.value).to_vec()))
+        .collect();
+    Ok(Some((Response { status, headers }, consumed)))
 }
 
 /// The connection closed with `buf` holding a partial response: the best
 /// error that can be made of it.
-pub fn parse_response_eof(_buf: &[u8]) -> ClientError {
-    todo!()
+pub fn parse_response_eof(buf: &[u8]) -> ClientError {
+    let window = &buf[..buf.len().min(MAX_HEADER_BYTES)];
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut slots);
+    match resp.parse(window) {
+        Ok(httparse::Status::Complete(n)) => {
+            let status = resp.code.unwrap_or(0);
+            if status == 101 {
+                // A 101 is complete without a body; the caller should have
+                // taken it from parse_response. Closed right after it.
+                return ClientError::Closed {
+                    received: buf.len(),
+                };
+            }
+            let body = error_body(resp.headers, status, &buf[n..], true).unwrap_or(&[]);
+            rejected(status, resp.reason.unwrap_or(""), resp.headers, body)
+        }
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEADER_BYTES => ClientError::TooLarge,
+        Ok(httparse::Status::Partial) => ClientError::Closed {
+            received: buf.len(),
+        },
+        Err(e) => malformed(e),
+    }
+}
+
+fn malformed(e: httparse::Error) -> ClientError {
+    ClientError::Malformed(match e {
+        httparse::Error::Status | httparse::Error::Version => "invalid status line",
+        httparse::Error::TooManyHeaders => "too many headers",
+        _ => "invalid header",
+    })
+}
+
+fn rejected(status: u16, reason: &str, hdrs: &[httparse::Header<'_>], body: &[u8]) -> ClientError {
+    let value = |name: &str| {
+        hdrs.iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| trim_ows(h.value))
+    };
+    // The first line of an HTML error page ("<html>") tells the user nothing.
+    let html = value("content-type")
+        .is_some_and(|ct| ct.windows(4).any(|w| w.eq_ignore_ascii_case(b"html")));
+    let first_line = body
+        .split(|&b| b == b'\n')
+        .map(|line| trim_ows(line.strip_suffix(b"\r").unwrap_or(line)))
+        .find(|line| !line.is_empty())
+        .filter(|_| !html)
+        .unwrap_or(&[]);
+    let location = value("location")
+        .map(printable)
+        .filter(|_| (300..400).contains(&status));
+    ClientError::Rejected {
+        status,
+        status_text: printable(reason.as_bytes()),
+        message: printable(first_line),
+        location,
+    }
+}
+
+/// The part of a non-101 response's body worth showing, once it is complete
+/// enough to decide: `None` means wait for more (unless `eof`). The answer
+/// depends only on the first bytes, so it is the same for any longer buffer.
+fn error_body<'a>(
+    hdrs: &[httparse::Header<'_>],
+    status: u16,
+    after_header: &'a [u8],
+    eof: bool,
+) -> Option<&'a [u8]> {
+    let cap = after_header.len().min(MAX_ERROR_BODY_BYTES);
+    // RFC 7230 §3.3.3: these never have a body.
+    if (100..200).contains(&status) || status == 204 || status == 304 {
+        return Some(&[]);
+    }
+    let value = |name: &str| {
+        hdrs.iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| trim_ows(h.value))
+    };
+    if value("transfer-encoding").is_some_and(|te| has_token(std::iter::once(te), "chunked")) {
+        return chunked_first(after_header, eof);
+    }
+    let want = match value("content-length").and_then(parse_decimal) {
+        Some(len) => len.min(MAX_ERROR_BODY_BYTES as u64) as usize,
+        None => MAX_ERROR_BODY_BYTES, // read until close, but no further than this
+    };
+    if after_header.len() >= want {
+        Some(&after_header[..want])
+    } else if eof {
+        Some(&after_header[..cap])
+    } else {
+        None
+    }
+}
+
+/// Data of the first chunk of a chunked body (capped), or what there is at eof.
+fn chunked_first(after_header: &[u8], eof: bool) -> Option<&[u8]> {
+    // The size line is looked for in a fixed window so that the answer depends
+    // on the same bytes whatever arrives later.
+    const SIZE_LINE_MAX: usize = 34;
+    let head = &after_header[..after_header.len().min(SIZE_LINE_MAX)];
+    let Some(line_end) = head.windows(2).position(|w| w == b"\r\n") else {
+        return (eof || head.len() >= SIZE_LINE_MAX).then_some(&[]);
+    };
+    let size_field = head[..line_end].split(|&b| b == b';').next().unwrap_or(&[]);
+    let Some(size) = parse_hex(trim_ows(size_field)) else {
+        return Some(&[]);
+    };
+    let data = &after_header[line_end + 2..];
+    let want = size.min(MAX_ERROR_BODY_BYTES as u64) as usize;
+    if data.len() >= want {
+        Some(&data[..want])
+    } else if eof {
+        Some(data)
+    } else {
+        None
+    }
+}
+
+fn parse_decimal(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(v.iter().fold(0, |n, &d| n * 10 + u64::from(d - b'0')))
+}
+
+fn parse_hex(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 15 {
+        return None;
+    }
+    v.iter().try_fold(0u64, |n, &d| {
+        let digit = char::from(d).to_digit(16)?;
+        Some(n * 16 + u64::from(digit))
+    })
+}
+
+/// Untrusted bytes for a message or a log line: lossy UTF-8, no control
+/// characters (a hostile server must not drive the user's terminal).
+fn printable(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes)
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
+fn find_header<'a>(headers: &'a [(String, Vec<u8>)], lowercase_name: &str) -> Option<&'a [u8]> {
+    headers
+        .iter()
+        .find(|(n, _)| n == lowercase_name)
+        .map(|(_, v)| v.as_slice())
+}
+
+fn trim_ows(mut v: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = v {
+        v = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = v {
+        v = rest;
+    }
+    v
+}
+
+/// Comma-separated list elements (RFC 7230 §7), whitespace trimmed, empty
+/// elements skipped.
+fn tokens(list: &str) -> impl Iterator<Item = &str> {
+    list.split(',')
+        .map(|t| t.trim_matches([' ', '\t']))
+        .filter(|t| !t.is_empty())
+}
+
+/// Whether any of the header values (each a comma list) holds `token`,
+/// compared case-insensitively.
+fn has_token<'a>(values: impl Iterator<Item = &'a [u8]>, token: &str) -> bool {
+    values.into_iter().any(|v| {
+        v.split(|&b| b == b',')
+            .any(|t| trim_ows(t).eq_ignore_ascii_case(token.as_bytes()))
+    })
+}
+
+/// Percent-decode one path or query component; `+` stays `+`.
+fn decode_component(s: &str, bad_escape: Reject, bad_utf8: Reject) -> Result<String, Reject> {
+    if !s.contains('%') {
+        return Ok(s.to_owned());
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3).ok_or(bad_escape)?;
+            let hi = char::from(hex[0]).to_digit(16).ok_or(bad_escape)?;
+            let lo = char::from(hex[1]).to_digit(16).ok_or(bad_escape)?;
+            // Two hex digits: at most 255.
+            out.push((hi * 16 + lo) as u8);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| bad_utf8)
+}
+
+/// Append `name: value\r\n`, dropping CR and LF so that no caller-supplied
+/// string can end the header line (response splitting).
+fn push_header(out: &mut Vec<u8>, name: &str, value: &str) {
+    push_line_bytes(out, name);
+    out.extend_from_slice(b": ");
+    push_line_bytes(out, value);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn push_line_bytes(out: &mut Vec<u8>, s: &str) {
+    out.extend(s.bytes().filter(|b| !matches!(b, b'\r' | b'\n')));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+    const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+
+    /// A dest upgrade as our clients send it.
+    fn upgrade(extra: &str) -> String {
+        format!(
+            "GET /dest?id=0b1c HTTP/1.1\r\nHost: relay.example:8080\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\
+             {extra}\r\n"
+        )
+    }
+
+    /// A request with the given request line and header lines.
+    fn req(line: &str, headers: &[&str]) -> Vec<u8> {
+        let mut s = format!("{line}\r\n");
+        for h in headers {
+            s.push_str(h);
+            s.push_str("\r\n");
+        }
+        s.push_str("\r\n");
+        s.into_bytes()
+    }
+
+    const WS_HEADERS: [&str; 5] = [
+        "Host: h",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version: 13",
+    ];
+
+    /// WS_HEADERS with the header called `name` replaced (or dropped if None).
+    fn ws_with(name: &str, replacement: Option<&str>) -> Vec<u8> {
+        let mut hs: Vec<&str> = Vec::new();
+        for h in WS_HEADERS {
+            if h.split(':').next() == Some(name) {
+                hs.extend(replacement);
+            } else {
+                hs.push(h);
+            }
+        }
+        req("GET / HTTP/1.1", &hs)
+    }
+
+    fn ok(buf: &[u8]) -> (Request, usize) {
+        match parse_request(buf) {
+            Ok(Some(r)) => r,
+            other => panic!(
+                "expected a request from {:?}, got {other:?}",
+                String::from_utf8_lossy(buf)
+            ),
+        }
+    }
+
+    fn rejected(buf: &[u8]) -> Reject {
+        match parse_request(buf) {
+            Err(r) => r,
+            other => panic!(
+                "expected a reject for {:?}, got {other:?}",
+                String::from_utf8_lossy(buf)
+            ),
+        }
+    }
+
+    #[test]
+    fn accept_key_rfc_example() {
+        // RFC 6455 §1.3.
+        assert_eq!(accept_key(KEY), ACCEPT);
+    }
+
+    #[test]
+    fn valid_upgrade_parses_fully() {
+        let text = upgrade("Sockrelay-Admission: abc\r\nSec-WebSocket-Protocol: chat, v2\r\n");
+        let (r, n) = ok(text.as_bytes());
+        assert_eq!(n, text.len());
+        assert_eq!(r.path, "/dest");
+        assert_eq!(r.query, vec![("id".to_owned(), "0b1c".to_owned())]);
+        assert_eq!(r.query_param("id"), Some("0b1c"));
+        assert_eq!(r.query_param("token"), None);
+        assert_eq!(r.ws_key.as_deref(), Some(KEY));
+        assert!(r.is_upgrade());
+        assert_eq!(r.protocols, vec!["chat", "v2"]);
+        assert_eq!(r.header("sockrelay-admission"), Some(&b"abc"[..]));
+        assert_eq!(r.header("host"), Some(&b"relay.example:8080"[..]));
+        assert_eq!(r.header("nope"), None);
+        assert!(r.headers.iter().all(|(n, _)| *n == n.to_ascii_lowercase()));
+        assert_eq!(r.headers.len(), 7);
+    }
+
+    #[test]
+    fn every_split_point_is_partial_then_complete() {
+        let text = upgrade("Sockrelay-Admission: abc\r\n");
+        let bytes = text.as_bytes();
+        for cut in 0..bytes.len() {
+            assert_eq!(parse_request(&bytes[..cut]), Ok(None), "cut at {cut}");
+        }
+        let whole = ok(bytes);
+        // Bytes after the header (the first frames) are not consumed.
+        let mut more = bytes.to_vec();
+        more.extend_from_slice(&[0x82, 0x85, 1, 2, 3, 4, 5]);
+        assert_eq!(ok(&more), whole);
+        assert_eq!(whole.1, bytes.len());
+    }
+
+    #[test]
+    fn plain_get_is_not_an_upgrade() {
+        let (r, n) = ok(&req(
+            "GET /healthz HTTP/1.1",
+            &["Host: x", "Connection: keep-alive"],
+        ));
+        assert_eq!(r.path, "/healthz");
+        assert_eq!(r.ws_key, None);
+        assert!(!r.is_upgrade());
+        assert!(n > 0);
+        // An Upgrade naming another protocol is ignored (RFC 7230 §6.7).
+        let (r, _) = ok(&req(
+            "GET /metrics HTTP/1.1",
+            &[
+                "Host: x",
+                "Connection: Upgrade, HTTP2-Settings",
+                "Upgrade: h2c",
+            ],
+        ));
+        assert_eq!(r.ws_key, None);
+        // Connection: upgrade alone names no protocol.
+        let (r, _) = ok(&req(
+            "GET /healthz HTTP/1.1",
+            &["Host: x", "Connection: upgrade"],
+        ));
+        assert_eq!(r.ws_key, None);
+    }
+
+    #[test]
+    fn http10_plain_ok_upgrade_not() {
+        // Load balancer health checks are often HTTP/1.0 without Host.
+        let (r, _) = ok(&req("GET /healthz HTTP/1.0", &[]));
+        assert_eq!(r.ws_key, None);
+        let mut hs = WS_HEADERS.to_vec();
+        hs.remove(0);
+        assert_eq!(rejected(&req("GET / HTTP/1.0", &hs)), R_HTTP10_UPGRADE);
+        assert_eq!(rejected(&req("GET / HTTP/1.0", &WS_HEADERS)).status, 400);
+        assert_eq!(rejected(b"GET / HTTP/2.0\r\n\r\n"), R_BAD_VERSION_HTTP);
+    }
+
+    #[test]
+    fn method_must_be_get() {
+        for m in ["POST", "HEAD", "PUT", "OPTIONS", "get"] {
+            let r = rejected(&req(&format!("{m} / HTTP/1.1"), &WS_HEADERS));
+            assert_eq!(r, R_METHOD, "{m}");
+            assert_eq!(r.status, 405);
+        }
+    }
+
+    #[test]
+    fn target_must_be_a_path() {
+        assert_eq!(rejected(&req("GET * HTTP/1.1", &WS_HEADERS)), R_TARGET);
+        assert_eq!(
+            rejected(&req("GET http://relay/dest HTTP/1.1", &WS_HEADERS)),
+            R_TARGET
+        );
+    }
+
+    #[test]
+    fn host_rules() {
+        assert_eq!(rejected(&ws_with("Host", None)), R_NO_HOST);
+        assert_eq!(rejected(&req("GET /healthz HTTP/1.1", &[])), R_NO_HOST);
+        let mut hs = WS_HEADERS.to_vec();
+        hs.push("host: other");
+        assert_eq!(rejected(&req("GET / HTTP/1.1", &hs)), R_DUP_HOST);
+    }
+
+    #[test]
+    fn upgrade_token_rules() {
+        // Upgrade missing while the Sec-WebSocket-* headers ask for it.
+        assert_eq!(rejected(&ws_with("Upgrade", None)), R_NO_UPGRADE);
+        assert_eq!(
+            rejected(&ws_with("Upgrade", Some("Upgrade: h2c"))),
+            R_NO_UPGRADE
+        );
+        assert_eq!(
+            rejected(&ws_with("Upgrade", Some("Upgrade: websockets"))),
+            R_NO_UPGRADE
+        );
+        for v in [
+            "WebSocket",
+            "WEBSOCKET",
+            "h2c, websocket",
+            " websocket ,foo",
+            "\twebsocket",
+        ] {
+            let (r, _) = ok(&ws_with("Upgrade", Some(&format!("Upgrade: {v}"))));
+            assert_eq!(r.ws_key.as_deref(), Some(KEY), "{v}");
+        }
+        let (r, _) = ok(&ws_with("Upgrade", Some("uPgRaDe: websocket")));
+        assert!(r.is_upgrade());
+    }
+
+    #[test]
+    fn connection_token_rules() {
+        assert_eq!(rejected(&ws_with("Connection", None)), R_NO_CONNECTION);
+        assert_eq!(
+            rejected(&ws_with("Connection", Some("Connection: keep-alive"))),
+            R_NO_CONNECTION
+        );
+        assert_eq!(
+            rejected(&ws_with("Connection", Some("Connection: upgrades"))),
+            R_NO_CONNECTION
+        );
+        for v in [
+            "upgrade",
+            "keep-alive, Upgrade",
+            "UPGRADE,keep-alive",
+            "keep-alive ,  upgrade  ",
+        ] {
+            let (r, _) = ok(&ws_with("Connection", Some(&format!("Connection: {v}"))));
+            assert!(r.is_upgrade(), "{v}");
+        }
+        // The list may be split over several header lines.
+        let mut hs = WS_HEADERS.to_vec();
+        hs[2] = "Connection: keep-alive";
+        hs.push("connection: Upgrade");
+        assert!(ok(&req("GET / HTTP/1.1", &hs)).0.is_upgrade());
+    }
+
+    #[test]
+    fn version_rules() {
+        let r = rejected(&ws_with("Sec-WebSocket-Version", None));
+        assert_eq!(r, R_NO_VERSION);
+        assert_eq!(r.status, 426);
+        for v in ["8", "12", "13, 8", "", "14"] {
+            let line = format!("Sec-WebSocket-Version: {v}");
+            let r = rejected(&ws_with("Sec-WebSocket-Version", Some(&line)));
+            assert_eq!(r, R_BAD_VERSION, "{v}");
+        }
+        // A version header alone asks for a WebSocket: half an upgrade.
+        assert_eq!(
+            rejected(&req(
+                "GET / HTTP/1.1",
+                &["Host: h", "Sec-WebSocket-Version: 13"]
+            )),
+            R_NO_UPGRADE
+        );
+        // Version is checked before the key: other versions may key differently.
+        let mut hs = WS_HEADERS.to_vec();
+        hs[3] = "Sec-WebSocket-Key: whatever";
+        hs[4] = "Sec-WebSocket-Version: 8";
+        assert_eq!(rejected(&req("GET / HTTP/1.1", &hs)), R_BAD_VERSION);
+    }
+
+    #[test]
+    fn key_rules() {
+        assert_eq!(rejected(&ws_with("Sec-WebSocket-Key", None)), R_NO_KEY);
+        let bad = [
+            "",
+            "dGhlIHNhbXBsZSBub25jZQ",       // no padding
+            "dGhlIHNhbXBsZSBub25jZQ=",      // short padding
+            "dGhlIHNhbXBsZSBub25jZR==",     // non-zero trailing bits
+            "dGhlIHNhbXBsZSBub25jZQ==dGhl", // 19 bytes
+            "dGhlIHNhbXBsZSBub25j",         // 15 bytes
+            "dGhlIHNhbXBsZSBub25jZSEh",     // 18 bytes
+            "dGhlIHNhbXBsZSBub25jZ!==",     // not base64
+            "dGhl IHNhbXBsZSBub25jZQ==",    // inner space
+            "dGhlIHNhbXBsZSBub25jZQ==, dGhlIHNhbXBsZSBub25jZQ==",
+        ];
+        for k in bad {
+            let line = format!("Sec-WebSocket-Key: {k}");
+            assert_eq!(
+                rejected(&ws_with("Sec-WebSocket-Key", Some(&line))),
+                R_BAD_KEY,
+                "{k:?}"
+            );
+        }
+        let mut hs = WS_HEADERS.to_vec();
+        hs.push("sec-websocket-key: AAAAAAAAAAAAAAAAAAAAAA==");
+        assert_eq!(rejected(&req("GET / HTTP/1.1", &hs)), R_DUP_KEY);
+        // Case of the header name does not matter; surrounding blanks are trimmed.
+        let (r, _) = ok(&ws_with(
+            "Sec-WebSocket-Key",
+            Some("SEC-WEBSOCKET-KEY:   AAAAAAAAAAAAAAAAAAAAAA==  "),
+        ));
+        assert_eq!(r.ws_key.as_deref(), Some("AAAAAAAAAAAAAAAAAAAAAA=="));
+        // A key without Upgrade/Connection is half an upgrade.
+        assert_eq!(
+            rejected(&req(
+                "GET / HTTP/1.1",
+                &["Host: h", "Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA=="]
+            )),
+            R_NO_UPGRADE
+        );
+    }
+
+    #[test]
+    fn upgrade_with_body_is_rejected() {
+        let mut hs = WS_HEADERS.to_vec();
+        hs.push("Content-Length: 5");
+        assert_eq!(rejected(&req("GET / HTTP/1.1", &hs)), R_BODY);
+        hs.pop();
+        hs.push("Transfer-Encoding: chunked");
+        assert_eq!(rejected(&req("GET / HTTP/1.1", &hs)), R_BODY);
+        hs.pop();
+        hs.push("Content-Length: 0");
+        assert!(ok(&req("GET / HTTP/1.1", &hs)).0.is_upgrade());
+    }
+
+    #[test]
+    fn protocols_from_all_lines_in_order() {
+        let mut hs = WS_HEADERS.to_vec();
+        hs.push("Sec-WebSocket-Protocol: chat, , superchat");
+        hs.push("sec-websocket-protocol: v2");
+        assert_eq!(
+            ok(&req("GET / HTTP/1.1", &hs)).0.protocols,
+            vec!["chat", "superchat", "v2"]
+        );
+        assert!(ok(&req("GET / HTTP/1.1", &WS_HEADERS))
+            .0
+            .protocols
+            .is_empty());
+    }
+
+    #[test]
+    fn percent_decoding() {
+        let (r, _) = ok(&req(
+            "GET /de%73t/%C3%A9%2f?id=a%20b&token=x%2By+z&flag&&empty=&%3D=%26&id=second HTTP/1.1",
+            &WS_HEADERS,
+        ));
+        assert_eq!(r.path, "/dest/é/");
+        let q: Vec<(&str, &str)> = r
+            .query
+            .iter()
+            .map(|(a, b)| (a.as_str(), b.as_str()))
+            .collect();
+        assert_eq!(
+            q,
+            vec![
+                ("id", "a b"),
+                ("token", "x+y+z"),
+                ("flag", ""),
+                ("empty", ""),
+                ("=", "&"),
+                ("id", "second"),
+            ]
+        );
+        assert_eq!(r.query_param("id"), Some("a b"), "first one wins");
+        assert_eq!(r.query_param("flag"), Some(""));
+        // "?" alone and a value containing "=".
+        let (r, _) = ok(&req("GET /origin? HTTP/1.1", &["Host: h"]));
+        assert_eq!((r.path.as_str(), r.query.len()), ("/origin", 0));
+        let (r, _) = ok(&req("GET /?a=b=c HTTP/1.1", &["Host: h"]));
+        assert_eq!(r.query_param("a"), Some("b=c"));
+    }
+
+    #[test]
+    fn percent_decoding_errors() {
+        for (target, want) in [
+            ("/%", R_PATH_ESCAPE),
+            ("/%4", R_PATH_ESCAPE),
+            ("/%zz", R_PATH_ESCAPE),
+            ("/%+1", R_PATH_ESCAPE),
+            ("/%ff", R_PATH_UTF8),
+            ("/%C3", R_PATH_UTF8),
+            ("/%ED%A0%80", R_PATH_UTF8), // a surrogate
+            ("/?a=%", R_QUERY_ESCAPE),
+            ("/?a=%g0", R_QUERY_ESCAPE),
+            ("/?%=1", R_QUERY_ESCAPE),
+            ("/?a=%80", R_QUERY_UTF8),
+            ("/?%fe=1", R_QUERY_UTF8),
+        ] {
+            let r = rejected(&req(&format!("GET {target} HTTP/1.1"), &WS_HEADERS));
+            assert_eq!(r, want, "{target}");
+            assert_eq!(r.status, 400);
+        }
+    }
+
+    #[test]
+    fn percent_encode_round_trips() {
+        let raw = "a b+c/d?e&f=g%h~é\u{1F511}";
+        let enc = percent_encode(raw);
+        assert!(enc
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~%".contains(&b)));
+        let (r, _) = ok(&req(&format!("GET /x?t={enc} HTTP/1.1"), &["Host: h"]));
+        assert_eq!(r.query_param("t"), Some(raw));
+    }
+
+    #[test]
+    fn oversized_header_is_431_as_soon_as_it_passes_the_cap() {
+        let mut slow = b"GET / HTTP/1.1\r\nHost: h\r\nX-Pad: ".to_vec();
+        slow.resize(MAX_HEADER_BYTES - 1, b'a');
+        assert_eq!(parse_request(&slow), Ok(None));
+        slow.push(b'a');
+        assert_eq!(parse_request(&slow), Err(R_TOO_LARGE));
+        assert_eq!(R_TOO_LARGE.status, 431);
+        slow.extend_from_slice(b"\r\n\r\n");
+        assert_eq!(parse_request(&slow), Err(R_TOO_LARGE));
+        // A giant request line alone, too.
+        let mut line = b"GET /".to_vec();
+        line.resize(MAX_HEADER_BYTES + 100, b'a');
+        assert_eq!(parse_request(&line), Err(R_TOO_LARGE));
+    }
+
+    #[test]
+    fn header_of_exactly_the_cap_is_fine() {
+        let mut text = b"GET / HTTP/1.1\r\nHost: h\r\nX-Pad: ".to_vec();
+        text.resize(MAX_HEADER_BYTES - 4, b'a');
+        text.extend_from_slice(b"\r\n\r\n");
+        assert_eq!(text.len(), MAX_HEADER_BYTES);
+        assert_eq!(ok(&text).1, MAX_HEADER_BYTES);
+        // Followed by lots of frame bytes: still fine, still exact.
+        text.extend_from_slice(&[0u8; 3 * MAX_HEADER_BYTES]);
+        assert_eq!(ok(&text).1, MAX_HEADER_BYTES);
+    }
+
+    #[test]
+    fn header_count_cap() {
+        let fill = |n: usize| -> Vec<String> { (0..n).map(|i| format!("X-F{i}: v")).collect() };
+        let mut hs: Vec<String> = WS_HEADERS.iter().map(|s| s.to_string()).collect();
+        hs.extend(fill(MAX_HEADERS - WS_HEADERS.len()));
+        let refs: Vec<&str> = hs.iter().map(String::as_str).collect();
+        let (r, _) = ok(&req("GET / HTTP/1.1", &refs));
+        assert_eq!(r.headers.len(), MAX_HEADERS);
+        hs.push("X-One-Too-Many: v".into());
+        let refs: Vec<&str> = hs.iter().map(String::as_str).collect();
+        let r = rejected(&req("GET / HTTP/1.1", &refs));
+        assert_eq!(r, R_TOO_MANY);
+        assert_eq!(r.status, 431);
+    }
+
+    #[test]
+    fn garbage_is_400() {
+        // A TLS ClientHello sent to the plain port.
+        assert_eq!(rejected(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).status, 400);
+        assert_eq!(rejected(b"GET  / HTTP/1.1\r\n\r\n"), R_BAD_LINE);
+        assert_eq!(
+            rejected(b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n"),
+            R_BAD_HEADER
+        );
+        assert_eq!(
+            rejected(b"GET / HTTP/1.1\r\nX: a\x01b\r\n\r\n"),
+            R_BAD_HEADER
+        );
+        assert_eq!(
+            rejected(b"GET / HTTP/1.1\r\n folded: x\r\n\r\n").status,
+            400
+        );
+        // Non-UTF-8 raw bytes in the target.
+        assert_eq!(
+            rejected(b"GET /\xff HTTP/1.1\r\nHost: h\r\n\r\n").status,
+            400
+        );
+        assert_eq!(parse_request(b""), Ok(None));
+    }
+
+    #[test]
+    fn fuzz_regressions() {
+        // Inputs found by fuzz/fuzz_targets/handshake_request.rs are kept here.
+    }
+
+    /// Split a response into (status line, headers, body) using httparse.
+    fn parse_http(bytes: &[u8]) -> (u16, String, Vec<(String, String)>, Vec<u8>) {
+        let mut slots = [httparse::EMPTY_HEADER; 16];
+        let mut r = httparse::Response::new(&mut slots);
+        let n = match r.parse(bytes) {
+            Ok(httparse::Status::Complete(n)) => n,
+            other => panic!("not a complete response: {other:?}"),
+        };
+        let hs = r
+            .headers
+            .iter()
+            .map(|h| {
+                (
+                    h.name.to_owned(),
+                    String::from_utf8(h.value.to_vec()).unwrap(),
+                )
+            })
+            .collect();
+        (
+            r.code.unwrap(),
+            r.reason.unwrap().to_owned(),
+            hs,
+            bytes[n..].to_vec(),
+        )
+    }
+
+    fn hdr<'a>(hs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+        hs.iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn error_responses() {
+        for (status, phrase) in [
+            (400, "Bad Request"),
+            (403, "Forbidden"),
+            (404, "Not Found"),
+            (405, "Method Not Allowed"),
+            (409, "Conflict"),
+            (426, "Upgrade Required"),
+            (431, "Request Header Fields Too Large"),
+            (503, "Service Unavailable"),
+        ] {
+            let bytes = error_response(status, "some reason");
+            let text = String::from_utf8(bytes.clone()).unwrap();
+            assert!(
+                text.starts_with(&format!("HTTP/1.1 {status} {phrase}\r\n")),
+                "{text}"
+            );
+            let (code, reason, hs, body) = parse_http(&bytes);
+            assert_eq!((code, reason.as_str()), (status, phrase));
+            assert_eq!(body, b"some reason\n");
+            assert_eq!(hdr(&hs, "Content-Type"), Some("text/plain"));
+            assert_eq!(hdr(&hs, "Content-Length"), Some("12"));
+            assert_eq!(hdr(&hs, "Connection"), Some("close"));
+            assert_eq!(hdr(&hs, "Sec-WebSocket-Version").is_some(), status == 426);
+            assert_eq!(hdr(&hs, "Allow"), (status == 405).then_some("GET"));
+        }
+        assert_eq!(
+            error_response(426, R_BAD_VERSION.reason),
+            R_BAD_VERSION.response()
+        );
+        assert_eq!(
+            hdr(
+                &parse_http(&error_response(426, "x")).2,
+                "Sec-WebSocket-Version"
+            ),
+            Some("13")
+        );
+        assert_eq!(
+            R_BAD_KEY.to_string(),
+            "400 Bad Request: Sec-WebSocket-Key is not 16 bytes of base64"
+        );
+    }
+
+    #[test]
+    fn builders_cannot_be_split() {
+        let bytes = error_response(400, "a\r\nSet-Cookie: x\r\n\r\nb");
+        let (_, _, hs, body) = parse_http(&bytes);
+        assert_eq!(hdr(&hs, "Set-Cookie"), None);
+        assert_eq!(body, b"aSet-Cookie: xb\n");
+        let bytes = response_101(KEY, &[("Sockrelay-Session", "id\r\nEvil: 1")]);
+        let (_, _, hs, body) = parse_http(&bytes);
+        assert_eq!(hdr(&hs, "Evil"), None);
+        assert_eq!(hdr(&hs, "Sockrelay-Session"), Some("idEvil: 1"));
+        assert!(body.is_empty());
+    }
+
+    #[test]
+    fn response_101_format() {
+        let bytes = response_101(KEY, &[("Sockrelay-Session", "0b1c")]);
+        assert!(bytes.starts_with(b"HTTP/1.1 101 Switching Protocols\r\n"));
+        assert!(bytes.ends_with(b"\r\n\r\n"));
+        let (code, _, hs, body) = parse_http(&bytes);
+        assert_eq!(code, 101);
+        assert!(body.is_empty());
+        assert_eq!(hdr(&hs, "Upgrade"), Some("websocket"));
+        assert_eq!(hdr(&hs, "Connection"), Some("Upgrade"));
+        assert_eq!(hdr(&hs, "Sec-WebSocket-Accept"), Some(ACCEPT));
+        assert_eq!(hdr(&hs, "Sockrelay-Session"), Some("0b1c"));
+        let (resp, n) = parse_response(&bytes, ACCEPT).unwrap().unwrap();
+        assert_eq!(n, bytes.len());
+        assert_eq!(resp.status, 101);
+        assert_eq!(resp.header("sockrelay-session"), Some(&b"0b1c"[..]));
+    }
+
+    #[test]
+    fn plain_response_format() {
+        let bytes = plain_response(200, "text/plain; version=0.0.4", b"sessions 3\n");
+        let (code, reason, hs, body) = parse_http(&bytes);
+        assert_eq!((code, reason.as_str()), (200, "OK"));
+        assert_eq!(hdr(&hs, "Content-Type"), Some("text/plain; version=0.0.4"));
+        assert_eq!(hdr(&hs, "Content-Length"), Some("11"));
+        assert_eq!(hdr(&hs, "Connection"), Some("close"));
+        assert_eq!(body, b"sessions 3\n");
+    }
+
+    #[test]
+    fn client_request_round_trips_through_the_server_parser() {
+        let key = *b"the sample nonce";
+        let (bytes, accept) = client_request(
+            "relay.example:8080",
+            "/dest?id=0b1c&admission=a%2Bb",
+            &[("Sockrelay-Admission", "abc")],
+            key,
+        );
+        assert_eq!(accept, ACCEPT);
+        let (r, n) = ok(&bytes);
+        assert_eq!(n, bytes.len());
+        assert_eq!(r.ws_key.as_deref(), Some(KEY));
+        assert_eq!(r.path, "/dest");
+        assert_eq!(r.query_param("admission"), Some("a+b"));
+        assert_eq!(r.header("host"), Some(&b"relay.example:8080"[..]));
+        assert_eq!(r.header("sockrelay-admission"), Some(&b"abc"[..]));
+        assert_eq!(accept_key(r.ws_key.as_deref().unwrap()), accept);
+        // A broken path cannot break the request line.
+        let (bytes, _) = client_request("h", "/a b\r\nX: y", &[], key);
+        let (r, _) = ok(&bytes);
+        assert_eq!(r.path, "/abX:y");
+        assert_eq!(r.header("x"), None);
+    }
+
+    // ---- client side: parse_response ----
+
+    fn resp(status_line: &str, headers: &[&str], body: &str) -> Vec<u8> {
+        let mut v = req(status_line, headers);
+        v.extend_from_slice(body.as_bytes());
+        v
+    }
+
+    const OK_101: [&str; 3] = [
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        "Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=",
+    ];
+
+    fn client_err(buf: &[u8]) -> ClientError {
+        match parse_response(buf, ACCEPT) {
+            Err(e) => e,
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn response_every_split_point_and_exact_consumed() {
+        let head = resp("HTTP/1.1 101 Switching Protocols", &OK_101, "");
+        for cut in 0..head.len() {
+            assert_eq!(
+                parse_response(&head[..cut], ACCEPT),
+                Ok(None),
+                "cut at {cut}"
+            );
+        }
+        let mut with_frames = head.clone();
+        with_frames.extend_from_slice(&[0x89, 0x00, 0x82, 0x01, 0xAA]);
+        let (r, n) = parse_response(&with_frames, ACCEPT).unwrap().unwrap();
+        assert_eq!(n, head.len());
+        assert_eq!(r.status, 101);
+        assert_eq!(r.header("upgrade"), Some(&b"websocket"[..]));
+    }
+
+    #[test]
+    fn response_tokens_case_insensitive_and_lists() {
+        let bytes = resp(
+            "HTTP/1.1 101 Whatever",
+            &[
+                "upgrade: WebSocket",
+                "CONNECTION: keep-alive, UPGRADE",
+                "sec-websocket-accept:   s3pPLMBiTxaQ9kYGzzhZRbK+xOo=  ",
+            ],
+            "",
+        );
+        assert!(parse_response(&bytes, ACCEPT).unwrap().is_some());
+    }
+
+    #[test]
+    fn response_101_validation() {
+        let mut hs = OK_101.to_vec();
+        hs[2] = "Sec-WebSocket-Accept: AAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+        let e = client_err(&resp("HTTP/1.1 101 Switching Protocols", &hs, ""));
+        assert_eq!(
+            e,
+            ClientError::BadAccept {
+                expected: ACCEPT.into(),
+                got: "AAAAAAAAAAAAAAAAAAAAAAAAAAA=".into()
+            }
+        );
+        assert!(e.to_string().contains("wrong Sec-WebSocket-Accept"), "{e}");
+        // Accept compares exactly (base64 is case-sensitive).
+        hs[2] = "Sec-WebSocket-Accept: S3PPLMBITXAQ9KYGZZHZRBK+XOO=";
+        assert!(matches!(
+            client_err(&resp("HTTP/1.1 101 Switching Protocols", &hs, "")),
+            ClientError::BadAccept { .. }
+        ));
+        let missing_accept = resp("HTTP/1.1 101 Switching Protocols", &OK_101[..2], "");
+        assert!(matches!(
+            client_err(&missing_accept),
+            ClientError::BadAccept { .. }
+        ));
+        let no_upgrade = resp("HTTP/1.1 101 Switching Protocols", &OK_101[1..], "");
+        assert_eq!(
+            client_err(&no_upgrade),
+            ClientError::BadUpgrade("Upgrade header must contain websocket")
+        );
+        let no_conn = resp(
+            "HTTP/1.1 101 Switching Protocols",
+            &[OK_101[0], "Connection: keep-alive", OK_101[2]],
+            "",
+        );
+        assert_eq!(
+            client_err(&no_conn),
+            ClientError::BadUpgrade("Connection header must contain upgrade")
+        );
+        let mut ext = OK_101.to_vec();
+        ext.push("Sec-WebSocket-Extensions: permessage-deflate");
+        assert!(matches!(
+            client_err(&resp("HTTP/1.1 101 Switching Protocols", &ext, "")),
+            ClientError::BadUpgrade(_)
+        ));
+    }
+
+    #[test]
+    fn error_status_waits_for_its_body() {
+        let full = resp(
+            "HTTP/1.1 403 Forbidden",
+            &[
+                "Content-Type: text/plain",
+                "Content-Length: 24",
+                "Connection: close",
+            ],
+            "wrong admission value\nx\n",
+        );
+        let head_len = full.len() - 24;
+        for cut in 0..full.len() {
+            assert_eq!(
+                parse_response(&full[..cut], ACCEPT),
+                Ok(None),
+                "cut at {cut}"
+            );
+        }
+        let e = client_err(&full);
+        assert_eq!(
+            e.to_string(),
+            "relay answered 403 Forbidden: wrong admission value"
+        );
+        assert_eq!(e.status(), Some(403));
+        // What our own relay sends reads the same way.
+        let ours = error_response(404, "unknown session");
+        assert_eq!(
+            client_err(&ours).to_string(),
+            "relay answered 404 Not Found: unknown session"
+        );
+        let e = client_err(&error_response(426, R_BAD_VERSION.reason));
+        assert_eq!(
+            e.to_string(),
+            "relay answered 426 Upgrade Required: unsupported Sec-WebSocket-Version (need 13)"
+        );
+        // Closed early: what there is.
+        let e = parse_response_eof(&full[..head_len + 5]);
+        assert_eq!(e.to_string(), "relay answered 403 Forbidden: wrong");
+    }
+
+    #[test]
+    fn error_status_body_is_capped() {
+        let long = "x".repeat(2000);
+        let bytes = resp(
+            "HTTP/1.1 503 Service Unavailable",
+            &["Content-Length: 2000"],
+            &long,
+        );
+        let head = bytes.len() - 2000;
+        assert_eq!(
+            parse_response(&bytes[..head + MAX_ERROR_BODY_BYTES - 1], ACCEPT),
+            Ok(None)
+        );
+        let e = client_err(&bytes[..head + MAX_ERROR_BODY_BYTES]);
+        assert_eq!(e, client_err(&bytes));
+        match e {
+            ClientError::Rejected {
+                status: 503,
+                message,
+                ..
+            } => {
+                assert_eq!(message.len(), MAX_ERROR_BODY_BYTES)
+            }
+            other => panic!("{other:?}"),
+        }
+        // No Content-Length: up to the cap or the close.
+        let bytes = resp("HTTP/1.1 503 Service Unavailable", &[], "full\n");
+        assert_eq!(parse_response(&bytes, ACCEPT), Ok(None));
+        assert_eq!(
+            parse_response_eof(&bytes).to_string(),
+            "relay answered 503 Service Unavailable: full"
+        );
+    }
+
+    #[test]
+    fn error_status_other_shapes() {
+        let e = client_err(&resp("HTTP/1.1 404 Not Found", &["Content-Length: 0"], ""));
+        assert_eq!(e.to_string(), "relay answered 404 Not Found");
+        let e = client_err(&resp(
+            "HTTP/1.1 302 Found",
+            &["Location: https://elsewhere/x", "Content-Length: 0"],
+            "",
+        ));
+        assert_eq!(
+            e.to_string(),
+            "relay answered 302 Found (Location: https://elsewhere/x)"
+        );
+        let e = client_err(&resp(
+            "HTTP/1.1 502 Bad Gateway",
+            &["Content-Type: text/html", "Content-Length: 14"],
+            "<html>x</html>",
+        ));
+        assert_eq!(e.to_string(), "relay answered 502 Bad Gateway");
+        let chunked = resp(
+            "HTTP/1.1 400 Bad Request",
+            &["Transfer-Encoding: chunked"],
+            "b\r\nbad request\r\n0\r\n\r\n",
+        );
+        assert_eq!(
+            client_err(&chunked).to_string(),
+            "relay answered 400 Bad Request: bad request"
+        );
+        assert_eq!(
+            parse_response(&chunked[..chunked.len() - 15], ACCEPT),
+            Ok(None)
+        );
+        // Hostile bytes do not reach the terminal.
+        let e = client_err(&resp(
+            "HTTP/1.1 400 Bad\tRequest",
+            &["Content-Length: 6"],
+            "a\x1b[2Jb",
+        ));
+        assert_eq!(e.to_string(), "relay answered 400 Bad?Request: a?[2Jb");
+        // A 1xx/204/304 has no body: decided at once.
+        let e = client_err(&resp("HTTP/1.1 204 No Content", &[], ""));
+        assert_eq!(e.status(), Some(204));
+        let e = client_err(&resp("HTTP/1.0 200 OK", &["Content-Length: 3"], "ok\n"));
+        assert_eq!(e.to_string(), "relay answered 200 OK: ok");
+    }
+
+    #[test]
+    fn response_garbage_and_limits() {
+        assert!(matches!(
+            client_err(b"SSH-2.0-OpenSSH_9.6\r\n"),
+            ClientError::Malformed(_)
+        ));
+        assert!(matches!(
+            client_err(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x46]),
+            ClientError::Malformed(_)
+        ));
+        let mut big = b"HTTP/1.1 101 Switching Protocols\r\nX: ".to_vec();
+        big.resize(MAX_HEADER_BYTES - 1, b'a');
+        assert_eq!(parse_response(&big, ACCEPT), Ok(None));
+        big.push(b'a');
+        assert_eq!(client_err(&big), ClientError::TooLarge);
+        assert_eq!(parse_response_eof(&big), ClientError::TooLarge);
+    }
+
+    #[test]
+    fn response_eof() {
+        assert_eq!(parse_response_eof(b""), ClientError::Closed { received: 0 });
+        assert_eq!(
+            parse_response_eof(b"").to_string(),
+            "connection closed before the relay answered"
+        );
+        assert_eq!(
+            parse_response_eof(b"HTTP/1.1 40"),
+            ClientError::Closed { received: 11 }
+        );
+        assert!(matches!(
+            parse_response_eof(b"hello\r\n\r\n"),
+            ClientError::Malformed(_)
+        ));
+        let head = resp("HTTP/1.1 101 Switching Protocols", &OK_101, "");
+        assert!(matches!(
+            parse_response_eof(&head),
+            ClientError::Closed { .. }
+        ));
+        let e = parse_response_eof(&resp(
+            "HTTP/1.1 409 Conflict",
+            &["Content-Length: 50"],
+            "session has a dest\r\n",
+        ));
+        assert_eq!(
+            e.to_string(),
+            "relay answered 409 Conflict: session has a dest"
+        );
+    }
 }
