@@ -517,7 +517,30 @@ fn scenario(kind: RelayKind) {
         let errs = p.events("protocol-error");
         assert!(errs.is_empty(), "{}: protocol errors: {errs:?}", p.name);
     }
+
+    // The dest goes away: unlike the original server (which then closed the
+    // origin too), the session waits, and a new dest can join with the same id.
+    drop(dest);
+    let dest2_path = tmp.path("dest2.sock");
+    let mut dest2 = node_client(
+        "dest2",
+        &["dest", "127.0.0.1", &port, &id, TOKEN, dest2_path.to_str().unwrap()],
+    );
+    let line = dest2.wait_for("the new dest to be paired", STEP, |s, l| {
+        s == Stream::Err && Event::parse(l).is_some_and(|e| matches!(e.name.as_str(), "refused" | "listening"))
+    });
+    assert!(line.contains("event=listening"), "a new dest could not join after the first left: {line}");
+    origin.assert_alive();
+    round_trip(&dest2_path, (1 << 20) + 17, 2000);
+    assert!(dest2.events("protocol-error").is_empty());
+    assert!(origin.events("protocol-error").is_empty());
     assert_eq!(origin.events("start").len(), 1);
+
+    // The origin goes away: the dest is told with a close frame (4001).
+    drop(origin);
+    let closed = dest2.wait_event("ws-close", STEP, |_| true);
+    assert_eq!(closed.get("code"), "4001", "close code to the dest when the origin is gone");
+    relay.assert_alive();
 }
 
 #[test]
