@@ -1,1 +1,354 @@
-fn main() {}
+//! Relay benchmarks, reported (never asserted), each against a baseline
+//! measured in the same run:
+//! - throughput of one session with large messages vs a direct TCP
+//!   connection and vs a naive read/write TCP forwarder (what socat does);
+//! - RSS per idle paired session (10 000 sessions);
+//! - instructions per forwarded byte under callgrind (deterministic).
+//!
+//! `cargo bench --bench relay` (add `-- --quick` for a shorter run).
+//! Loopback only; every loop is bounded.
+
+use sockrelay::ws::frame::{encode_frame, OpCode};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const RELAY: &str = env!("CARGO_BIN_EXE_sockrelay-relay");
+
+struct Relay {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn raise_fd_limit(n: u64) -> bool {
+    // SAFETY: plain struct handed to setrlimit, which only reads it.
+    unsafe {
+        let lim = libc::rlimit {
+            rlim_cur: n,
+            rlim_max: n,
+        };
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0
+    }
+}
+
+fn start_relay(wrapper: &[&str], fds: u64) -> Relay {
+    let (prog, mut args): (&str, Vec<&str>) = match wrapper.split_first() {
+        Some((p, rest)) => (p, rest.to_vec()),
+        None => (RELAY, vec![]),
+    };
+    if !wrapper.is_empty() {
+        args.push(RELAY);
+    }
+    args.extend(["-p", "0", "-b", "127.0.0.1", "--max-message", "1G"]);
+    // Extra relay options for experiments, e.g. SOCKRELAY_BENCH_RELAY_ARGS="--buffer 256K".
+    let extra = std::env::var("SOCKRELAY_BENCH_RELAY_ARGS").unwrap_or_default();
+    let extra: Vec<String> = extra.split_whitespace().map(String::from).collect();
+    let extra: &'static [String] = Box::leak(extra.into_boxed_slice());
+    args.extend(extra.iter().map(String::as_str));
+    let mut cmd = Command::new(prog);
+    cmd.args(&args).stdout(Stdio::null()).stderr(Stdio::piped());
+    // SAFETY: only async-signal-safe setrlimit between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: fds,
+                rlim_max: fds,
+            };
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().expect("spawn relay");
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let addr = loop {
+        let line = lines.next().expect("relay exited").expect("relay stderr");
+        if let Some(i) = line.find("listening on ") {
+            break line[i + 13..].trim().to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines.by_ref() {});
+    Relay {
+        child,
+        addr: addr.parse().unwrap(),
+    }
+}
+
+/// Raw client: upgrade to `path`, read the 101 and the relay's first ping.
+fn upgrade(addr: SocketAddr, path: &str) -> (TcpStream, String) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_nodelay(true).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: b\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         Sockrelay-Admission: bench\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut b).unwrap();
+        head.push(b[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let id = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Sockrelay-Session: "))
+        .unwrap_or("")
+        .to_string();
+    // The relay's first frame is a small ping (session / peer-joined).
+    let mut h = [0u8; 2];
+    s.read_exact(&mut h).unwrap();
+    let mut p = vec![0u8; (h[1] & 0x7f) as usize];
+    s.read_exact(&mut p).unwrap();
+    (s, id)
+}
+
+fn pong(s: &mut TcpStream, payload: &[u8]) {
+    let mut out = Vec::new();
+    encode_frame(&mut out, true, OpCode::Pong, Some([1, 2, 3, 4]), payload);
+    s.write_all(&out).unwrap();
+}
+
+/// A paired session; the origin has acknowledged peer-joined.
+fn pair(addr: SocketAddr) -> (TcpStream, TcpStream) {
+    let (mut origin, id) = upgrade(addr, "/origin");
+    let (dest, _) = upgrade(addr, &format!("/dest?id={id}"));
+    // Origin: read the peer-joined ping and answer it.
+    let mut h = [0u8; 2];
+    origin.read_exact(&mut h).unwrap();
+    let mut p = vec![0u8; (h[1] & 0x7f) as usize];
+    origin.read_exact(&mut p).unwrap();
+    pong(&mut origin, &p);
+    (origin, dest)
+}
+
+/// Send `total` bytes from `tx` while `rx` drains `expect` bytes; MB/s.
+fn pump(mut tx: TcpStream, mut rx: TcpStream, unit: &[u8], count: usize, expect: u64) -> f64 {
+    let start = Instant::now();
+    let reader = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 20];
+        let mut got = 0u64;
+        while got < expect {
+            let n = rx.read(&mut buf).expect("read");
+            assert!(n > 0, "eof after {got} of {expect}");
+            got += n as u64;
+        }
+    });
+    for _ in 0..count {
+        tx.write_all(unit).unwrap();
+    }
+    reader.join().unwrap();
+    (count * unit.len()) as f64 / start.elapsed().as_secs_f64() / 1e6
+}
+
+fn direct_tcp(unit: &[u8], count: usize) -> f64 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let tx = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (rx, _) = l.accept().unwrap();
+    pump(tx, rx, unit, count, (unit.len() * count) as u64)
+}
+
+/// A naive user-space forwarder thread (read into a buffer, write it out).
+fn forwarder_tcp(unit: &[u8], count: usize) -> f64 {
+    let front = TcpListener::bind("127.0.0.1:0").unwrap();
+    let back = TcpListener::bind("127.0.0.1:0").unwrap();
+    let tx = TcpStream::connect(front.local_addr().unwrap()).unwrap();
+    let (mut mid_in, _) = front.accept().unwrap();
+    let mut mid_out = TcpStream::connect(back.local_addr().unwrap()).unwrap();
+    let (rx, _) = back.accept().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            match mid_in.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if mid_out.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    pump(tx, rx, unit, count, (unit.len() * count) as u64)
+}
+
+fn masked_frame(payload_len: usize) -> Vec<u8> {
+    let payload: Vec<u8> = (0..payload_len).map(|i| (i * 7) as u8).collect();
+    let mut frame = Vec::with_capacity(payload_len + 14);
+    encode_frame(
+        &mut frame,
+        true,
+        OpCode::Binary,
+        Some([0x12, 0x34, 0x56, 0x78]),
+        &payload,
+    );
+    frame
+}
+
+fn through_relay(addr: SocketAddr, payload_len: usize, count: usize) -> f64 {
+    let (origin, dest) = pair(addr);
+    let frame = masked_frame(payload_len);
+    // The dest receives unmasked frames: 4 bytes shorter each.
+    let expect = ((frame.len() - 4) * count) as u64;
+    let mbps = pump(origin, dest, &frame, count, expect);
+    mbps * payload_len as f64 / frame.len() as f64
+}
+
+fn throughput(quick: bool) {
+    let mib = if quick { 256 } else { 2048 };
+    println!("\n## Throughput, one session, {mib} MiB in 1 MiB messages (MB/s of payload)\n");
+    println!("| path | MB/s | ratio to direct TCP |\n|---|---|---|");
+    let unit = vec![0x5au8; 1 << 20];
+    let direct = direct_tcp(&unit, mib);
+    let fwd = forwarder_tcp(&unit, mib);
+    let relay = start_relay(&[], 4096);
+    let via = through_relay(relay.addr, 1 << 20, mib);
+    let small = through_relay(relay.addr, 16 << 10, mib * 64);
+    println!("| direct TCP (baseline) | {direct:.0} | 1.00 |");
+    println!(
+        "| naive TCP forwarder (socat-like) | {fwd:.0} | {:.2} |",
+        fwd / direct
+    );
+    println!(
+        "| sockrelay-relay, 1 MiB frames | {via:.0} | {:.2} |",
+        via / direct
+    );
+    println!(
+        "| sockrelay-relay, 16 KiB frames | {small:.0} | {:.2} |",
+        small / direct
+    );
+    println!("\nrelay vs naive forwarder: {:.2}", via / fwd);
+}
+
+fn rss_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn idle_memory(quick: bool) {
+    let mut sessions = if quick { 2000 } else { 10_000 };
+    let want_fds = (sessions as u64) * 2 + 1024;
+    if !raise_fd_limit(want_fds) {
+        sessions = 4000;
+        eprintln!("cannot raise the fd limit; measuring {sessions} sessions");
+    }
+    let relay = start_relay(&[], want_fds);
+    // Warm up: one session, so lazily initialised state is in the baseline.
+    let warm = pair(relay.addr);
+    std::thread::sleep(Duration::from_millis(200));
+    let base = rss_of(relay.child.id());
+    let start = Instant::now();
+    let mut held = Vec::with_capacity(sessions);
+    for _ in 0..sessions {
+        held.push(pair(relay.addr));
+    }
+    let setup = start.elapsed();
+    std::thread::sleep(Duration::from_millis(500));
+    let after = rss_of(relay.child.id());
+    let per = (after.saturating_sub(base)) as f64 / sessions as f64;
+    println!("\n## Memory per idle paired session\n");
+    println!("| sessions | relay RSS before | after | bytes per session | set-up time |\n|---|---|---|---|---|");
+    println!(
+        "| {sessions} | {:.1} MiB | {:.1} MiB | {per:.0} | {:.2} s |",
+        base as f64 / 1048576.0,
+        after as f64 / 1048576.0,
+        setup.as_secs_f64()
+    );
+    drop(held);
+    drop(warm);
+}
+
+fn callgrind_total(out: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(out).ok()?;
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("summary: ")
+                .or_else(|| l.strip_prefix("totals: "))
+        })
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn instructions_per_byte() {
+    if Command::new("valgrind").arg("--version").output().is_err() {
+        println!("\n(valgrind not installed: instructions per byte not measured)");
+        return;
+    }
+    let mut totals = Vec::new();
+    let mib = 64usize;
+    for bytes in [0usize, mib] {
+        let out = std::env::temp_dir().join(format!(
+            "sockrelay-callgrind-{}-{bytes}",
+            std::process::id()
+        ));
+        let out_s = out.to_string_lossy().to_string();
+        let arg = format!("--callgrind-out-file={out_s}");
+        let mut relay = start_relay(&["valgrind", "--tool=callgrind", &arg], 4096);
+        {
+            let (mut origin, mut dest) = pair(relay.addr);
+            let frame = masked_frame(1 << 20);
+            let expect = ((frame.len() - 4) * bytes) as u64;
+            let reader = std::thread::spawn(move || {
+                let mut buf = vec![0u8; 1 << 20];
+                let mut got = 0u64;
+                while got < expect {
+                    got += dest.read(&mut buf).unwrap() as u64;
+                }
+                dest
+            });
+            for _ in 0..bytes {
+                origin.write_all(&frame).unwrap();
+            }
+            let _dest = reader.join().unwrap();
+        }
+        // SIGTERM so callgrind writes its totals.
+        // SAFETY: kill(2) on our own child.
+        unsafe {
+            libc::kill(relay.child.id() as i32, libc::SIGTERM);
+        }
+        let _ = relay.child.wait();
+        totals.push(callgrind_total(&out_s).unwrap_or(0));
+        let _ = std::fs::remove_file(&out);
+    }
+    let per = (totals[1].saturating_sub(totals[0])) as f64 / (mib << 20) as f64;
+    println!("\n## Instructions per forwarded byte (callgrind, user space)\n");
+    println!("| run | instructions |\n|---|---|");
+    println!(
+        "| handshakes only | {} |\n| + {mib} MiB in 1 MiB frames | {} |",
+        totals[0], totals[1]
+    );
+    println!("\n**{per:.3} instructions per forwarded byte**");
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let only = args.iter().skip(1).find(|a| !a.starts_with('-')).cloned();
+    let run = |name: &str| only.as_deref().is_none_or(|o| name.contains(o));
+    if run("throughput") {
+        throughput(quick);
+    }
+    if run("memory") {
+        idle_memory(quick);
+    }
+    if run("instructions") {
+        instructions_per_byte();
+    }
+}

@@ -7,9 +7,9 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Log level from -v/-q counts and an optional explicit `--log-level`.
 pub fn level(verbose: usize, quiet: usize, explicit: Option<&str>) -> Result<LevelFilter, String> {
     if let Some(name) = explicit {
-        return name
-            .parse::<LevelFilter>()
-            .map_err(|_| format!("unknown log level {name:?} (off, error, warn, info, debug, trace)"));
+        return name.parse::<LevelFilter>().map_err(|_| {
+            format!("unknown log level {name:?} (off, error, warn, info, debug, trace)")
+        });
     }
     let base: i32 = 3 + verbose as i32 - quiet as i32; // 3 = info
     Ok(match base {
@@ -52,7 +52,10 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let t = s.trim();
     let bad = || format!("{s:?} is not a duration (e.g. 30, 30s, 500ms)");
     if let Some(ms) = t.strip_suffix("ms") {
-        return ms.parse::<u64>().map(std::time::Duration::from_millis).map_err(|_| bad());
+        return ms
+            .parse::<u64>()
+            .map(std::time::Duration::from_millis)
+            .map_err(|_| bad());
     }
     let secs = t.strip_suffix('s').unwrap_or(t);
     secs.parse::<f64>()

@@ -6,37 +6,118 @@ use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::process::exit;
 
 fn usage(opts: &getopts::Options) -> String {
-    let brief = format!(
-        "Usage: sockrelay-relay [options] [PORT]\n\n\
+    let brief = "Usage: sockrelay-relay [options] [PORT]\n\n\
          Pairs sockrelay origins and dests (and any RFC 6455 client pair) and\n\
          forwards WebSocket frames between them. Endpoints: /origin, /dest,\n\
          /healthz, /metrics, and the original clients' ?mode= API.\n\
          Logs go to stderr. SIGINT/SIGTERM: close all sessions (1001) and exit;\n\
-         SIGHUP: re-read --origin-keys."
-    );
-    opts.usage(&brief)
+         SIGHUP: re-read --origin-keys.";
+    opts.usage(brief)
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let d = Config::default();
     let mut opts = getopts::Options::new();
-    opts.optopt("p", "port", &format!("port to listen on (default {DEFAULT_PORT}; 0 picks one)"), "PORT");
-    opts.optopt("b", "bind", "address to listen on, IPv4 or IPv6 (default 0.0.0.0)", "ADDR");
-    opts.optmulti("", "origin-listen", "serve only origins on ADDR:PORT (repeatable; replaces -p/-b for origins)", "ADDR:PORT");
-    opts.optmulti("", "dest-listen", "serve only dests on ADDR:PORT (repeatable; replaces -p/-b for dests)", "ADDR:PORT");
+    opts.optopt(
+        "p",
+        "port",
+        &format!("port to listen on (default {DEFAULT_PORT}; 0 picks one)"),
+        "PORT",
+    );
+    opts.optopt(
+        "b",
+        "bind",
+        "address to listen on, IPv4 or IPv6 (default 0.0.0.0)",
+        "ADDR",
+    );
+    opts.optmulti(
+        "",
+        "origin-listen",
+        "serve only origins on ADDR:PORT (repeatable; replaces -p/-b for origins)",
+        "ADDR:PORT",
+    );
+    opts.optmulti(
+        "",
+        "dest-listen",
+        "serve only dests on ADDR:PORT (repeatable; replaces -p/-b for dests)",
+        "ADDR:PORT",
+    );
     opts.optopt("", "origin-keys", "file of accepted origin keys, one per line; origins must send one in the Sockrelay-Origin-Key header (default: anyone may open sessions)", "FILE");
-    opts.optopt("", "max-sessions", &format!("most live sessions (default {})", d.max_sessions), "N");
-    opts.optopt("", "max-connections", &format!("most open connections (default {})", d.max_connections), "N");
-    opts.optopt("", "max-pending", &format!("most connections still in their handshake (default {})", d.max_pending), "N");
-    opts.optopt("", "max-message", &format!("largest frame/message forwarded, bytes, K/M/G suffixes (default {}M)", d.max_message_bytes >> 20), "SIZE");
-    opts.optopt("", "buffer", &format!("forwarding buffer per direction in flight (default {}K)", d.buffer_bytes >> 10), "SIZE");
-    opts.optopt("", "ping-interval", &format!("ping connections idle this long (default {}s)", d.ping_interval.as_secs()), "SECS");
-    opts.optopt("", "pong-timeout", &format!("drop connections silent for ping-interval plus this (default {}s)", d.pong_timeout.as_secs()), "SECS");
-    opts.optopt("", "handshake-timeout", &format!("time allowed for a complete HTTP request (default {}s)", d.handshake_timeout.as_secs()), "SECS");
+    opts.optopt(
+        "",
+        "max-sessions",
+        &format!("most live sessions (default {})", d.max_sessions),
+        "N",
+    );
+    opts.optopt(
+        "",
+        "max-connections",
+        &format!("most open connections (default {})", d.max_connections),
+        "N",
+    );
+    opts.optopt(
+        "",
+        "max-pending",
+        &format!(
+            "most connections still in their handshake (default {})",
+            d.max_pending
+        ),
+        "N",
+    );
+    opts.optopt(
+        "",
+        "max-message",
+        &format!(
+            "largest frame/message forwarded, bytes, K/M/G suffixes (default {}M)",
+            d.max_message_bytes >> 20
+        ),
+        "SIZE",
+    );
+    opts.optopt(
+        "",
+        "buffer",
+        &format!(
+            "forwarding buffer per direction in flight (default {}K)",
+            d.buffer_bytes >> 10
+        ),
+        "SIZE",
+    );
+    opts.optopt(
+        "",
+        "ping-interval",
+        &format!(
+            "ping connections idle this long (default {}s)",
+            d.ping_interval.as_secs()
+        ),
+        "SECS",
+    );
+    opts.optopt(
+        "",
+        "pong-timeout",
+        &format!(
+            "drop connections silent for ping-interval plus this (default {}s)",
+            d.pong_timeout.as_secs()
+        ),
+        "SECS",
+    );
+    opts.optopt(
+        "",
+        "handshake-timeout",
+        &format!(
+            "time allowed for a complete HTTP request (default {}s)",
+            d.handshake_timeout.as_secs()
+        ),
+        "SECS",
+    );
     opts.optflagmulti("v", "verbose", "more logging (repeatable)");
     opts.optflagmulti("q", "quiet", "less logging (repeatable)");
-    opts.optopt("", "log-level", "off, error, warn, info (default), debug, trace", "LEVEL");
+    opts.optopt(
+        "",
+        "log-level",
+        "off, error, warn, info (default), debug, trace",
+        "LEVEL",
+    );
     opts.optflag("h", "help", "print this help");
     opts.optflag("V", "version", "print the version");
     let m = match opts.parse(&args) {
@@ -58,16 +139,26 @@ fn main() {
         eprintln!("sockrelay-relay: {msg}\nTry 'sockrelay-relay --help'.");
         exit(2);
     };
-    let level = cli::level(m.opt_count("v"), m.opt_count("q"), m.opt_str("log-level").as_deref())
-        .unwrap_or_else(|e| fail(e));
+    let level = cli::level(
+        m.opt_count("v"),
+        m.opt_count("q"),
+        m.opt_str("log-level").as_deref(),
+    )
+    .unwrap_or_else(|e| fail(e));
     let mut cfg = Config::default();
     let port_arg = m.opt_str("p");
-    let port = match (port_arg.as_deref(), m.free.first().map(String::as_str), m.free.len()) {
+    let port = match (
+        port_arg.as_deref(),
+        m.free.first().map(String::as_str),
+        m.free.len(),
+    ) {
         (_, _, 2..) => fail(format!("unexpected arguments: {}", m.free[1..].join(" "))),
-        (Some(_), Some(_), _) => fail("give the port either as -p or as an argument, not both".into()),
-        (Some(p), None, _) | (None, Some(p), _) => {
-            p.parse::<u16>().unwrap_or_else(|_| fail(format!("{p:?} is not a port number")))
+        (Some(_), Some(_), _) => {
+            fail("give the port either as -p or as an argument, not both".into())
         }
+        (Some(p), None, _) | (None, Some(p), _) => p
+            .parse::<u16>()
+            .unwrap_or_else(|_| fail(format!("{p:?} is not a port number"))),
         (None, None, _) => DEFAULT_PORT,
     };
     let bind: IpAddr = match m.opt_str("b") {
@@ -84,8 +175,16 @@ fn main() {
             .and_then(|mut a| a.next())
             .unwrap_or_else(|| fail(format!("{s:?} is not ADDR:PORT")))
     };
-    let origin_listen: Vec<SocketAddr> = m.opt_strs("origin-listen").iter().map(|s| resolve(s)).collect();
-    let dest_listen: Vec<SocketAddr> = m.opt_strs("dest-listen").iter().map(|s| resolve(s)).collect();
+    let origin_listen: Vec<SocketAddr> = m
+        .opt_strs("origin-listen")
+        .iter()
+        .map(|s| resolve(s))
+        .collect();
+    let dest_listen: Vec<SocketAddr> = m
+        .opt_strs("dest-listen")
+        .iter()
+        .map(|s| resolve(s))
+        .collect();
     cfg.listen.clear();
     if origin_listen.is_empty() || dest_listen.is_empty() {
         let role = match (origin_listen.is_empty(), dest_listen.is_empty()) {
@@ -95,18 +194,25 @@ fn main() {
         };
         cfg.listen.push((SocketAddr::new(bind, port), role));
     }
-    cfg.listen.extend(origin_listen.into_iter().map(|a| (a, ListenRole::Origin)));
-    cfg.listen.extend(dest_listen.into_iter().map(|a| (a, ListenRole::Dest)));
+    cfg.listen
+        .extend(origin_listen.into_iter().map(|a| (a, ListenRole::Origin)));
+    cfg.listen
+        .extend(dest_listen.into_iter().map(|a| (a, ListenRole::Dest)));
     let count = |name: &str, v: &mut usize| {
         if let Some(s) = m.opt_str(name) {
-            *v = s.parse().ok().filter(|n| *n > 0).unwrap_or_else(|| fail(format!("--{name}: {s:?} is not a positive number")));
+            *v = s
+                .parse()
+                .ok()
+                .filter(|n| *n > 0)
+                .unwrap_or_else(|| fail(format!("--{name}: {s:?} is not a positive number")));
         }
     };
     count("max-sessions", &mut cfg.max_sessions);
     count("max-connections", &mut cfg.max_connections);
     count("max-pending", &mut cfg.max_pending);
     if let Some(s) = m.opt_str("max-message") {
-        cfg.max_message_bytes = cli::parse_size(&s).unwrap_or_else(|e| fail(format!("--max-message: {e}")));
+        cfg.max_message_bytes =
+            cli::parse_size(&s).unwrap_or_else(|e| fail(format!("--max-message: {e}")));
     }
     if let Some(s) = m.opt_str("buffer") {
         let b = cli::parse_size(&s).unwrap_or_else(|e| fail(format!("--buffer: {e}")));

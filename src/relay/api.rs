@@ -64,11 +64,9 @@ fn admission(req: &Request, compat: bool) -> Result<Vec<u8>, Refusal> {
             Reject::BadRequest,
         )),
         Some([]) => Err(refuse(400, "empty admission value", Reject::BadRequest)),
-        Some(v) if v.len() > MAX_ADMISSION_BYTES => Err(refuse(
-            400,
-            "admission value too long",
-            Reject::BadRequest,
-        )),
+        Some(v) if v.len() > MAX_ADMISSION_BYTES => {
+            Err(refuse(400, "admission value too long", Reject::BadRequest))
+        }
         Some(v) => Ok(v.to_vec()),
     }
 }
@@ -83,7 +81,11 @@ pub fn route(req: &Request) -> Result<Route, Refusal> {
     // The original clients connect to any path with `?mode=`.
     if let Some(mode) = req.query_param("mode") {
         if !upgrade {
-            return Err(refuse(426, "WebSocket upgrade required", Reject::BadRequest));
+            return Err(refuse(
+                426,
+                "WebSocket upgrade required",
+                Reject::BadRequest,
+            ));
         }
         return match mode {
             "origin" => Ok(Route::Origin {
@@ -93,15 +95,21 @@ pub fn route(req: &Request) -> Result<Route, Refusal> {
                 origin_key: None,
             }),
             "dest" => {
-                let id = req
-                    .query_param("id")
-                    .ok_or(refuse(400, "missing session id", Reject::BadRequest))?;
+                let id = req.query_param("id").ok_or(refuse(
+                    400,
+                    "missing session id",
+                    Reject::BadRequest,
+                ))?;
                 Ok(Route::Dest {
                     id: session_id(id)?,
                     admission: admission(req, true)?,
                 })
             }
-            _ => Err(refuse(400, "mode must be origin or dest", Reject::BadRequest)),
+            _ => Err(refuse(
+                400,
+                "mode must be origin or dest",
+                Reject::BadRequest,
+            )),
         };
     }
     match (req.path.as_str(), upgrade) {
@@ -114,16 +122,26 @@ pub fn route(req: &Request) -> Result<Route, Refusal> {
             origin_key: req.header(ORIGIN_KEY_HEADER).map(<[u8]>::to_vec),
         }),
         ("/dest", true) => {
-            let id = req
-                .query_param("id")
-                .ok_or(refuse(400, "missing session id (?id=)", Reject::BadRequest))?;
+            let id = req.query_param("id").ok_or(refuse(
+                400,
+                "missing session id (?id=)",
+                Reject::BadRequest,
+            ))?;
             Ok(Route::Dest {
                 id: session_id(id)?,
                 admission: admission(req, false)?,
             })
         }
-        ("/origin" | "/dest", false) => Err(refuse(426, "WebSocket upgrade required", Reject::BadRequest)),
-        _ => Err(refuse(404, "no such endpoint (try /origin, /dest, /healthz, /metrics)", Reject::NotFound)),
+        ("/origin" | "/dest", false) => Err(refuse(
+            426,
+            "WebSocket upgrade required",
+            Reject::BadRequest,
+        )),
+        _ => Err(refuse(
+            404,
+            "no such endpoint (try /origin, /dest, /healthz, /metrics)",
+            Reject::NotFound,
+        )),
     }
 }
 

@@ -95,9 +95,21 @@ impl Metrics {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         };
         gauge("sockrelay_sessions", "Live sessions.", g.sessions as u64);
-        gauge("sockrelay_sessions_paired", "Sessions with an origin and a dest.", g.sessions_paired as u64);
-        gauge("sockrelay_buffers_in_use", "Forwarding buffers lent out.", g.buffers_in_use as u64);
-        gauge("sockrelay_buffers_free", "Forwarding buffers kept in the pool.", g.buffers_free as u64);
+        gauge(
+            "sockrelay_sessions_paired",
+            "Sessions with an origin and a dest.",
+            g.sessions_paired as u64,
+        );
+        gauge(
+            "sockrelay_buffers_in_use",
+            "Forwarding buffers lent out.",
+            g.buffers_in_use as u64,
+        );
+        gauge(
+            "sockrelay_buffers_free",
+            "Forwarding buffers kept in the pool.",
+            g.buffers_free as u64,
+        );
         let _ = writeln!(
             s,
             "# HELP sockrelay_connections Open connections by state.\n# TYPE sockrelay_connections gauge"
@@ -113,26 +125,71 @@ impl Metrics {
         let mut counter = |name: &str, help: &str, v: u64| {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
         };
-        counter("sockrelay_connections_accepted_total", "TCP connections accepted.", self.accepted);
-        counter("sockrelay_sessions_created_total", "Sessions created.", self.sessions_created);
-        counter("sockrelay_pairings_total", "Dests paired with an origin.", self.pairings);
-        counter("sockrelay_frames_forwarded_total", "WebSocket data frames forwarded.", self.frames_forwarded);
-        counter("sockrelay_frames_dropped_total", "Data frames dropped (no peer to receive them).", self.frames_dropped);
-        counter("sockrelay_ping_timeouts_total", "Connections dropped for not answering pings.", self.ping_timeouts);
-        counter("sockrelay_protocol_errors_total", "Connections closed for WebSocket protocol errors.", self.protocol_errors);
-        counter("sockrelay_accept_errors_total", "accept() failures (e.g. out of file descriptors).", self.accept_errors);
+        counter(
+            "sockrelay_connections_accepted_total",
+            "TCP connections accepted.",
+            self.accepted,
+        );
+        counter(
+            "sockrelay_sessions_created_total",
+            "Sessions created.",
+            self.sessions_created,
+        );
+        counter(
+            "sockrelay_pairings_total",
+            "Dests paired with an origin.",
+            self.pairings,
+        );
+        counter(
+            "sockrelay_frames_forwarded_total",
+            "WebSocket data frames forwarded.",
+            self.frames_forwarded,
+        );
+        counter(
+            "sockrelay_frames_dropped_total",
+            "Data frames dropped (no peer to receive them).",
+            self.frames_dropped,
+        );
+        counter(
+            "sockrelay_ping_timeouts_total",
+            "Connections dropped for not answering pings.",
+            self.ping_timeouts,
+        );
+        counter(
+            "sockrelay_protocol_errors_total",
+            "Connections closed for WebSocket protocol errors.",
+            self.protocol_errors,
+        );
+        counter(
+            "sockrelay_accept_errors_total",
+            "accept() failures (e.g. out of file descriptors).",
+            self.accept_errors,
+        );
         let _ = writeln!(
             s,
             "# HELP sockrelay_bytes_forwarded_total Payload bytes forwarded.\n# TYPE sockrelay_bytes_forwarded_total counter"
         );
-        let _ = writeln!(s, "sockrelay_bytes_forwarded_total{{direction=\"origin_to_dest\"}} {}", self.bytes_origin_to_dest);
-        let _ = writeln!(s, "sockrelay_bytes_forwarded_total{{direction=\"dest_to_origin\"}} {}", self.bytes_dest_to_origin);
+        let _ = writeln!(
+            s,
+            "sockrelay_bytes_forwarded_total{{direction=\"origin_to_dest\"}} {}",
+            self.bytes_origin_to_dest
+        );
+        let _ = writeln!(
+            s,
+            "sockrelay_bytes_forwarded_total{{direction=\"dest_to_origin\"}} {}",
+            self.bytes_dest_to_origin
+        );
         let _ = writeln!(
             s,
             "# HELP sockrelay_rejects_total Requests or connections turned away, by reason.\n# TYPE sockrelay_rejects_total counter"
         );
         for r in Reject::ALL {
-            let _ = writeln!(s, "sockrelay_rejects_total{{reason=\"{}\"}} {}", r.label(), self.rejects[r as usize]);
+            let _ = writeln!(
+                s,
+                "sockrelay_rejects_total{{reason=\"{}\"}} {}",
+                r.label(),
+                self.rejects[r as usize]
+            );
         }
         s
     }

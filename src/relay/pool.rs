@@ -22,6 +22,9 @@ pub struct Seg {
 pub const MAX_SEGS: usize = 64;
 
 pub struct Pool {
+    // Boxed so a connection's `Option<Box<Buf>>` costs one word when idle;
+    // the pool hands out the same boxes again.
+    #[allow(clippy::vec_box)]
     free: Vec<Box<Buf>>,
     buf_bytes: usize,
     max_free: usize,

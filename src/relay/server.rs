@@ -290,7 +290,10 @@ impl Server {
             self.reap();
             if let Some(at) = self.shutting_down {
                 if self.conns.is_empty() || self.now >= at {
-                    log::info!("relay stopped ({} connections dropped at exit)", self.conns.len());
+                    log::info!(
+                        "relay stopped ({} connections dropped at exit)",
+                        self.conns.len()
+                    );
                     return Ok(());
                 }
             }
@@ -392,6 +395,15 @@ impl Server {
         if let Err(e) = result {
             log::debug!("connection {} dropped: {e}", self.conns[x].addr);
             self.drop_conn(x, &format!("i/o error: {e}"));
+            return;
+        }
+        // Writing to `x` may have drained its peer's buffer: the peer,
+        // paused for backpressure, gets no new readiness edge, so pump it.
+        if let Some(y) = self.conns.get(x).and_then(|_| self.peer(x)) {
+            if let Err(e) = self.pump(y) {
+                log::debug!("connection {} dropped: {e}", self.conns[y].addr);
+                self.drop_conn(y, &format!("i/o error: {e}"));
+            }
         }
     }
 
@@ -470,10 +482,20 @@ impl Server {
                 self.close_with_bytes(x, &body);
             }
             Route::Origin { .. } if role == ListenRole::Dest => {
-                self.refuse(x, 404, "this address serves dests only", Reject::WrongListener);
+                self.refuse(
+                    x,
+                    404,
+                    "this address serves dests only",
+                    Reject::WrongListener,
+                );
             }
             Route::Dest { .. } if role == ListenRole::Origin => {
-                self.refuse(x, 404, "this address serves origins only", Reject::WrongListener);
+                self.refuse(
+                    x,
+                    404,
+                    "this address serves origins only",
+                    Reject::WrongListener,
+                );
             }
             Route::Origin {
                 proposed,
@@ -499,7 +521,12 @@ impl Server {
     ) -> Step {
         if let Some(keys) = &self.origin_keys {
             if !origin_key.is_some_and(|k| keys.contains(&k)) {
-                self.refuse(x, 403, "origin key not accepted by this relay", Reject::OriginNotAllowed);
+                self.refuse(
+                    x,
+                    403,
+                    "origin key not accepted by this relay",
+                    Reject::OriginNotAllowed,
+                );
                 return Ok(());
             }
         }
@@ -513,8 +540,17 @@ impl Server {
                     }
                     // The same origin (it knows the admission value) is back,
                     // e.g. after a network drop: it replaces its old connection.
-                    log::info!("session {id}: origin reconnected from {}", self.conns[x].addr);
-                    self.end_session(s, 4002, "replaced by a new origin connection", 4003, "origin reconnected; join again");
+                    log::info!(
+                        "session {id}: origin reconnected from {}",
+                        self.conns[x].addr
+                    );
+                    self.end_session(
+                        s,
+                        4002,
+                        "replaced by a new origin connection",
+                        4003,
+                        "origin reconnected; join again",
+                    );
                 }
                 id
             }
@@ -553,7 +589,13 @@ impl Server {
             format!("sockrelay session {id_text}").as_bytes(),
         );
         if compat {
-            frame::encode_frame(&mut out, true, OpCode::Binary, None, &api::compat_start_message(&id));
+            frame::encode_frame(
+                &mut out,
+                true,
+                OpCode::Binary,
+                None,
+                &api::compat_start_message(&id),
+            );
         }
         self.become_open(x, Side::Origin, s, &out, rest)
     }
@@ -567,13 +609,26 @@ impl Server {
         rest: Vec<u8>,
     ) -> Step {
         let Some(&s) = self.by_id.get(&id) else {
-            self.refuse(x, 404, "no such session (is the origin connected?)", Reject::UnknownSession);
+            self.refuse(
+                x,
+                404,
+                "no such session (is the origin connected?)",
+                Reject::UnknownSession,
+            );
             return Ok(());
         };
         let digest = api::admission_digest(admission);
         if !api::ct_eq(&self.sessions[s].admission, &digest) {
-            log::warn!("session {id}: dest {} presented a wrong admission value", self.conns[x].addr);
-            self.refuse(x, 403, "wrong admission value (token)", Reject::WrongAdmission);
+            log::warn!(
+                "session {id}: dest {} presented a wrong admission value",
+                self.conns[x].addr
+            );
+            self.refuse(
+                x,
+                403,
+                "wrong admission value (token)",
+                Reject::WrongAdmission,
+            );
             return Ok(());
         }
         if self.sessions[s].dest.is_some() {
@@ -602,12 +657,22 @@ impl Server {
             None,
             format!("sockrelay peer-joined {seq} {origin_addr}").as_bytes(),
         );
-        self.queue_ping(origin, format!("sockrelay peer-joined {seq} {dest_addr}").as_bytes());
+        self.queue_ping(
+            origin,
+            format!("sockrelay peer-joined {seq} {dest_addr}").as_bytes(),
+        );
         self.become_open(x, Side::Dest, s, &out, rest)?;
         self.write_to(origin).map(|_| ())
     }
 
-    fn become_open(&mut self, x: usize, side: Side, session: usize, out: &[u8], rest: Vec<u8>) -> Step {
+    fn become_open(
+        &mut self,
+        x: usize,
+        side: Side,
+        session: usize,
+        out: &[u8],
+        rest: Vec<u8>,
+    ) -> Step {
         self.pending_count -= 1;
         let max = self.cfg.max_message_bytes;
         let mut inb = Inbound {
@@ -645,8 +710,14 @@ impl Server {
     /// Peer of an open connection, if paired.
     fn peer(&self, x: usize) -> Option<usize> {
         match self.conns[x].state {
-            State::Open { side: Side::Origin, session } => self.sessions[session].dest,
-            State::Open { side: Side::Dest, session } => Some(self.sessions[session].origin),
+            State::Open {
+                side: Side::Origin,
+                session,
+            } => self.sessions[session].dest,
+            State::Open {
+                side: Side::Dest,
+                session,
+            } => Some(self.sessions[session].origin),
             _ => None,
         }
     }
@@ -658,13 +729,15 @@ impl Server {
             if !matches!(self.conns[x].state, State::Open { .. }) {
                 return Ok(());
             }
+            self.compact(x);
             let mut progress = self.read_inbound(x)?;
             progress |= self.decode(x);
             if let Some(y) = self.peer(x) {
                 progress |= self.write_to(y)?;
             }
             self.write_to(x)?;
-            self.compact(x);
+            // Space freed by the peer's progress lets us read again.
+            progress |= self.compact(x) && self.conns[x].readable;
             if self.try_finish_ending(x) {
                 return Ok(());
             }
@@ -682,7 +755,10 @@ impl Server {
         if !conn.readable || conn.ending.is_some() {
             return Ok(false);
         }
-        let inb = conn.inb.as_mut().expect("open connection has inbound state");
+        let inb = conn
+            .inb
+            .as_mut()
+            .expect("open connection has inbound state");
         let buf = inb.buf.get_or_insert_with(|| self.pool.get());
         if inb.filled == buf.data.len() {
             return Ok(false);
@@ -739,7 +815,10 @@ impl Server {
                     self.metrics.protocol_errors += 1;
                     let code = e.close_code();
                     let reason = e.to_string();
-                    log::info!("{} broke the protocol: {reason} (closing with {code})", conn.addr);
+                    log::info!(
+                        "{} broke the protocol: {reason} (closing with {code})",
+                        conn.addr
+                    );
                     self.fail(x, code, &reason);
                     return true;
                 }
@@ -769,7 +848,9 @@ impl Server {
                         self.metrics.frames_dropped += 1;
                     }
                 }
-                Event::Payload { len, frame_done, .. } => {
+                Event::Payload {
+                    len, frame_done, ..
+                } => {
                     if inb.fwd_frame {
                         push_seg(&mut buf.segs, at, at + len, frame_done);
                         match side {
@@ -790,10 +871,8 @@ impl Server {
                             frame::encode_frame(&mut pong, true, OpCode::Pong, None, payload);
                             self.queue_ctrl(x, &pong);
                         }
-                        OpCode::Pong => {
-                            if side == Side::Origin {
-                                self.on_origin_pong(session, payload);
-                            }
+                        OpCode::Pong if side == Side::Origin => {
+                            self.on_origin_pong(session, payload);
                         }
                         OpCode::Close => {
                             let (code, reason) = match frame::parse_close(payload) {
@@ -890,7 +969,8 @@ impl Server {
                     progress |= n > 0;
                     let mut done = 0;
                     for seg in buf.segs.iter() {
-                        let left = (seg.end - seg.start) as usize - if done == 0 { inb.seg_off } else { 0 };
+                        let left = (seg.end - seg.start) as usize
+                            - if done == 0 { inb.seg_off } else { 0 };
                         if n >= left {
                             n -= left;
                             done += 1;
@@ -919,7 +999,8 @@ impl Server {
                     // The receiver failed; its own readiness will report it.
                     let _ = e;
                     b.writable = false;
-                    b.ending.get_or_insert(Ending::Vanished("write error".into()));
+                    b.ending
+                        .get_or_insert(Ending::Vanished("write error".into()));
                     return Ok(progress);
                 }
             }
@@ -927,26 +1008,29 @@ impl Server {
     }
 
     /// Reclaim buffer space once the segments have gone out.
-    fn compact(&mut self, x: usize) {
+    /// Returns whether it made room in a buffer that was full.
+    fn compact(&mut self, x: usize) -> bool {
         let Some(inb) = self.conns[x].inb.as_mut() else {
-            return;
+            return false;
         };
         let Some(buf) = inb.buf.as_mut() else {
-            return;
+            return false;
         };
-        if !buf.segs.is_empty() {
-            return;
+        if !buf.segs.is_empty() || inb.parsed == 0 {
+            return false;
         }
+        let was_full = inb.filled == buf.data.len();
         if inb.parsed == inb.filled {
             inb.parsed = 0;
             inb.filled = 0;
-        } else if inb.filled == buf.data.len() && inb.parsed > 0 {
+        } else if was_full {
             // Only an incomplete header or control frame (at most 139
             // bytes) can be left unparsed here: payload is always consumed.
             buf.data.copy_within(inb.parsed..inb.filled, 0);
             inb.filled -= inb.parsed;
             inb.parsed = 0;
         }
+        was_full
     }
 
     fn release_idle_buffer(&mut self, x: usize) {
@@ -1056,7 +1140,14 @@ impl Server {
 
     /// End session `s`: close its origin with `origin_code` and its dest
     /// (if any) with `dest_code`.
-    fn end_session(&mut self, s: usize, origin_code: u16, origin_reason: &str, dest_code: u16, dest_reason: &str) {
+    fn end_session(
+        &mut self,
+        s: usize,
+        origin_code: u16,
+        origin_reason: &str,
+        dest_code: u16,
+        dest_reason: &str,
+    ) {
         let session = self.sessions.remove(s);
         self.by_id.remove(&session.id);
         for (c, code, reason) in [
@@ -1240,6 +1331,12 @@ impl Server {
                 }
                 State::Closing { .. } => self.drop_conn(x, "close timed out"),
                 State::Open { .. } => {
+                    if conn.readable {
+                        // Bytes are waiting that we chose not to read yet
+                        // (backpressure from its peer): it is alive.
+                        conn.last_rx = self.now;
+                        conn.keepalive_sent = false;
+                    }
                     let idle = self.now.saturating_duration_since(conn.last_rx);
                     let interval = self.cfg.ping_interval;
                     let limit = interval + self.cfg.pong_timeout;
@@ -1289,7 +1386,11 @@ impl Server {
         };
         match load_origin_keys(&path) {
             Ok(keys) => {
-                log::info!("SIGHUP: reloaded {} origin keys from {}", keys.len(), path.display());
+                log::info!(
+                    "SIGHUP: reloaded {} origin keys from {}",
+                    keys.len(),
+                    path.display()
+                );
                 self.origin_keys = Some(keys);
             }
             Err(e) => log::error!("SIGHUP: keeping the old origin keys: {e}"),
@@ -1316,7 +1417,13 @@ impl Server {
                 State::Open { .. } => {
                     if let State::Open { session, .. } = self.conns[x].state {
                         if self.sessions.contains(session) {
-                            self.end_session(session, 1001, "relay shutting down", 1001, "relay shutting down");
+                            self.end_session(
+                                session,
+                                1001,
+                                "relay shutting down",
+                                1001,
+                                "relay shutting down",
+                            );
                         }
                     }
                 }
@@ -1330,7 +1437,11 @@ impl Server {
     fn gauges(&self) -> Gauges {
         let mut g = Gauges {
             sessions: self.sessions.len(),
-            sessions_paired: self.sessions.iter().filter(|(_, s)| s.dest.is_some()).count(),
+            sessions_paired: self
+                .sessions
+                .iter()
+                .filter(|(_, s)| s.dest.is_some())
+                .count(),
             buffers_in_use: self.pool.in_use,
             buffers_free: self.pool.free_count(),
             ..Gauges::default()
@@ -1338,8 +1449,12 @@ impl Server {
         for (_, c) in self.conns.iter() {
             match c.state {
                 State::Pending { .. } => g.conns_pending += 1,
-                State::Open { side: Side::Origin, .. } => g.conns_origin += 1,
-                State::Open { side: Side::Dest, .. } => g.conns_dest += 1,
+                State::Open {
+                    side: Side::Origin, ..
+                } => g.conns_origin += 1,
+                State::Open {
+                    side: Side::Dest, ..
+                } => g.conns_dest += 1,
                 State::Closing { .. } => g.conns_closing += 1,
             }
         }
@@ -1375,8 +1490,12 @@ fn truncate_utf8(s: &mut String, max: usize) {
 }
 
 fn load_origin_keys(path: &std::path::Path) -> io::Result<HashSet<Vec<u8>>> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot read origin keys {}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot read origin keys {}: {e}", path.display()),
+        )
+    })?;
     Ok(text
         .lines()
         .map(str::trim)
@@ -1410,8 +1529,16 @@ mod tests {
         assert_eq!(
             segs,
             vec![
-                Seg { start: 2, end: 10, ends_frame: true },
-                Seg { start: 12, end: 20, ends_frame: false },
+                Seg {
+                    start: 2,
+                    end: 10,
+                    ends_frame: true
+                },
+                Seg {
+                    start: 12,
+                    end: 20,
+                    ends_frame: false
+                },
             ]
         );
     }

@@ -1,0 +1,888 @@
+//! The relay binary against a third-party WebSocket implementation
+//! (tungstenite) as origin and dest: pairing, byte-exact forwarding,
+//! control frames, refusals, limits, liveness, shutdown.
+
+mod common;
+
+use common::{pattern, Relay};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+use tungstenite::client::IntoClientRequest;
+use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tungstenite::protocol::frame::Frame;
+use tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tungstenite::{Error as WsError, Message, WebSocket};
+
+type Ws = WebSocket<TcpStream>;
+
+fn config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(64 << 20))
+        .max_frame_size(Some(64 << 20))
+}
+
+/// Upgrade to `path` with an admission header; the result keeps the HTTP
+/// error response for refusals.
+fn connect(
+    addr: std::net::SocketAddr,
+    path: &str,
+    admission: Option<&str>,
+) -> Result<(Ws, Option<String>), WsError> {
+    let url = format!("ws://{addr}{path}");
+    let mut req = url.into_client_request()?;
+    if let Some(a) = admission {
+        req.headers_mut()
+            .insert("Sockrelay-Admission", a.parse().unwrap());
+    }
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    stream
+        .set_write_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    match tungstenite::client::client_with_config(req, stream, Some(config())) {
+        Ok((ws, resp)) => {
+            let id = resp
+                .headers()
+                .get("sockrelay-session")
+                .map(|v| v.to_str().unwrap().to_string());
+            Ok((ws, id))
+        }
+        Err(tungstenite::HandshakeError::Failure(e)) => Err(e),
+        Err(tungstenite::HandshakeError::Interrupted(_)) => {
+            panic!("blocking handshake interrupted")
+        }
+    }
+}
+
+fn status_of(err: WsError) -> u16 {
+    match err {
+        WsError::Http(resp) => resp.status().as_u16(),
+        other => panic!("expected an HTTP refusal, got {other:?}"),
+    }
+}
+
+/// Read until a ping whose payload starts with `prefix`; data messages on
+/// the way are returned as an error (the tests below never expect any).
+fn wait_ping(ws: &mut Ws, prefix: &str) -> String {
+    loop {
+        match ws.read().expect("read") {
+            Message::Ping(p) => {
+                let text = String::from_utf8_lossy(&p).to_string();
+                if text.starts_with(prefix) {
+                    // Make sure the automatic pong goes out now.
+                    ws.flush().expect("flush");
+                    return text;
+                }
+            }
+            Message::Pong(_) => {}
+            other => panic!("expected ping {prefix:?}, got {other:?}"),
+        }
+    }
+}
+
+/// Next data or close message, skipping pings and pongs.
+fn next_msg(ws: &mut Ws) -> Message {
+    loop {
+        match ws.read() {
+            Ok(Message::Ping(_)) | Ok(Message::Pong(_)) => continue,
+            Ok(m) => return m,
+            Err(WsError::ConnectionClosed) => panic!("connection closed"),
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+}
+
+/// An origin and a dest paired on a fresh session; both have seen
+/// peer-joined (and the origin has answered it).
+fn pair(relay: &Relay) -> (Ws, Ws, String) {
+    let (mut origin, id) = connect(relay.addr, "/origin", Some("secret-a")).expect("origin");
+    let id = id.expect("session header");
+    let text = wait_ping(&mut origin, "sockrelay session ");
+    assert_eq!(text, format!("sockrelay session {id}"));
+    let (mut dest, id2) =
+        connect(relay.addr, &format!("/dest?id={id}"), Some("secret-a")).expect("dest");
+    assert_eq!(id2.as_deref(), Some(id.as_str()));
+    wait_ping(&mut dest, "sockrelay peer-joined ");
+    wait_ping(&mut origin, "sockrelay peer-joined ");
+    (origin, dest, id)
+}
+
+fn close_code(msg: Message) -> (u16, String) {
+    match msg {
+        Message::Close(Some(cf)) => (u16::from(cf.code), cf.reason.to_string()),
+        other => panic!("expected close, got {other:?}"),
+    }
+}
+
+#[test]
+fn health_and_metrics() {
+    let relay = Relay::start(&[]);
+    assert_eq!(relay.get("/healthz"), (200, "ok\n".to_string()));
+    let (status, body) = relay.get("/metrics");
+    assert_eq!(status, 200);
+    for name in [
+        "sockrelay_sessions 0",
+        "sockrelay_connections{state=\"origin\"} 0",
+        "sockrelay_bytes_forwarded_total{direction=\"origin_to_dest\"} 0",
+        "sockrelay_rejects_total{reason=\"unknown_session\"} 0",
+        "sockrelay_ping_timeouts_total 0",
+    ] {
+        assert!(body.contains(name), "{name} missing from:\n{body}");
+    }
+    assert_eq!(relay.get("/nowhere").0, 404);
+}
+
+#[test]
+fn forwards_messages_byte_exact_both_ways() {
+    let relay = Relay::start(&[]);
+    let (mut origin, mut dest, _) = pair(&relay);
+    let sizes = [0usize, 1, 125, 126, 127, 65535, 65536, 1 << 20, 16 << 20];
+    // One thread sends while this one reads: big messages do not fit in
+    // socket buffers, and the relay does not buffer them either.
+    let (tx, rx) = std::sync::mpsc::channel::<(Ws, Message)>();
+    let (back_tx, back_rx) = std::sync::mpsc::channel::<Ws>();
+    let sender = std::thread::spawn(move || {
+        for (mut ws, msg) in rx {
+            ws.send(msg).unwrap();
+            back_tx.send(ws).unwrap();
+        }
+    });
+    for (i, &size) in sizes.iter().enumerate() {
+        let data = pattern(i as u64, 0, size);
+        let text: String = data.iter().map(|b| (b'a' + b % 26) as char).collect();
+        tx.send((origin, Message::binary(data.clone()))).unwrap();
+        assert_eq!(
+            next_msg(&mut dest).into_data().as_ref(),
+            &data[..],
+            "binary {size} origin->dest"
+        );
+        origin = back_rx.recv().unwrap();
+        tx.send((dest, Message::binary(data.clone()))).unwrap();
+        assert_eq!(
+            next_msg(&mut origin).into_data().as_ref(),
+            &data[..],
+            "binary {size} dest->origin"
+        );
+        dest = back_rx.recv().unwrap();
+        tx.send((dest, Message::text(text.clone()))).unwrap();
+        match next_msg(&mut origin) {
+            Message::Text(t) => assert_eq!(t.as_str(), text, "text {size}"),
+            other => panic!("expected text, got {other:?}"),
+        }
+        dest = back_rx.recv().unwrap();
+    }
+    drop(tx);
+    sender.join().unwrap();
+    // Metrics count what went through.
+    let (_, body) = relay.get("/metrics");
+    assert!(body.contains("sockrelay_sessions_paired 1"), "{body}");
+    assert!(
+        !body.contains("sockrelay_frames_forwarded_total 0\n"),
+        "{body}"
+    );
+}
+
+#[test]
+fn forwards_fragmented_messages_and_answers_pings() {
+    let relay = Relay::start(&[]);
+    let (mut origin, mut dest, _) = pair(&relay);
+    // A text message in three fragments, with a ping between fragments.
+    let parts = ["héllo ", "fragmented ", "wörld"];
+    origin
+        .send(Message::Frame(Frame::message(
+            parts[0].as_bytes().to_vec(),
+            OpCode::Data(Data::Text),
+            false,
+        )))
+        .unwrap();
+    origin
+        .send(Message::Ping(b"between".to_vec().into()))
+        .unwrap();
+    origin
+        .send(Message::Frame(Frame::message(
+            parts[1].as_bytes().to_vec(),
+            OpCode::Data(Data::Continue),
+            false,
+        )))
+        .unwrap();
+    origin
+        .send(Message::Frame(Frame::message(
+            parts[2].as_bytes().to_vec(),
+            OpCode::Data(Data::Continue),
+            true,
+        )))
+        .unwrap();
+    match next_msg(&mut dest) {
+        Message::Text(t) => assert_eq!(t.as_str(), parts.concat()),
+        other => panic!("expected text, got {other:?}"),
+    }
+    // The relay answered the origin's ping itself, with the same payload.
+    loop {
+        match origin.read().unwrap() {
+            Message::Pong(p) => {
+                assert_eq!(p.as_ref(), b"between");
+                break;
+            }
+            Message::Ping(_) => continue,
+            other => panic!("expected pong, got {other:?}"),
+        }
+    }
+    // A large binary message in uneven fragments the other way.
+    let data = pattern(7, 0, 300_000);
+    let cuts = [0, 1, 70_000, 70_001, 250_000, 300_000];
+    for w in cuts.windows(2) {
+        let op = if w[0] == 0 {
+            OpCode::Data(Data::Binary)
+        } else {
+            OpCode::Data(Data::Continue)
+        };
+        dest.send(Message::Frame(Frame::message(
+            data[w[0]..w[1]].to_vec(),
+            op,
+            w[1] == data.len(),
+        )))
+        .unwrap();
+    }
+    assert_eq!(next_msg(&mut origin).into_data().as_ref(), &data[..]);
+}
+
+#[test]
+fn origin_close_code_reaches_dest_and_ends_session() {
+    let relay = Relay::start(&[]);
+    let (mut origin, mut dest, id) = pair(&relay);
+    origin
+        .close(Some(CloseFrame {
+            code: CloseCode::from(4321),
+            reason: "done here".into(),
+        }))
+        .unwrap();
+    assert_eq!(
+        close_code(next_msg(&mut dest)),
+        (4321, "done here".to_string())
+    );
+    // The relay echoed the origin's close.
+    assert_eq!(close_code(next_msg(&mut origin)).0, 4321);
+    assert!(relay.wait_log(&format!("session {id}: origin"), Duration::from_secs(5)));
+    // The session is gone: a new dest gets 404.
+    let err = connect(relay.addr, &format!("/dest?id={id}"), Some("secret-a")).unwrap_err();
+    assert_eq!(status_of(err), 404);
+}
+
+#[test]
+fn dest_leaves_origin_is_told_and_a_second_dest_joins() {
+    let relay = Relay::start(&[]);
+    let (mut origin, mut dest, id) = pair(&relay);
+    dest.close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "bye".into(),
+    }))
+    .unwrap();
+    assert_eq!(close_code(next_msg(&mut dest)).0, 1000);
+    let left = wait_ping(&mut origin, "sockrelay peer-left ");
+    assert!(left.ends_with(" 1000 bye"), "{left}");
+    // Frames the origin sends now go nowhere (no dest).
+    origin.send(Message::binary(b"to nobody".to_vec())).unwrap();
+    let (mut dest2, _) =
+        connect(relay.addr, &format!("/dest?id={id}"), Some("secret-a")).expect("second dest");
+    wait_ping(&mut dest2, "sockrelay peer-joined ");
+    wait_ping(&mut origin, "sockrelay peer-joined ");
+    origin.send(Message::binary(b"to dest 2".to_vec())).unwrap();
+    assert_eq!(next_msg(&mut dest2).into_data().as_ref(), b"to dest 2");
+    dest2
+        .send(Message::binary(b"from dest 2".to_vec()))
+        .unwrap();
+    assert_eq!(next_msg(&mut origin).into_data().as_ref(), b"from dest 2");
+}
+
+#[test]
+fn refusals_leave_the_origin_working() {
+    let relay = Relay::start(&[]);
+    let (mut origin, mut dest, id) = pair(&relay);
+    let unknown = "6f1c1f9e-4b7a-4c1e-9a57-0d2a8c0b9b11";
+    assert_eq!(
+        status_of(
+            connect(relay.addr, &format!("/dest?id={unknown}"), Some("secret-a")).unwrap_err()
+        ),
+        404
+    );
+    assert_eq!(
+        status_of(connect(relay.addr, &format!("/dest?id={id}"), Some("wrong")).unwrap_err()),
+        403
+    );
+    assert_eq!(
+        status_of(connect(relay.addr, &format!("/dest?id={id}"), Some("secret-a")).unwrap_err()),
+        409
+    );
+    assert_eq!(
+        status_of(connect(relay.addr, "/dest?id=not-a-uuid", Some("secret-a")).unwrap_err()),
+        400
+    );
+    assert_eq!(
+        status_of(connect(relay.addr, &format!("/dest?id={id}"), None).unwrap_err()),
+        400
+    );
+    // Someone else proposing the same id with another admission: 409.
+    assert_eq!(
+        status_of(connect(relay.addr, &format!("/origin?id={id}"), Some("other")).unwrap_err()),
+        409
+    );
+    origin
+        .send(Message::binary(b"still here".to_vec()))
+        .unwrap();
+    assert_eq!(next_msg(&mut dest).into_data().as_ref(), b"still here");
+    let log = relay.log();
+    assert!(log.contains("403 wrong admission value"), "{log}");
+    let (_, body) = relay.get("/metrics");
+    for r in [
+        "unknown_session\"} 1",
+        "wrong_admission\"} 1",
+        "dest_taken\"} 1",
+        "id_in_use\"} 1",
+    ] {
+        assert!(body.contains(r), "{r} in {body}");
+    }
+}
+
+#[test]
+fn proposed_id_is_used_and_same_admission_takes_over() {
+    let relay = Relay::start(&[]);
+    let id = "0b8a1e2c-4c53-4b1e-9f43-3c2b2f1e6a11";
+    let (mut origin, got) = connect(relay.addr, &format!("/origin?id={id}"), Some("k")).unwrap();
+    assert_eq!(got.as_deref(), Some(id));
+    wait_ping(&mut origin, "sockrelay session ");
+    let (mut dest, _) = connect(relay.addr, &format!("/dest?id={id}"), Some("k")).unwrap();
+    wait_ping(&mut dest, "sockrelay peer-joined ");
+    // The same origin reconnects (it knows the admission value).
+    let (mut origin2, _) = connect(relay.addr, &format!("/origin?id={id}"), Some("k")).unwrap();
+    assert_eq!(close_code(next_msg(&mut origin)).0, 4002);
+    assert_eq!(close_code(next_msg(&mut dest)).0, 4003);
+    let (mut dest2, _) = connect(relay.addr, &format!("/dest?id={id}"), Some("k")).unwrap();
+    wait_ping(&mut dest2, "sockrelay peer-joined ");
+    wait_ping(&mut origin2, "sockrelay peer-joined ");
+    dest2.send(Message::binary(b"again".to_vec())).unwrap();
+    assert_eq!(next_msg(&mut origin2).into_data().as_ref(), b"again");
+}
+
+/// Complete a WebSocket handshake by hand, for tests that must send bytes
+/// no conforming client would.
+fn raw_upgrade(relay: &Relay, path: &str) -> TcpStream {
+    let mut s = TcpStream::connect(relay.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         Sockrelay-Admission: raw\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut b).unwrap();
+        head.push(b[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    s
+}
+
+/// Read frames (unmasked, from the relay) until a close; return its code.
+fn raw_read_close(s: &mut TcpStream) -> u16 {
+    loop {
+        let mut h = [0u8; 2];
+        s.read_exact(&mut h).unwrap();
+        let len = match h[1] & 0x7f {
+            126 => {
+                let mut l = [0u8; 2];
+                s.read_exact(&mut l).unwrap();
+                u16::from_be_bytes(l) as usize
+            }
+            127 => panic!("unexpected long frame"),
+            n => n as usize,
+        };
+        let mut p = vec![0u8; len];
+        s.read_exact(&mut p).unwrap();
+        if h[0] & 0x0f == 0x8 {
+            return u16::from_be_bytes([p[0], p[1]]);
+        }
+    }
+}
+
+#[test]
+fn unmasked_client_frame_is_closed_with_1002() {
+    let relay = Relay::start(&[]);
+    let (mut origin, mut dest, _) = pair(&relay);
+    let mut bad = raw_upgrade(&relay, "/origin");
+    bad.write_all(&[0x82, 0x03, b'a', b'b', b'c']).unwrap(); // binary, no mask
+    assert_eq!(raw_read_close(&mut bad), 1002);
+    // Reserved bits set, masked: also 1002.
+    let mut bad2 = raw_upgrade(&relay, "/origin");
+    bad2.write_all(&[0xc2, 0x80, 1, 2, 3, 4]).unwrap();
+    assert_eq!(raw_read_close(&mut bad2), 1002);
+    origin
+        .send(Message::binary(b"unaffected".to_vec()))
+        .unwrap();
+    assert_eq!(next_msg(&mut dest).into_data().as_ref(), b"unaffected");
+}
+
+#[test]
+fn slowloris_and_header_floods_cost_nothing_lasting() {
+    let relay = Relay::start(&["--handshake-timeout", "1"]);
+    let (mut origin, mut dest, _) = pair(&relay);
+    // Oversized headers: 431 at once.
+    let mut big = TcpStream::connect(relay.addr).unwrap();
+    big.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let filler = "x".repeat(20_000);
+    let _ = write!(
+        big,
+        "GET /origin HTTP/1.1\r\nHost: x\r\nX-Filler: {filler}\r\n\r\n"
+    );
+    let mut resp = String::new();
+    let _ = big.read_to_string(&mut resp);
+    assert!(resp.starts_with("HTTP/1.1 431"), "{resp}");
+    // Slow clients: a trickle of header bytes, never finished.
+    let mut slow: Vec<TcpStream> = (0..20)
+        .map(|_| {
+            let mut s = TcpStream::connect(relay.addr).unwrap();
+            s.write_all(b"GET /origin HTTP/1.1\r\nHost: x\r\n").unwrap();
+            s
+        })
+        .collect();
+    let start = Instant::now();
+    for round in 0..5 {
+        for s in slow.iter_mut() {
+            let _ = s.write_all(b"X-Slow: 1\r\n");
+        }
+        let data = pattern(round, 0, 10_000);
+        origin.send(Message::binary(data.clone())).unwrap();
+        assert_eq!(next_msg(&mut dest).into_data().as_ref(), &data[..]);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // After the handshake timeout they are all gone.
+    for s in slow.iter_mut() {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        let text = String::from_utf8_lossy(&buf);
+        assert!(
+            text.is_empty() || text.starts_with("HTTP/1.1 408"),
+            "{text}"
+        );
+    }
+    assert!(start.elapsed() < Duration::from_secs(10));
+    let (_, body) = relay.get("/metrics");
+    assert!(body.contains("handshake_timeout\"} 20"), "{body}");
+    assert!(body.contains("headers_too_large\"} 1"), "{body}");
+    assert!(
+        body.contains("sockrelay_connections{state=\"pending\"} 1\n"),
+        "{body}"
+    );
+}
+
+#[test]
+fn silent_peers_are_dropped_by_ping_timeout() {
+    let relay = Relay::start(&["--ping-interval", "300ms", "--pong-timeout", "300ms"]);
+    let (mut origin, mut dest, _) = pair(&relay);
+    // A raw client that never reads or answers anything.
+    let _mute = raw_upgrade(&relay, "/origin");
+    // Live tungstenite peers answer pings while reading; keep them busy.
+    let end = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < end {
+        origin.send(Message::binary(b"tick".to_vec())).unwrap();
+        assert_eq!(next_msg(&mut dest).into_data().as_ref(), b"tick");
+        dest.send(Message::binary(b"tock".to_vec())).unwrap();
+        assert_eq!(next_msg(&mut origin).into_data().as_ref(), b"tock");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (_, body) = relay.get("/metrics");
+    assert!(body.contains("sockrelay_ping_timeouts_total 1\n"), "{body}");
+    assert!(body.contains("sockrelay_sessions 1\n"), "{body}");
+}
+
+#[test]
+fn stalled_dest_bounds_relay_memory_and_loses_nothing() {
+    let relay = Relay::start(&[]);
+    let (mut origin, mut dest, _) = pair(&relay);
+    let rss_before = relay.rss_bytes();
+    const CHUNK: usize = 1 << 20;
+    let total: u64 = if cfg!(debug_assertions) {
+        256 << 20
+    } else {
+        1 << 30
+    };
+    let writer = std::thread::spawn(move || {
+        let mut sent = 0u64;
+        while sent < total {
+            origin
+                .send(Message::binary(pattern(1, sent, CHUNK)))
+                .unwrap();
+            sent += CHUNK as u64;
+        }
+        origin
+    });
+    // The dest does not read for a while: everything piles up in kernel
+    // buffers and the relay stops reading the origin.
+    std::thread::sleep(Duration::from_secs(2));
+    let rss_stalled = relay.rss_bytes();
+    let mut got = 0u64;
+    while got < total {
+        let data = next_msg(&mut dest).into_data();
+        assert_eq!(data.len(), CHUNK);
+        assert!(
+            data.as_ref() == &pattern(1, got, CHUNK)[..],
+            "corrupt chunk at {got}"
+        );
+        got += CHUNK as u64;
+    }
+    let _origin = writer.join().unwrap();
+    let rss_after = relay.rss_bytes();
+    eprintln!("relay RSS: before {rss_before}, stalled {rss_stalled}, after {rss_after}");
+    // Bound: the relay's own buffers (64 KiB per direction) plus allocator
+    // slack; nothing proportional to the 1 GiB sent.
+    let bound = 8 << 20;
+    assert!(
+        rss_stalled < rss_before + bound,
+        "stalled RSS {rss_stalled} vs {rss_before}"
+    );
+    assert!(
+        rss_after < rss_before + bound,
+        "after RSS {rss_after} vs {rss_before}"
+    );
+}
+
+#[test]
+fn sigterm_closes_everyone_with_1001_and_exits() {
+    let mut relay = Relay::start(&[]);
+    let (mut origin, mut dest, _) = pair(&relay);
+    relay.signal(libc::SIGTERM);
+    let start = Instant::now();
+    assert_eq!(close_code(next_msg(&mut origin)).0, 1001);
+    assert_eq!(close_code(next_msg(&mut dest)).0, 1001);
+    let status = relay
+        .wait_exit(Duration::from_secs(2))
+        .expect("relay exits");
+    assert!(status.success(), "{status:?}");
+    assert!(start.elapsed() < Duration::from_millis(1500));
+    assert!(TcpStream::connect(relay.addr).is_err());
+}
+
+#[test]
+fn session_limit_answers_503() {
+    let relay = Relay::start(&["--max-sessions", "2"]);
+    let (_o1, _) = connect(relay.addr, "/origin", Some("a")).unwrap();
+    let (_o2, _) = connect(relay.addr, "/origin", Some("b")).unwrap();
+    assert_eq!(
+        status_of(connect(relay.addr, "/origin", Some("c")).unwrap_err()),
+        503
+    );
+    let (_, body) = relay.get("/metrics");
+    assert!(body.contains("session_limit\"} 1"), "{body}");
+}
+
+#[test]
+fn oversized_message_is_closed_with_1009() {
+    let relay = Relay::start(&["--max-message", "1M"]);
+    let (mut origin, mut dest, _) = pair(&relay);
+    origin
+        .send(Message::binary(vec![0u8; (1 << 20) + 1]))
+        .unwrap();
+    assert_eq!(close_code(next_msg(&mut origin)).0, 1009);
+    // The session ended with the origin: the dest is told.
+    assert_eq!(close_code(next_msg(&mut dest)).0, 4001);
+}
+
+#[test]
+fn compat_origin_gets_msgpack_start_message() {
+    let relay = Relay::start(&[]);
+    let (mut origin, _) = connect(relay.addr, "/?mode=origin&token=tok", None).unwrap();
+    let start = next_msg(&mut origin).into_data();
+    // {type: "start", id: <36-char uuid>} as a msgpack map.
+    assert_eq!(start[0], 0x82);
+    let text = String::from_utf8_lossy(&start);
+    assert!(text.contains("type") && text.contains("start"), "{text}");
+    let id = &text[text.len() - 36..];
+    uuid::Uuid::parse_str(id).expect("uuid in start message");
+    assert_eq!(
+        status_of(
+            connect(relay.addr, &format!("/?mode=dest&id={id}&token=nope"), None).unwrap_err()
+        ),
+        403
+    );
+    let (mut dest, _) =
+        connect(relay.addr, &format!("/?mode=dest&id={id}&token=tok"), None).unwrap();
+    wait_ping(&mut origin, "sockrelay peer-joined ");
+    dest.send(Message::binary(b"compat".to_vec())).unwrap();
+    assert_eq!(next_msg(&mut origin).into_data().as_ref(), b"compat");
+}
+
+#[test]
+fn churn_does_not_disturb_a_long_lived_session() {
+    let relay = Relay::start(&[]);
+    let (mut origin, mut dest, _) = pair(&relay);
+    let addr = relay.addr;
+    let churn = std::thread::spawn(move || {
+        let relay_addr = addr;
+        let mut done = 0;
+        let end = Instant::now() + Duration::from_secs(20);
+        while done < 200 && Instant::now() < end {
+            let (mut o, id) = connect(relay_addr, "/origin", Some("c")).unwrap();
+            let id = id.unwrap();
+            let (mut d, _) = connect(relay_addr, &format!("/dest?id={id}"), Some("c")).unwrap();
+            wait_ping(&mut o, "sockrelay peer-joined");
+            d.send(Message::binary(vec![done as u8; 100])).unwrap();
+            assert_eq!(
+                next_msg(&mut o).into_data().as_ref(),
+                &vec![done as u8; 100][..]
+            );
+            // Half of them vanish without a close frame.
+            if done % 2 == 0 {
+                drop(d);
+                drop(o);
+            } else {
+                let _ = o.close(None);
+                let _ = o.flush();
+            }
+            done += 1;
+        }
+        done
+    });
+    let mut n = 0u64;
+    while !churn.is_finished() {
+        let data = pattern(n, 0, 4096);
+        origin.send(Message::binary(data.clone())).unwrap();
+        assert_eq!(next_msg(&mut dest).into_data().as_ref(), &data[..]);
+        n += 1;
+    }
+    assert!(churn.join().unwrap() >= 100);
+    assert!(n > 10);
+    // Everything the churn created is gone again.
+    std::thread::sleep(Duration::from_millis(500));
+    let (_, body) = relay.get("/metrics");
+    assert!(body.contains("sockrelay_sessions 1\n"), "{body}");
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces) start at ") ".
+    let rest = &stat[stat.rfind(") ").unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap() // utime + stime
+}
+
+#[test]
+fn running_out_of_file_descriptors_neither_spins_nor_crashes() {
+    use std::os::unix::process::CommandExt;
+    let relay = Relay::spawn(&["-p", "0", "-b", "127.0.0.1", "-v"], |cmd| {
+        // SAFETY: only async-signal-safe setrlimit between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                let lim = libc::rlimit {
+                    rlim_cur: 40,
+                    rlim_max: 40,
+                };
+                libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+                Ok(())
+            });
+        }
+    });
+    let (mut origin, mut dest, _) = pair(&relay);
+    // Far more connections than descriptors: the rest wait in the backlog.
+    let flood: Vec<TcpStream> = (0..80)
+        .filter_map(|_| TcpStream::connect(relay.addr).ok())
+        .collect();
+    assert!(
+        relay.wait_log("accept failed", Duration::from_secs(5)),
+        "{}",
+        relay.log()
+    );
+    let pid = relay.child.id();
+    let before = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_secs(1));
+    let used = cpu_ticks(pid) - before;
+    // Clock ticks are 10 ms: a spinning loop would burn ~100 per second.
+    assert!(
+        used < 30,
+        "relay used {used} ticks in 1 s while out of descriptors"
+    );
+    // The paired session keeps working meanwhile.
+    origin
+        .send(Message::binary(b"still flowing".to_vec()))
+        .unwrap();
+    assert_eq!(next_msg(&mut dest).into_data().as_ref(), b"still flowing");
+    drop(flood);
+    // Once descriptors free up, the relay serves new requests again.
+    let end = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, body) = relay.get("/metrics");
+        if status == 200 {
+            assert!(
+                !body.contains("sockrelay_accept_errors_total 0\n"),
+                "{body}"
+            );
+            break;
+        }
+        assert!(Instant::now() < end, "relay did not recover");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn listens_on_ipv6_with_the_seed_port_form() {
+    // `sockrelay-relay PORT` (the seed's form) with an IPv6 bind address.
+    let relay = Relay::spawn(&["0", "-b", "::1", "-v"], |_| {});
+    assert!(relay.addr.is_ipv6(), "{}", relay.addr);
+    let (mut origin, mut dest, _) = pair(&relay);
+    origin.send(Message::binary(b"over ::1".to_vec())).unwrap();
+    assert_eq!(next_msg(&mut dest).into_data().as_ref(), b"over ::1");
+}
+
+#[test]
+fn separate_origin_and_dest_listeners() {
+    let relay = Relay::spawn(
+        &[
+            "--origin-listen",
+            "127.0.0.1:0",
+            "--dest-listen",
+            "127.0.0.1:0",
+            "-v",
+        ],
+        |_| {},
+    );
+    // The first "listening on" line is the origin listener; find the other.
+    assert!(relay.wait_log("(dests only)", Duration::from_secs(5)));
+    let log = relay.log();
+    let dest_addr: std::net::SocketAddr = log
+        .lines()
+        .find(|l| l.contains("(dests only)"))
+        .and_then(|l| l.split("listening on ").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let origin_addr = relay.addr;
+    assert!(
+        log.contains(&format!("listening on {origin_addr} (origins only)")),
+        "{log}"
+    );
+    let (mut origin, id) = connect(origin_addr, "/origin", Some("s")).unwrap();
+    let id = id.unwrap();
+    // Dests are not served on the origin port, nor origins on the dest port.
+    assert_eq!(
+        status_of(connect(origin_addr, &format!("/dest?id={id}"), Some("s")).unwrap_err()),
+        404
+    );
+    assert_eq!(
+        status_of(connect(dest_addr, "/origin", Some("s")).unwrap_err()),
+        404
+    );
+    let (mut dest, _) = connect(dest_addr, &format!("/dest?id={id}"), Some("s")).unwrap();
+    wait_ping(&mut origin, "sockrelay peer-joined ");
+    dest.send(Message::binary(b"split ports".to_vec())).unwrap();
+    assert_eq!(next_msg(&mut origin).into_data().as_ref(), b"split ports");
+}
+
+#[test]
+fn origin_keys_restrict_who_opens_sessions_and_reload_on_sighup() {
+    let dir = common::temp_dir("origin-keys");
+    let keys = dir.join("keys");
+    std::fs::write(&keys, "# accepted origins\nalpha-key\n").unwrap();
+    let relay = Relay::start(&["--origin-keys", keys.to_str().unwrap()]);
+    let open = |key: Option<&str>| {
+        let url = format!("ws://{}/origin", relay.addr);
+        let mut req = url.into_client_request().unwrap();
+        req.headers_mut()
+            .insert("Sockrelay-Admission", "adm".parse().unwrap());
+        if let Some(k) = key {
+            req.headers_mut()
+                .insert("Sockrelay-Origin-Key", k.parse().unwrap());
+        }
+        let stream = TcpStream::connect(relay.addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        match tungstenite::client::client(req, stream) {
+            Ok(_) => 101,
+            Err(tungstenite::HandshakeError::Failure(WsError::Http(r))) => r.status().as_u16(),
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(open(Some("alpha-key")), 101);
+    assert_eq!(open(Some("beta-key")), 403);
+    assert_eq!(open(None), 403);
+    std::fs::write(&keys, "beta-key\n").unwrap();
+    relay.signal(libc::SIGHUP);
+    assert!(relay.wait_log("reloaded 1 origin keys", Duration::from_secs(5)));
+    assert_eq!(open(Some("beta-key")), 101);
+    assert_eq!(open(Some("alpha-key")), 403);
+    let (_, body) = relay.get("/metrics");
+    assert!(body.contains("origin_not_allowed\"} 3"), "{body}");
+    // A broken reload keeps the old keys.
+    std::fs::remove_file(&keys).unwrap();
+    relay.signal(libc::SIGHUP);
+    assert!(relay.wait_log("keeping the old origin keys", Duration::from_secs(5)));
+    assert_eq!(open(Some("beta-key")), 101);
+}
+
+#[test]
+fn pending_limit_answers_503_and_frees_up() {
+    let relay = Relay::start(&["--max-pending", "3"]);
+    let idle: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(relay.addr).unwrap())
+        .collect();
+    assert!(relay.wait_log("connection from", Duration::from_secs(5)));
+    std::thread::sleep(Duration::from_millis(200));
+    let (status, _) = relay.get("/healthz");
+    assert_eq!(status, 503);
+    drop(idle);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(relay.get("/healthz").0, 200);
+}
+
+#[test]
+fn usage_errors_are_clear() {
+    for (args, needle) in [
+        (vec!["-p", "notaport"], "is not a port number"),
+        (vec!["--max-sessions", "0"], "is not a positive number"),
+        (vec!["--ping-interval", "soon"], "is not a duration"),
+        (vec!["--bogus"], "Unrecognized option"),
+        (vec!["1", "2"], "unexpected arguments"),
+    ] {
+        let out = std::process::Command::new(common::RELAY)
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    let help = std::process::Command::new(common::RELAY)
+        .arg("--help")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&help.stdout);
+    for opt in [
+        "--port",
+        "--bind",
+        "--max-sessions",
+        "--ping-interval",
+        "--origin-keys",
+        "default 8080",
+    ] {
+        assert!(text.contains(opt), "{opt} missing from --help");
+    }
+    // A port in use is a clear runtime error (exit 1).
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = holder.local_addr().unwrap().port().to_string();
+    let out = std::process::Command::new(common::RELAY)
+        .args(["-p", &port, "-b", "127.0.0.1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot listen on"));
+}
