@@ -1,12 +1,23 @@
 //! Full chain (dest socket → dest → relay → origin → server socket) against
 //! a direct unix-socket connection to the same server, in one run, reported
-//! as ratios. std only; every phase is bounded in time.
+//! as ratios. The chain runs twice side by side on one relay: with Noise
+//! end-to-end encryption (the default) and with `--insecure-plaintext`, so
+//! the cost of encryption is measured under the same conditions. A direct
+//! TCP loopback connection (TCP_NODELAY) to the same server is shown too:
+//! the chain has four TCP hops, so it is the more honest floor.
 //!
-//! `cargo bench --bench chain` (add `-- --plaintext` for the chain without
-//! Noise, `-- --quick` for shorter phases).
+//! `cargo bench --bench chain [-- OPTIONS]`
+//!
+//! - `--quick`: shorter phases, 32 MiB bulk, one repeat;
+//! - `--repeat N`: run every measurement N times (interleaved) and report
+//!   medians (default 3, 1 with `--quick`);
+//! - `--only a,b`: phases among `up,down,rtt,conns,par`;
+//! - `--e2e`, `--plaintext`: measure only that chain.
+//!
+//! std only; every phase is bounded in time. The end prints a markdown table.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::Shutdown;
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -19,64 +30,131 @@ const ORIGIN: &str = env!("CARGO_BIN_EXE_sockrelay-origin");
 const DEST: &str = env!("CARGO_BIN_EXE_sockrelay-dest");
 const TOKEN: &str = "bench-token-0123456789abcdef";
 
-/// The server behind both paths. First byte picks the mode:
-/// 'E' echo, 'D' discard then reply with the count, 'G' + u64 LE: send that
-/// many bytes then close.
-fn server(l: UnixListener) {
-    for s in l.incoming() {
-        let Ok(mut s) = s else { return };
-        std::thread::spawn(move || {
-            let mut mode = [0u8; 1];
-            if s.read_exact(&mut mode).is_err() {
-                return;
-            }
-            let mut buf = vec![0u8; 256 * 1024];
-            match mode[0] {
-                b'E' => loop {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => {
-                            if s.write_all(&buf[..n]).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                },
-                b'D' => {
-                    let mut total = 0u64;
-                    while let Ok(n) = s.read(&mut buf) {
-                        if n == 0 {
-                            break;
-                        }
-                        total += n as u64;
-                    }
-                    let _ = s.write_all(&total.to_le_bytes());
-                }
-                b'G' => {
-                    let mut n = [0u8; 8];
-                    if s.read_exact(&mut n).is_err() {
-                        return;
-                    }
-                    let mut left = u64::from_le_bytes(n);
-                    while left > 0 {
-                        let k = left.min(buf.len() as u64) as usize;
-                        if s.write_all(&buf[..k]).is_err() {
-                            return;
-                        }
-                        left -= k as u64;
-                    }
-                }
-                _ => {}
-            }
-        });
+/// A stream to the server: unix or TCP.
+enum Stream {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+impl Read for Stream {
+    fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.read(b),
+            Stream::Tcp(s) => s.read(b),
+        }
     }
 }
 
-fn connect(p: &Path) -> UnixStream {
-    let s = UnixStream::connect(p).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    s.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
-    s
+impl Write for Stream {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.write(b),
+            Stream::Tcp(s) => s.write(b),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Stream {
+    fn shutdown_write(&self) {
+        let _ = match self {
+            Stream::Unix(s) => s.shutdown(Shutdown::Write),
+            Stream::Tcp(s) => s.shutdown(Shutdown::Write),
+        };
+    }
+}
+
+/// Where a measurement connects.
+#[derive(Clone)]
+enum Target {
+    Unix(PathBuf),
+    Tcp(SocketAddr),
+}
+
+impl Target {
+    fn connect(&self) -> Stream {
+        let t = Some(Duration::from_secs(30));
+        match self {
+            Target::Unix(p) => {
+                let s = UnixStream::connect(p).expect("connect");
+                s.set_read_timeout(t).unwrap();
+                s.set_write_timeout(t).unwrap();
+                Stream::Unix(s)
+            }
+            Target::Tcp(a) => {
+                let s = TcpStream::connect(a).expect("connect");
+                s.set_nodelay(true).unwrap();
+                s.set_read_timeout(t).unwrap();
+                s.set_write_timeout(t).unwrap();
+                Stream::Tcp(s)
+            }
+        }
+    }
+}
+
+/// The server behind every path. First byte picks the mode:
+/// 'E' echo, 'D' discard then reply with the count, 'G' + u64 LE: send that
+/// many bytes then close.
+fn serve(mut s: Stream) {
+    let mut mode = [0u8; 1];
+    if s.read_exact(&mut mode).is_err() {
+        return;
+    }
+    let mut buf = vec![0u8; 256 * 1024];
+    match mode[0] {
+        b'E' => loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if s.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            }
+        },
+        b'D' => {
+            let mut total = 0u64;
+            while let Ok(n) = s.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                total += n as u64;
+            }
+            let _ = s.write_all(&total.to_le_bytes());
+        }
+        b'G' => {
+            let mut n = [0u8; 8];
+            if s.read_exact(&mut n).is_err() {
+                return;
+            }
+            let mut left = u64::from_le_bytes(n);
+            while left > 0 {
+                let k = left.min(buf.len() as u64) as usize;
+                if s.write_all(&buf[..k]).is_err() {
+                    return;
+                }
+                left -= k as u64;
+            }
+        }
+        _ => {}
+    }
+}
+
+fn unix_server(l: UnixListener) {
+    for s in l.incoming() {
+        let Ok(s) = s else { return };
+        std::thread::spawn(move || serve(Stream::Unix(s)));
+    }
+}
+
+fn tcp_server(l: TcpListener) {
+    for s in l.incoming() {
+        let Ok(s) = s else { return };
+        let _ = s.set_nodelay(true);
+        std::thread::spawn(move || serve(Stream::Tcp(s)));
+    }
 }
 
 fn mbps(bytes: u64, d: Duration) -> f64 {
@@ -84,10 +162,10 @@ fn mbps(bytes: u64, d: Duration) -> f64 {
 }
 
 /// Client → server bulk, MB/s.
-fn bulk_up(p: &Path, bytes: u64) -> f64 {
-    let mut s = connect(p);
+fn bulk_up(t: &Target, bytes: u64) -> f64 {
+    let mut s = t.connect();
     let chunk = vec![0x5au8; 256 * 1024];
-    let t = Instant::now();
+    let start = Instant::now();
     s.write_all(b"D").unwrap();
     let mut left = bytes;
     while left > 0 {
@@ -95,17 +173,17 @@ fn bulk_up(p: &Path, bytes: u64) -> f64 {
         s.write_all(&chunk[..k]).unwrap();
         left -= k as u64;
     }
-    s.shutdown(Shutdown::Write).unwrap();
+    s.shutdown_write();
     let mut n = [0u8; 8];
     s.read_exact(&mut n).unwrap();
     assert_eq!(u64::from_le_bytes(n), bytes);
-    mbps(bytes, t.elapsed())
+    mbps(bytes, start.elapsed())
 }
 
 /// Server → client bulk, MB/s.
-fn bulk_down(p: &Path, bytes: u64) -> f64 {
-    let mut s = connect(p);
-    let t = Instant::now();
+fn bulk_down(t: &Target, bytes: u64) -> f64 {
+    let mut s = t.connect();
+    let start = Instant::now();
     s.write_all(b"G").unwrap();
     s.write_all(&bytes.to_le_bytes()).unwrap();
     let mut buf = vec![0u8; 256 * 1024];
@@ -115,52 +193,61 @@ fn bulk_down(p: &Path, bytes: u64) -> f64 {
         assert!(n > 0, "early EOF");
         got += n as u64;
     }
-    mbps(bytes, t.elapsed())
+    mbps(bytes, start.elapsed())
 }
 
 /// 64-byte round trips: (p50, p99) in µs.
-fn rtt(p: &Path, n: usize) -> (f64, f64) {
-    let mut s = connect(p);
+fn rtt(t: &Target, n: usize) -> (f64, f64) {
+    let mut s = t.connect();
     s.write_all(b"E").unwrap();
     let msg = [7u8; 64];
     let mut back = [0u8; 64];
-    let mut v = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t = Instant::now();
+    // Warm up (first records, buffers, caches).
+    for _ in 0..20 {
         s.write_all(&msg).unwrap();
         s.read_exact(&mut back).unwrap();
-        v.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        let start = Instant::now();
+        s.write_all(&msg).unwrap();
+        s.read_exact(&mut back).unwrap();
+        v.push(start.elapsed().as_secs_f64() * 1e6);
     }
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     (v[n / 2], v[n * 99 / 100])
 }
 
 /// Connections per second, each doing one 1-byte echo.
-fn conns_per_sec(p: &Path, dur: Duration) -> f64 {
-    let t = Instant::now();
+fn conns_per_sec(t: &Target, dur: Duration) -> f64 {
+    let start = Instant::now();
     let mut n = 0u64;
-    while t.elapsed() < dur {
-        let mut s = connect(p);
+    while start.elapsed() < dur {
+        let mut s = t.connect();
         s.write_all(b"Ex").unwrap();
         let mut b = [0u8; 1];
         s.read_exact(&mut b).unwrap();
         n += 1;
     }
-    n as f64 / t.elapsed().as_secs_f64()
+    n as f64 / start.elapsed().as_secs_f64()
 }
 
 /// 64 channels doing 64-byte round trips in parallel: total per second.
-fn parallel_rtts(p: &Path, dur: Duration) -> f64 {
+fn parallel_rtts(t: &Target, dur: Duration) -> f64 {
     let count = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
+    let ready = Arc::new(std::sync::Barrier::new(65));
     let ths: Vec<_> = (0..64)
         .map(|_| {
-            let (p, count, stop) = (p.to_path_buf(), count.clone(), stop.clone());
+            let (t, count, stop, ready) = (t.clone(), count.clone(), stop.clone(), ready.clone());
             std::thread::spawn(move || {
-                let mut s = connect(&p);
+                let mut s = t.connect();
                 s.write_all(b"E").unwrap();
                 let msg = [1u8; 64];
                 let mut back = [0u8; 64];
+                s.write_all(&msg).unwrap();
+                s.read_exact(&mut back).unwrap();
+                ready.wait();
                 while !stop.load(Ordering::Relaxed) {
                     s.write_all(&msg).unwrap();
                     s.read_exact(&mut back).unwrap();
@@ -169,13 +256,17 @@ fn parallel_rtts(p: &Path, dur: Duration) -> f64 {
             })
         })
         .collect();
-    let t = Instant::now();
+    ready.wait();
+    let start = Instant::now();
+    let c0 = count.load(Ordering::Relaxed);
     std::thread::sleep(dur);
+    let c1 = count.load(Ordering::Relaxed);
+    let el = start.elapsed();
     stop.store(true, Ordering::Relaxed);
     for th in ths {
         th.join().unwrap();
     }
-    count.load(Ordering::Relaxed) as f64 / t.elapsed().as_secs_f64()
+    (c1 - c0) as f64 / el.as_secs_f64()
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -207,50 +298,28 @@ fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     false
 }
 
-fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let plaintext = args.iter().any(|a| a == "--plaintext");
-    let quick = args.iter().any(|a| a == "--quick");
+/// One origin + dest pair on the shared relay.
+struct Chain {
+    origin: Kill,
+    dest: Kill,
+    sock: PathBuf,
+}
+
+fn start_chain(dir: &Path, port: u16, srv: &Path, plaintext: bool) -> Chain {
     let extra: &[&str] = if plaintext {
         &["--insecure-plaintext"]
     } else {
         &[]
     };
-    let bulk: u64 = if quick { 32 << 20 } else { 256 << 20 };
-    let phase = Duration::from_millis(if quick { 500 } else { 2000 });
-    let rtts = if quick { 500 } else { 5000 };
-
-    let dir: PathBuf = std::env::temp_dir().join(format!("sr-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let srv = dir.join("srv.sock");
-    let dsock = dir.join("dest.sock");
-    let l = UnixListener::bind(&srv).unwrap();
-    std::thread::spawn(move || server(l));
-
-    let relay_log = dir.join("relay.log");
-    let _relay = Kill(
-        Command::new(RELAY)
-            .args(["-p", "0", "-b", "127.0.0.1", "-q"])
-            .stderr(std::fs::File::create(&relay_log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    // -q hides "listening on": find the port by asking the kernel instead.
-    let port = {
-        let mut port = None;
-        wait_for(Duration::from_secs(10), || {
-            port = listening_port(_relay.0.id());
-            port.is_some()
-        });
-        port.expect("relay port")
-    };
     let p = port.to_string();
+    let sock = dir.join(if plaintext { "plain.sock" } else { "e2e.sock" });
     let mut origin = Kill(
         Command::new(ORIGIN)
             .args(extra)
             .args(["-q", "127.0.0.1", &p, srv.to_str().unwrap()])
             .env("SOCKRELAY_TOKEN", TOKEN)
             .stdout(Stdio::piped())
+            .stderr(Stdio::null())
             .spawn()
             .unwrap(),
     );
@@ -266,76 +335,282 @@ fn main() {
     let dest = Kill(
         Command::new(DEST)
             .args(extra)
-            .args(["-q", "127.0.0.1", &p, &session, dsock.to_str().unwrap()])
+            .args(["-q", "127.0.0.1", &p, &session, sock.to_str().unwrap()])
             .env("SOCKRELAY_TOKEN", TOKEN)
+            .stderr(Stdio::null())
             .spawn()
             .unwrap(),
     );
     // Ready when a round trip works.
     assert!(wait_for(Duration::from_secs(15), || {
-        UnixStream::connect(&dsock).is_ok_and(|mut s| {
+        UnixStream::connect(&sock).is_ok_and(|mut s| {
             s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
             let mut b = [0u8; 1];
             s.write_all(b"Ex").is_ok() && s.read_exact(&mut b).is_ok()
         })
     }));
-    std::thread::sleep(Duration::from_millis(200));
-    let idle = (rss_kib(origin.0.id()), rss_kib(dest.0.id()));
+    Chain { origin, dest, sock }
+}
 
-    println!(
-        "sockrelay chain bench ({}; bulk {} MiB, phases {:?})",
-        if plaintext { "plaintext" } else { "Noise e2e" },
-        bulk >> 20,
-        phase
-    );
-    println!(
-        "{:<34} {:>12} {:>12} {:>8}",
-        "metric", "direct", "chain", "ratio"
-    );
-    let row = |name: &str, d: f64, c: f64, unit: &str| {
-        println!(
-            "{:<34} {:>12} {:>12} {:>8.3}",
-            name,
-            format!("{d:.1}{unit}"),
-            format!("{c:.1}{unit}"),
-            c / d
-        );
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Size of `path` once stripped (the release profile strips; benches keep
+/// symbols), or its plain size when `strip` is missing.
+fn stripped_size(path: &str, dir: &Path) -> (u64, bool) {
+    let tmp = dir.join("stripped");
+    let ok = Command::new("strip")
+        .args(["-o", tmp.to_str().unwrap(), path])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok {
+        let n = std::fs::metadata(&tmp).map_or(0, |m| m.len());
+        let _ = std::fs::remove_file(&tmp);
+        (n, true)
+    } else {
+        (std::fs::metadata(path).map_or(0, |m| m.len()), false)
+    }
+}
+
+const PHASES: [&str; 5] = ["up", "down", "rtt", "conns", "par"];
+
+fn main() {
+    // cargo passes `--bench`; it is not ours.
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let has = |f: &str| args.iter().any(|a| a == f);
+    let value = |f: &str| {
+        args.iter()
+            .position(|a| a == f)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
     };
-    row(
-        "bulk client->server (MB/s)",
-        bulk_up(&srv, bulk),
-        bulk_up(&dsock, bulk),
-        "",
+    let quick = has("--quick");
+    let repeat: usize = value("--repeat")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if quick { 1 } else { 3 })
+        .max(1);
+    let only: Vec<String> = value("--only").map_or(PHASES.map(String::from).to_vec(), |v| {
+        v.split(',').map(String::from).collect()
+    });
+    let want = |p: &str| only.iter().any(|o| o == p);
+    let (want_e2e, want_plain) = match (has("--e2e"), has("--plaintext")) {
+        (false, false) => (true, true),
+        x => x,
+    };
+    let bulk: u64 = if quick { 32 << 20 } else { 256 << 20 };
+    let phase = Duration::from_millis(if quick { 500 } else { 2000 });
+    let rtts = if quick { 1000 } else { 5000 };
+
+    let dir: PathBuf = std::env::temp_dir().join(format!("sr-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let srv = dir.join("srv.sock");
+    let l = UnixListener::bind(&srv).unwrap();
+    std::thread::spawn(move || unix_server(l));
+    let tl = TcpListener::bind("127.0.0.1:0").unwrap();
+    let taddr = tl.local_addr().unwrap();
+    std::thread::spawn(move || tcp_server(tl));
+
+    let relay = Kill(
+        Command::new(RELAY)
+            .args(["-p", "0", "-b", "127.0.0.1", "-q"])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
     );
-    row(
-        "bulk server->client (MB/s)",
-        bulk_down(&srv, bulk),
-        bulk_down(&dsock, bulk),
-        "",
-    );
-    let (d50, d99) = rtt(&srv, rtts);
-    let (c50, c99) = rtt(&dsock, rtts);
-    row("64-byte RTT p50 (us)", d50, c50, "");
-    row("64-byte RTT p99 (us)", d99, c99, "");
-    row(
-        "connections/s (1-byte echo)",
-        conns_per_sec(&srv, phase),
-        conns_per_sec(&dsock, phase),
-        "",
-    );
-    row(
-        "64 channels, round trips/s",
-        parallel_rtts(&srv, phase),
-        parallel_rtts(&dsock, phase),
-        "",
-    );
-    let after = (rss_kib(origin.0.id()), rss_kib(dest.0.id()));
+    // -q hides "listening on": find the port by asking the kernel instead.
+    let port = {
+        let mut port = None;
+        wait_for(Duration::from_secs(10), || {
+            port = listening_port(relay.0.id());
+            port.is_some()
+        });
+        port.expect("relay port")
+    };
+    let e2e = want_e2e.then(|| start_chain(&dir, port, &srv, false));
+    let plain = want_plain.then(|| start_chain(&dir, port, &srv, true));
+    std::thread::sleep(Duration::from_millis(200));
+    let idle: Vec<(u64, u64)> = [&e2e, &plain]
+        .iter()
+        .filter_map(|c| c.as_ref())
+        .map(|c| (rss_kib(c.origin.0.id()), rss_kib(c.dest.0.id())))
+        .collect();
+
+    let mut targets: Vec<(&str, Target)> = vec![
+        ("direct unix", Target::Unix(srv.clone())),
+        ("direct tcp", Target::Tcp(taddr)),
+    ];
+    if let Some(c) = &e2e {
+        targets.push(("chain e2e", Target::Unix(c.sock.clone())));
+    }
+    if let Some(c) = &plain {
+        targets.push(("chain plain", Target::Unix(c.sock.clone())));
+    }
+    // metric name, higher-is-better, values[target][repeat]
+    type Metric = (&'static str, bool, Vec<Vec<f64>>);
+    let mut metrics: Vec<Metric> = Vec::new();
+    let mut add = |name: &'static str, hib: bool, ti: usize, v: f64| {
+        let i = match metrics.iter().position(|m| m.0 == name) {
+            Some(i) => i,
+            None => {
+                metrics.push((name, hib, vec![Vec::new(); 4]));
+                metrics.len() - 1
+            }
+        };
+        metrics[i].2[ti].push(v);
+    };
     println!(
-        "RSS origin: {} KiB idle, {} KiB after load; dest: {} KiB idle, {} KiB after load",
-        idle.0, after.0, idle.1, after.1
+        "sockrelay chain bench: bulk {} MiB, phases {:?}, {} repeat(s)",
+        bulk >> 20,
+        phase,
+        repeat
     );
-    drop(dest);
-    drop(origin);
+    for r in 0..repeat {
+        for (ti, (name, t)) in targets.iter().enumerate() {
+            let mut line = format!("[{}/{}] {:<12}", r + 1, repeat, name);
+            if want("up") {
+                let v = bulk_up(t, bulk);
+                add("bulk client->server (MB/s)", true, ti, v);
+                line += &format!(" up {v:.0}");
+            }
+            if want("down") {
+                let v = bulk_down(t, bulk);
+                add("bulk server->client (MB/s)", true, ti, v);
+                line += &format!(" down {v:.0}");
+            }
+            if want("rtt") {
+                let (p50, p99) = rtt(t, rtts);
+                add("64-byte RTT p50 (us)", false, ti, p50);
+                add("64-byte RTT p99 (us)", false, ti, p99);
+                line += &format!(" rtt {p50:.1}/{p99:.1}us");
+            }
+            if want("conns") {
+                let v = conns_per_sec(t, phase);
+                add("connections/s (1-byte echo)", true, ti, v);
+                line += &format!(" conn/s {v:.0}");
+            }
+            if want("par") {
+                let v = parallel_rtts(t, phase);
+                add("64 channels, round trips/s", true, ti, v);
+                line += &format!(" par {v:.0}");
+            }
+            println!("{line}");
+        }
+    }
+    let after: Vec<(u64, u64)> = [&e2e, &plain]
+        .iter()
+        .filter_map(|c| c.as_ref())
+        .map(|c| (rss_kib(c.origin.0.id()), rss_kib(c.dest.0.id())))
+        .collect();
+
+    // Medians, ratio = chain / direct unix.
+    let med: Vec<(&str, Vec<f64>)> = metrics
+        .iter_mut()
+        .map(|(name, _, vals)| {
+            (
+                *name,
+                vals.iter_mut()
+                    .take(targets.len())
+                    .map(|v| median(v))
+                    .collect(),
+            )
+        })
+        .collect();
+    println!();
+    print!("{:<30}", "median");
+    for (name, _) in &targets {
+        print!(" {name:>12}");
+    }
+    for (name, _) in targets.iter().skip(2) {
+        print!(" {:>12}", format!("{name} ratio"));
+    }
+    println!();
+    for (name, v) in &med {
+        print!("{name:<30}");
+        for x in v {
+            print!(" {x:>12.1}");
+        }
+        for x in v.iter().skip(2) {
+            print!(" {:>12.3}", x / v[0]);
+        }
+        println!();
+    }
+
+    let cmd = format!(
+        "cargo bench --bench chain{}",
+        if args.is_empty() {
+            String::new()
+        } else {
+            format!(" -- {}", args.join(" "))
+        }
+    );
+    println!();
+    println!("Markdown (`{cmd}`; medians of {repeat}; ratio = chain / direct unix socket):");
+    println!();
+    let chains: Vec<&str> = targets.iter().skip(2).map(|t| t.0).collect();
+    print!("| metric | direct unix | direct TCP |");
+    for c in &chains {
+        print!(" {c} | ratio |");
+    }
+    println!();
+    print!("|---|---|---|");
+    for _ in &chains {
+        print!("---|---|");
+    }
+    println!();
+    for (name, v) in &med {
+        let fmt = |x: f64| {
+            if x >= 100.0 {
+                format!("{x:.0}")
+            } else {
+                format!("{x:.1}")
+            }
+        };
+        print!("| {name} | {} | {} |", fmt(v[0]), fmt(v[1]));
+        for x in v.iter().skip(2) {
+            let ratio = x / v[0];
+            print!(" {} | {:.2} |", fmt(*x), ratio);
+        }
+        println!();
+    }
+    let mut names = Vec::new();
+    if e2e.is_some() {
+        names.push("e2e");
+    }
+    if plain.is_some() {
+        names.push("plain");
+    }
+    for (i, n) in names.iter().enumerate() {
+        println!(
+            "| RSS origin / dest, {n} (KiB), idle → after load | | | {} / {} → {} / {} | |",
+            idle[i].0, idle[i].1, after[i].0, after[i].1
+        );
+    }
+    let sizes: Vec<String> = [("relay", RELAY), ("origin", ORIGIN), ("dest", DEST)]
+        .iter()
+        .map(|(n, p)| {
+            let (sz, stripped) = stripped_size(p, &dir);
+            format!(
+                "{n} {} KiB{}",
+                sz / 1024,
+                if stripped { "" } else { " (unstripped)" }
+            )
+        })
+        .collect();
+    println!("| stripped binaries | {} | | |", sizes.join(", "));
+    drop(e2e);
+    drop(plain);
+    drop(relay);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
