@@ -12,7 +12,10 @@
 //! - `--repeat N`: run every measurement N times (interleaved) and report
 //!   medians (default 3, 1 with `--quick`);
 //! - `--only a,b`: phases among `up,down,rtt,conns,par`;
-//! - `--e2e`, `--plaintext`: measure only that chain.
+//! - `--e2e`, `--plaintext`: measure only that chain;
+//! - `--cpu`: also print, per MB or per operation, the CPU time of relay,
+//!   origin and dest, the time they waited for a CPU while runnable, and
+//!   how often they were scheduled in (/proc/PID/schedstat).
 //!
 //! std only; every phase is bounded in time. The end prints a markdown table.
 
@@ -269,6 +272,18 @@ fn parallel_rtts(t: &Target, dur: Duration) -> f64 {
     (c1 - c0) as f64 / el.as_secs_f64()
 }
 
+/// From /proc/PID/schedstat: nanoseconds on a CPU, nanoseconds waiting
+/// for one (runnable but not running), and times scheduled in.
+fn sched(pid: u32) -> [u64; 3] {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/schedstat")).unwrap_or_default();
+    let mut f = s.split_whitespace().map(|x| x.parse().unwrap_or(0));
+    [
+        f.next().unwrap_or(0),
+        f.next().unwrap_or(0),
+        f.next().unwrap_or(0),
+    ]
+}
+
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
@@ -446,16 +461,39 @@ fn main() {
         .map(|c| (rss_kib(c.origin.0.id()), rss_kib(c.dest.0.id())))
         .collect();
 
-    let mut targets: Vec<(&str, Target)> = vec![
-        ("direct unix", Target::Unix(srv.clone())),
-        ("direct tcp", Target::Tcp(taddr)),
+    // name, target, pids of relay/origin/dest for chains
+    let mut targets: Vec<(&str, Target, Option<[u32; 3]>)> = vec![
+        ("direct unix", Target::Unix(srv.clone()), None),
+        ("direct tcp", Target::Tcp(taddr), None),
     ];
+    let pids = |c: &Chain| Some([relay.0.id(), c.origin.0.id(), c.dest.0.id()]);
     if let Some(c) = &e2e {
-        targets.push(("chain e2e", Target::Unix(c.sock.clone())));
+        targets.push(("chain e2e", Target::Unix(c.sock.clone()), pids(c)));
     }
     if let Some(c) = &plain {
-        targets.push(("chain plain", Target::Unix(c.sock.clone())));
+        targets.push(("chain plain", Target::Unix(c.sock.clone()), pids(c)));
     }
+    let show_cpu = has("--cpu");
+    // With --cpu: CPU time of relay/origin/dest and their context switches
+    // during `f`, per `unit` (MB or operation).
+    let cpu = |p: &Option<[u32; 3]>, what: &str, f: &mut dyn FnMut() -> (f64, f64)| -> f64 {
+        let before = p.map(|p| p.map(sched));
+        let (v, units) = f();
+        if let (true, Some(p), Some(b)) = (show_cpu, p, before) {
+            let mut parts = Vec::new();
+            for (i, name) in ["relay", "origin", "dest"].iter().enumerate() {
+                let a = sched(p[i]);
+                parts.push(format!(
+                    "{name} {:.1}/{:.1}us {:.2}x",
+                    (a[0] - b[i][0]) as f64 / 1e3 / units,
+                    (a[1] - b[i][1]) as f64 / 1e3 / units,
+                    (a[2] - b[i][2]) as f64 / units
+                ));
+            }
+            println!("    {what}: cpu/runqueue-wait, runs: {}", parts.join(", "));
+        }
+        v
+    };
     // metric name, higher-is-better, values[target][repeat]
     type Metric = (&'static str, bool, Vec<Vec<f64>>);
     let mut metrics: Vec<Metric> = Vec::new();
@@ -476,31 +514,45 @@ fn main() {
         repeat
     );
     for r in 0..repeat {
-        for (ti, (name, t)) in targets.iter().enumerate() {
+        for (ti, (name, t, p)) in targets.iter().enumerate() {
             let mut line = format!("[{}/{}] {:<12}", r + 1, repeat, name);
+            let mb = bulk as f64 / 1e6;
             if want("up") {
-                let v = bulk_up(t, bulk);
+                let v = cpu(p, "up (per MB)", &mut || (bulk_up(t, bulk), mb));
                 add("bulk client->server (MB/s)", true, ti, v);
                 line += &format!(" up {v:.0}");
             }
             if want("down") {
-                let v = bulk_down(t, bulk);
+                let v = cpu(p, "down (per MB)", &mut || (bulk_down(t, bulk), mb));
                 add("bulk server->client (MB/s)", true, ti, v);
                 line += &format!(" down {v:.0}");
             }
             if want("rtt") {
-                let (p50, p99) = rtt(t, rtts);
+                let mut p99 = 0.0;
+                let p50 = cpu(p, "rtt (per round trip)", &mut || {
+                    let (a, b) = rtt(t, rtts);
+                    p99 = b;
+                    (a, rtts as f64)
+                });
                 add("64-byte RTT p50 (us)", false, ti, p50);
                 add("64-byte RTT p99 (us)", false, ti, p99);
                 line += &format!(" rtt {p50:.1}/{p99:.1}us");
             }
             if want("conns") {
-                let v = conns_per_sec(t, phase);
+                let mut n = 0.0;
+                let v = cpu(p, "conns (per connection)", &mut || {
+                    let v = conns_per_sec(t, phase);
+                    n = v * phase.as_secs_f64();
+                    (v, n.max(1.0))
+                });
                 add("connections/s (1-byte echo)", true, ti, v);
                 line += &format!(" conn/s {v:.0}");
             }
             if want("par") {
-                let v = parallel_rtts(t, phase);
+                let v = cpu(p, "par (per round trip)", &mut || {
+                    let v = parallel_rtts(t, phase);
+                    (v, (v * phase.as_secs_f64()).max(1.0))
+                });
                 add("64 channels, round trips/s", true, ti, v);
                 line += &format!(" par {v:.0}");
             }
@@ -528,10 +580,10 @@ fn main() {
         .collect();
     println!();
     print!("{:<30}", "median");
-    for (name, _) in &targets {
+    for (name, _, _) in &targets {
         print!(" {name:>12}");
     }
-    for (name, _) in targets.iter().skip(2) {
+    for (name, _, _) in targets.iter().skip(2) {
         print!(" {:>12}", format!("{name} ratio"));
     }
     println!();
