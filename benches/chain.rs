@@ -13,6 +13,9 @@
 //!   medians (default 3, 1 with `--quick`);
 //! - `--only a,b`: phases among `up,down,rtt,conns,par`;
 //! - `--e2e`, `--plaintext`: measure only that chain;
+//! - `--base DIR`: also run both chains with `DIR/sockrelay-origin` and
+//!   `DIR/sockrelay-dest` (an older build), interleaved: before and after
+//!   under the same load;
 //! - `--cpu`: also print, per MB or per operation, the CPU time of relay,
 //!   origin and dest, the time they waited for a CPU while runnable, and
 //!   how often they were scheduled in (/proc/PID/schedstat).
@@ -320,16 +323,23 @@ struct Chain {
     sock: PathBuf,
 }
 
-fn start_chain(dir: &Path, port: u16, srv: &Path, plaintext: bool) -> Chain {
+fn start_chain(
+    dir: &Path,
+    port: u16,
+    srv: &Path,
+    plaintext: bool,
+    bins: (&str, &str),
+    label: &str,
+) -> Chain {
     let extra: &[&str] = if plaintext {
         &["--insecure-plaintext"]
     } else {
         &[]
     };
     let p = port.to_string();
-    let sock = dir.join(if plaintext { "plain.sock" } else { "e2e.sock" });
+    let sock = dir.join(format!("{label}.sock"));
     let mut origin = Kill(
-        Command::new(ORIGIN)
+        Command::new(bins.0)
             .args(extra)
             .args(["-q", "127.0.0.1", &p, srv.to_str().unwrap()])
             .env("SOCKRELAY_TOKEN", TOKEN)
@@ -348,7 +358,7 @@ fn start_chain(dir: &Path, port: u16, srv: &Path, plaintext: bool) -> Chain {
         .expect("session line")
         .to_string();
     let dest = Kill(
-        Command::new(DEST)
+        Command::new(bins.1)
             .args(extra)
             .args(["-q", "127.0.0.1", &p, &session, sock.to_str().unwrap()])
             .env("SOCKRELAY_TOKEN", TOKEN)
@@ -452,13 +462,45 @@ fn main() {
         });
         port.expect("relay port")
     };
-    let e2e = want_e2e.then(|| start_chain(&dir, port, &srv, false));
-    let plain = want_plain.then(|| start_chain(&dir, port, &srv, true));
+    let ours = (ORIGIN, DEST);
+    let mut chains: Vec<(String, Chain)> = Vec::new();
+    if want_e2e {
+        chains.push((
+            "chain e2e".into(),
+            start_chain(&dir, port, &srv, false, ours, "e2e"),
+        ));
+    }
+    if want_plain {
+        chains.push((
+            "chain plain".into(),
+            start_chain(&dir, port, &srv, true, ours, "plain"),
+        ));
+    }
+    // --base DIR: the same chains with origin and dest binaries from DIR (an
+    // older build), measured interleaved with ours: before/after under the
+    // same load.
+    let base = value("--base");
+    if let Some(b) = &base {
+        let o = format!("{b}/sockrelay-origin");
+        let d = format!("{b}/sockrelay-dest");
+        let bins: (&str, &str) = (Box::leak(o.into_boxed_str()), Box::leak(d.into_boxed_str()));
+        if want_e2e {
+            chains.push((
+                "base e2e".into(),
+                start_chain(&dir, port, &srv, false, bins, "be2e"),
+            ));
+        }
+        if want_plain {
+            chains.push((
+                "base plain".into(),
+                start_chain(&dir, port, &srv, true, bins, "bplain"),
+            ));
+        }
+    }
     std::thread::sleep(Duration::from_millis(200));
-    let idle: Vec<(u64, u64)> = [&e2e, &plain]
+    let idle: Vec<(u64, u64)> = chains
         .iter()
-        .filter_map(|c| c.as_ref())
-        .map(|c| (rss_kib(c.origin.0.id()), rss_kib(c.dest.0.id())))
+        .map(|(_, c)| (rss_kib(c.origin.0.id()), rss_kib(c.dest.0.id())))
         .collect();
 
     // name, target, pids of relay/origin/dest for chains
@@ -466,12 +508,9 @@ fn main() {
         ("direct unix", Target::Unix(srv.clone()), None),
         ("direct tcp", Target::Tcp(taddr), None),
     ];
-    let pids = |c: &Chain| Some([relay.0.id(), c.origin.0.id(), c.dest.0.id()]);
-    if let Some(c) = &e2e {
-        targets.push(("chain e2e", Target::Unix(c.sock.clone()), pids(c)));
-    }
-    if let Some(c) = &plain {
-        targets.push(("chain plain", Target::Unix(c.sock.clone()), pids(c)));
+    for (name, c) in &chains {
+        let pids = Some([relay.0.id(), c.origin.0.id(), c.dest.0.id()]);
+        targets.push((name.as_str(), Target::Unix(c.sock.clone()), pids));
     }
     let show_cpu = has("--cpu");
     // With --cpu: CPU time of relay/origin/dest and their context switches
@@ -501,7 +540,7 @@ fn main() {
         let i = match metrics.iter().position(|m| m.0 == name) {
             Some(i) => i,
             None => {
-                metrics.push((name, hib, vec![Vec::new(); 4]));
+                metrics.push((name, hib, vec![Vec::new(); 6]));
                 metrics.len() - 1
             }
         };
@@ -559,10 +598,9 @@ fn main() {
             println!("{line}");
         }
     }
-    let after: Vec<(u64, u64)> = [&e2e, &plain]
+    let after: Vec<(u64, u64)> = chains
         .iter()
-        .filter_map(|c| c.as_ref())
-        .map(|c| (rss_kib(c.origin.0.id()), rss_kib(c.dest.0.id())))
+        .map(|(_, c)| (rss_kib(c.origin.0.id()), rss_kib(c.dest.0.id())))
         .collect();
 
     // Medians, ratio = chain / direct unix.
@@ -609,14 +647,14 @@ fn main() {
     println!();
     println!("Markdown (`{cmd}`; medians of {repeat}; ratio = chain / direct unix socket):");
     println!();
-    let chains: Vec<&str> = targets.iter().skip(2).map(|t| t.0).collect();
+    let cols: Vec<&str> = targets.iter().skip(2).map(|t| t.0).collect();
     print!("| metric | direct unix | direct TCP |");
-    for c in &chains {
+    for c in &cols {
         print!(" {c} | ratio |");
     }
     println!();
     print!("|---|---|---|");
-    for _ in &chains {
+    for _ in &cols {
         print!("---|---|");
     }
     println!();
@@ -635,16 +673,9 @@ fn main() {
         }
         println!();
     }
-    let mut names = Vec::new();
-    if e2e.is_some() {
-        names.push("e2e");
-    }
-    if plain.is_some() {
-        names.push("plain");
-    }
-    for (i, n) in names.iter().enumerate() {
+    for (i, (n, _)) in chains.iter().enumerate() {
         println!(
-            "| RSS origin / dest, {n} (KiB), idle → after load | | | {} / {} → {} / {} | |",
+            "| RSS origin / dest, {n} (KiB), idle → after load | {} / {} → {} / {} | |",
             idle[i].0, idle[i].1, after[i].0, after[i].1
         );
     }
@@ -660,8 +691,7 @@ fn main() {
         })
         .collect();
     println!("| stripped binaries | {} | | |", sizes.join(", "));
-    drop(e2e);
-    drop(plain);
+    drop(chains);
     drop(relay);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -57,6 +57,12 @@ mod e2e {
     use super::Side;
     use uuid::Uuid;
 
+    /// Bytes sealing adds to a message.
+    #[cfg(feature = "e2e")]
+    pub const SEAL_OVERHEAD: usize = crate::secure::SEAL_OVERHEAD;
+    #[cfg(not(feature = "e2e"))]
+    pub const SEAL_OVERHEAD: usize = 0;
+
     #[cfg(feature = "e2e")]
     pub struct E2e(crate::secure::Noise);
     #[cfg(not(feature = "e2e"))]
@@ -119,7 +125,7 @@ mod e2e {
     }
 }
 
-use e2e::E2e;
+use e2e::{E2e, SEAL_OVERHEAD};
 
 struct Epoch {
     gen: u32,
@@ -136,6 +142,9 @@ struct Conn {
     readable: bool,
     writable: bool,
     read_eof: bool,
+    /// The last event reported the peer's FIN or an error: read until EOF
+    /// or EAGAIN instead of trusting a short read to mean "drained".
+    hup: bool,
 }
 
 struct Link {
@@ -173,7 +182,8 @@ pub struct Engine {
     hwm_hit: bool,
     scratch: Vec<u8>,
     plain: Vec<u8>,
-    sealed: Vec<u8>,
+    /// Events of one WebSocket read (kept to reuse the allocation).
+    ws_events: Vec<WsEvent>,
     stop: Option<Stop>,
     ping_interval: Duration,
 }
@@ -241,7 +251,7 @@ impl Engine {
             hwm_hit: false,
             scratch: vec![0u8; READ_CHUNK_BYTES],
             plain: Vec::new(),
-            sealed: Vec::new(),
+            ws_events: Vec::new(),
             stop: None,
             ping_interval: std::env::var(PING_ENV)
                 .ok()
@@ -276,10 +286,12 @@ impl Engine {
             }
             self.dirty.append(&mut self.again);
             for ev in events.iter() {
+                let hup = ev.is_read_closed() || ev.is_error();
                 self.on_event(
                     ev.token(),
-                    ev.is_readable() || ev.is_read_closed() || ev.is_error(),
+                    ev.is_readable() || hup,
                     ev.is_writable() || ev.is_write_closed() || ev.is_error(),
+                    hup,
                 );
             }
             self.fire_timers();
@@ -301,7 +313,7 @@ impl Engine {
         self.end_epoch("exiting");
     }
 
-    fn on_event(&mut self, token: Token, readable: bool, writable: bool) {
+    fn on_event(&mut self, token: Token, readable: bool, writable: bool, hup: bool) {
         match token {
             SIGNALS => match self.signals.drain() {
                 Some(Signal::Terminate) => {
@@ -319,7 +331,7 @@ impl Engine {
                         self.flush_ws();
                     }
                     if readable {
-                        self.read_ws();
+                        self.read_ws(hup);
                     }
                 }
             }
@@ -329,6 +341,7 @@ impl Engine {
                     if let Some(c) = self.conns.get_mut(&ch) {
                         c.readable |= readable;
                         c.writable |= writable;
+                        c.hup |= hup;
                         self.dirty.push(ch);
                     }
                 }
@@ -425,25 +438,32 @@ impl Engine {
         }
     }
 
-    fn read_ws(&mut self) {
+    fn read_ws(&mut self, hup: bool) {
         let Some(link) = &mut self.link else { return };
-        let mut events = Vec::new();
-        link.ws.read(&mut events, &mut self.rng);
+        let mut events = std::mem::take(&mut self.ws_events);
+        link.ws.read(&mut events, &mut self.rng, hup);
         let gen = link.gen;
-        for ev in events {
+        for ev in events.drain(..) {
             // A handler may have replaced the link: stale events are moot.
             if self.link.as_ref().map(|l| l.gen) != Some(gen) || self.stop.is_some() {
-                return;
+                continue;
             }
             self.on_ws_event(ev);
         }
+        // Keep the allocation for the next read.
+        self.ws_events = events;
     }
 
     fn on_ws_event(&mut self, ev: WsEvent) {
         match ev {
             WsEvent::Upgraded(resp) => self.on_upgraded(resp),
             WsEvent::Refused(err) => self.on_refused(err),
-            WsEvent::Binary(msg) => self.on_message(&msg),
+            WsEvent::Binary(msg) => {
+                self.on_message(&msg);
+                if let Some(link) = &mut self.link {
+                    link.ws.recycle(msg);
+                }
+            }
             WsEvent::Ping(payload) => {
                 self.on_control(&payload);
                 // Answer after acting on it: the relay takes the echoed
@@ -747,6 +767,7 @@ impl Engine {
                         readable: true,
                         writable: true,
                         read_eof: false,
+                        hup: false,
                     },
                 );
                 self.dirty.push(ch);
@@ -816,6 +837,7 @@ impl Engine {
                 readable: true,
                 writable: true,
                 read_eof: false,
+                hup: false,
             },
         );
         self.dirty.push(ch);
@@ -856,8 +878,16 @@ impl Engine {
             if p.is_empty() {
                 break;
             }
+            let want = p.len();
             match conn.sock.write(p) {
-                Ok(n) => m.consume(ch, n),
+                Ok(n) => {
+                    m.consume(ch, n);
+                    // Short write: the socket buffer is full (epoll(7));
+                    // wait for the EPOLLOUT edge instead of an EAGAIN.
+                    if n < want {
+                        conn.writable = false;
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => conn.writable = false,
                 Err(e) => {
@@ -893,10 +923,17 @@ impl Engine {
                         Ok(k) => {
                             m.send_data(ch, &self.scratch[..k]);
                             budget -= k;
+                            // Short read: drained (epoll(7)), unless the
+                            // event carried a FIN that a read must see.
+                            if k < n && !conn.hup {
+                                conn.readable = false;
+                                break;
+                            }
                         }
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                             conn.readable = false;
+                            conn.hup = false;
                             break;
                         }
                         Err(e) => {
@@ -927,13 +964,27 @@ impl Engine {
                         match &mut epoch.e2e {
                             None => link.ws.send(OpCode::Binary, &batch, &mut self.rng),
                             Some(e2e) => {
-                                self.sealed.clear();
-                                if let Err(e) = e2e.seal(&batch, &mut self.sealed) {
+                                // Sealed straight into the WebSocket output
+                                // buffer, then masked there: no copy between.
+                                let len = batch.len() + SEAL_OVERHEAD;
+                                let mut err = None;
+                                let ok =
+                                    link.ws
+                                        .send_with(OpCode::Binary, len, &mut self.rng, |out| {
+                                            match e2e.seal(&batch, out) {
+                                                Ok(()) => true,
+                                                Err(e) => {
+                                                    err = Some(e);
+                                                    false
+                                                }
+                                            }
+                                        });
+                                if !ok {
+                                    let e = err.unwrap_or_else(|| "sealed length".into());
                                     self.stop =
                                         Some(Err(Error::Local(format!("end-to-end seal: {e}"))));
                                     return;
                                 }
-                                link.ws.send(OpCode::Binary, &self.sealed, &mut self.rng);
                             }
                         }
                         m.recycle(batch);

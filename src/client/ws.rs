@@ -5,18 +5,21 @@
 //! Like the sans-IO cores it reports what happened as [`WsEvent`]s and never
 //! decides policy (reconnect, what a ping means): that is the engine's job.
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 
 use mio::net::TcpStream;
 
 use super::{Prng, MAX_WS_MESSAGE_BYTES};
-use crate::sys;
-use crate::ws::frame::{self, Decoder, Event as FrameEvent, OpCode, Role};
+use crate::ws::frame::{self, Decoder, Event as FrameEvent, FrameHeader, OpCode, Role};
 use crate::ws::handshake::{self, ClientError, Response};
+use crate::ws::mask::apply_mask;
 
 /// Input buffer: one full batch-sized frame plus headers fits at once.
 const IN_BUF_BYTES: usize = 96 * 1024;
+/// A message buffer handed back with [`WsConn::recycle`] is kept for the
+/// next message if it is no larger than this (a Noise message is < 64 KiB).
+const KEEP_MSG_BYTES: usize = 128 * 1024;
 
 #[derive(Debug)]
 enum State {
@@ -62,6 +65,8 @@ pub struct WsConn {
     /// The data message being reassembled (normally one frame).
     msg: Vec<u8>,
     msg_is_binary: bool,
+    /// A drained message buffer to reuse (see [`WsConn::recycle`]).
+    spare_msg: Vec<u8>,
     out: Vec<u8>,
     out_pos: usize,
     tcp_connected: bool,
@@ -91,6 +96,7 @@ impl WsConn {
             dec: Decoder::new(Role::Client, MAX_WS_MESSAGE_BYTES),
             msg: Vec::new(),
             msg_is_binary: false,
+            spare_msg: Vec::new(),
             // The upgrade request waits here until the connect completes.
             out: req,
             out_pos: 0,
@@ -128,6 +134,52 @@ impl WsConn {
         }
         self.compact_out();
         frame::encode_frame(&mut self.out, true, opcode, Some(rng.mask()), payload);
+    }
+
+    /// Queue one unfragmented binary-or-other frame whose `len`-byte payload
+    /// `fill` appends to the output buffer itself (for instance by sealing
+    /// straight into it), then mask it in place: no intermediate copy.
+    /// When `fill` fails or appends other than `len` bytes, the frame is
+    /// withdrawn and `false` returned.
+    pub fn send_with(
+        &mut self,
+        opcode: OpCode,
+        len: usize,
+        rng: &mut Prng,
+        fill: impl FnOnce(&mut Vec<u8>) -> bool,
+    ) -> bool {
+        if matches!(self.state, State::Done) {
+            return true;
+        }
+        self.compact_out();
+        let key = rng.mask();
+        let header = FrameHeader {
+            fin: true,
+            opcode,
+            mask: Some(key),
+            payload_len: len as u64,
+        };
+        let start = self.out.len();
+        let header_len = header.encoded_len();
+        self.out.reserve(header_len + len);
+        self.out.resize(start + header_len, 0);
+        header.encode(&mut self.out[start..]);
+        let body = start + header_len;
+        if !fill(&mut self.out) || self.out.len() != body + len {
+            self.out.truncate(start);
+            return false;
+        }
+        apply_mask(&mut self.out[body..], key, 0);
+        true
+    }
+
+    /// Give back the buffer of a [`WsEvent::Binary`] once it is processed,
+    /// so the next message reuses its allocation.
+    pub fn recycle(&mut self, mut buf: Vec<u8>) {
+        if buf.capacity() <= KEEP_MSG_BYTES && buf.capacity() > self.spare_msg.capacity() {
+            buf.clear();
+            self.spare_msg = buf;
+        }
     }
 
     /// Queue a close frame; nothing more will be decoded.
@@ -170,9 +222,19 @@ impl WsConn {
             }
         }
         while self.out_pos < self.out.len() {
+            let want = self.out.len() - self.out_pos;
             match self.sock.write(&self.out[self.out_pos..]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => self.out_pos += n,
+                Ok(n) => {
+                    self.out_pos += n;
+                    // A short write on a stream socket means its buffer is
+                    // full: the next EPOLLOUT edge says when to go on, so
+                    // skip the write that would only return EAGAIN
+                    // (epoll(7)).
+                    if n < want {
+                        break;
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(e),
@@ -188,10 +250,17 @@ impl WsConn {
         Ok(())
     }
 
-    /// Read until `WouldBlock`, appending what it yields to `events`.
-    /// Stops after a terminal event (`Refused`, `Closed`, `Lost`,
+    /// Read until the socket is drained, appending what it yields to
+    /// `events`. Stops after a terminal event (`Refused`, `Closed`, `Lost`,
     /// `ProtocolError`).
-    pub fn read(&mut self, events: &mut Vec<WsEvent>, rng: &mut Prng) {
+    ///
+    /// A read that returns less than the room offered means the socket is
+    /// drained (epoll(7) on edge-triggered stream sockets), so the read that
+    /// would return EAGAIN is skipped — one syscall less per message. Set
+    /// `hup` when the readiness event reported the peer's FIN or an error:
+    /// then reading goes on until EOF or EAGAIN, since no later edge would
+    /// announce an EOF that is already there.
+    pub fn read(&mut self, events: &mut Vec<WsEvent>, rng: &mut Prng, hup: bool) {
         if !self.tcp_connected {
             // A readable event can mean a failed connect.
             if let Err(e) = self.flush() {
@@ -207,8 +276,12 @@ impl WsConn {
             if matches!(self.state, State::Done) {
                 return;
             }
-            let (n, eof) = match sys::read_some(&mut self.sock, &mut self.inbuf[self.in_len..]) {
-                Ok(r) => r,
+            let room = self.inbuf.len() - self.in_len;
+            let (n, eof, drained) = match self.sock.read(&mut self.inbuf[self.in_len..]) {
+                Ok(0) if room > 0 => (0, true, true),
+                Ok(n) => (n, false, n < room && !hup),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => (0, false, true),
                 Err(e) => {
                     events.push(WsEvent::Lost(format!("read from relay: {e}")));
                     self.state = State::Done;
@@ -220,7 +293,9 @@ impl WsConn {
             }
             self.in_len += n;
             let was_full = self.in_len == self.inbuf.len();
-            self.process(events, rng);
+            if n > 0 || was_full {
+                self.process(events, rng);
+            }
             if matches!(self.state, State::Done) {
                 return;
             }
@@ -235,8 +310,7 @@ impl WsConn {
                 self.state = State::Done;
                 return;
             }
-            if !was_full {
-                // read_some stopped at WouldBlock.
+            if drained && !was_full {
                 return;
             }
         }
@@ -282,8 +356,15 @@ impl WsConn {
                 FrameEvent::DataHeader(h) => {
                     if h.opcode != OpCode::Continuation {
                         self.msg.clear();
+                        if self.msg.capacity() == 0 {
+                            self.msg = std::mem::take(&mut self.spare_msg);
+                        }
                         self.msg_is_binary = h.opcode == OpCode::Binary;
                     }
+                    // One allocation per message instead of a doubling
+                    // series (the decoder bounds payload_len by the limit).
+                    let want = h.payload_len.min(MAX_WS_MESSAGE_BYTES) as usize;
+                    self.msg.reserve(want);
                     if h.payload_len == 0 && h.fin {
                         self.message_done(events);
                     }
