@@ -446,9 +446,13 @@ fn main() {
     let taddr = tl.local_addr().unwrap();
     std::thread::spawn(move || tcp_server(tl));
 
+    // Extra relay options for experiments, e.g.
+    // SOCKRELAY_BENCH_RELAY_ARGS="--buffer 256K" (as in benches/relay.rs).
+    let relay_extra = std::env::var("SOCKRELAY_BENCH_RELAY_ARGS").unwrap_or_default();
     let relay = Kill(
         Command::new(RELAY)
             .args(["-p", "0", "-b", "127.0.0.1", "-q"])
+            .args(relay_extra.split_whitespace())
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
@@ -645,7 +649,12 @@ fn main() {
         }
     );
     println!();
-    println!("Markdown (`{cmd}`; medians of {repeat}; ratio = chain / direct unix socket):");
+    let env = if relay_extra.is_empty() {
+        String::new()
+    } else {
+        format!("SOCKRELAY_BENCH_RELAY_ARGS=\"{relay_extra}\" ")
+    };
+    println!("Markdown (`{env}{cmd}`; medians of {repeat}; ratio = chain / direct unix socket):");
     println!();
     let cols: Vec<&str> = targets.iter().skip(2).map(|t| t.0).collect();
     print!("| metric | direct unix | direct TCP |");
