@@ -16,6 +16,9 @@
 //! - `--base DIR`: also run both chains with `DIR/sockrelay-origin` and
 //!   `DIR/sockrelay-dest` (an older build), interleaved: before and after
 //!   under the same load;
+//! - `--floor`: also measure three naive forwarding hops (unix → TCP → TCP →
+//!   unix, blocking threads, no WebSocket/mux/crypto): the floor for the
+//!   chain's shape on this machine;
 //! - `--cpu`: also print, per MB or per operation, the CPU time of relay,
 //!   origin and dest, the time they waited for a CPU while runnable, and
 //!   how often they were scheduled in (/proc/PID/schedstat).
@@ -161,6 +164,70 @@ fn tcp_server(l: TcpListener) {
         let _ = s.set_nodelay(true);
         std::thread::spawn(move || serve(Stream::Tcp(s)));
     }
+}
+
+/// Copy `from` to `to` until EOF, then pass the EOF on.
+fn pump(mut from: Stream, mut to: Stream) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    to.shutdown_write();
+}
+
+fn try_clone(s: &Stream) -> Stream {
+    match s {
+        Stream::Unix(s) => Stream::Unix(s.try_clone().unwrap()),
+        Stream::Tcp(s) => Stream::Tcp(s.try_clone().unwrap()),
+    }
+}
+
+/// One hop of the naive forwarder: every connection accepted on `from`
+/// gets a connection to `to`, and a thread per direction copies bytes.
+fn forward(from: Stream, to: &Target) {
+    let up = to.connect();
+    let (from2, up2) = (try_clone(&from), try_clone(&up));
+    std::thread::spawn(move || pump(from2, up2));
+    std::thread::spawn(move || pump(up, from));
+}
+
+/// The floor for the chain's shape: unix → fwd → TCP → fwd → TCP → fwd →
+/// unix server, three naive forwarders (blocking threads, 64 KiB copies,
+/// TCP_NODELAY) with the same hops and wakeups as dest → relay → origin,
+/// but no WebSocket, mux or encryption. Returns its unix socket.
+fn start_naive_chain(dir: &Path, srv: &Path) -> PathBuf {
+    let third = TcpListener::bind("127.0.0.1:0").unwrap();
+    let third_addr = third.local_addr().unwrap();
+    let srv_t = Target::Unix(srv.to_path_buf());
+    std::thread::spawn(move || {
+        for s in third.incoming().flatten() {
+            let _ = s.set_nodelay(true);
+            forward(Stream::Tcp(s), &srv_t);
+        }
+    });
+    let second = TcpListener::bind("127.0.0.1:0").unwrap();
+    let second_addr = second.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in second.incoming().flatten() {
+            let _ = s.set_nodelay(true);
+            forward(Stream::Tcp(s), &Target::Tcp(third_addr));
+        }
+    });
+    let path = dir.join("naive.sock");
+    let first = UnixListener::bind(&path).unwrap();
+    std::thread::spawn(move || {
+        for s in first.incoming().flatten() {
+            forward(Stream::Unix(s), &Target::Tcp(second_addr));
+        }
+    });
+    path
 }
 
 fn mbps(bytes: u64, d: Duration) -> f64 {
@@ -516,6 +583,10 @@ fn main() {
         let pids = Some([relay.0.id(), c.origin.0.id(), c.dest.0.id()]);
         targets.push((name.as_str(), Target::Unix(c.sock.clone()), pids));
     }
+    if has("--floor") {
+        let naive = start_naive_chain(&dir, &srv);
+        targets.push(("naive 3-hop", Target::Unix(naive), None));
+    }
     let show_cpu = has("--cpu");
     // With --cpu: CPU time of relay/origin/dest and their context switches
     // during `f`, per `unit` (MB or operation).
@@ -544,7 +615,7 @@ fn main() {
         let i = match metrics.iter().position(|m| m.0 == name) {
             Some(i) => i,
             None => {
-                metrics.push((name, hib, vec![Vec::new(); 6]));
+                metrics.push((name, hib, vec![Vec::new(); 8]));
                 metrics.len() - 1
             }
         };
@@ -682,24 +753,42 @@ fn main() {
         }
         println!();
     }
-    for (i, (n, _)) in chains.iter().enumerate() {
-        println!(
-            "| RSS origin / dest, {n} (KiB), idle → after load | {} / {} → {} / {} | |",
-            idle[i].0, idle[i].1, after[i].0, after[i].1
-        );
-    }
-    let sizes: Vec<String> = [("relay", RELAY), ("origin", ORIGIN), ("dest", DEST)]
-        .iter()
-        .map(|(n, p)| {
-            let (sz, stripped) = stripped_size(p, &dir);
-            format!(
-                "{n} {} KiB{}",
-                sz / 1024,
-                if stripped { "" } else { " (unstripped)" }
-            )
-        })
-        .collect();
-    println!("| stripped binaries | {} | | |", sizes.join(", "));
+    // Per chain column: RSS and binary sizes (empty under other columns).
+    let size_kib = |p: &str| {
+        let (sz, stripped) = stripped_size(p, &dir);
+        format!("{}{}", sz / 1024, if stripped { "" } else { "?" })
+    };
+    let base_bins = base.as_ref().map(|b| {
+        (
+            size_kib(&format!("{b}/sockrelay-origin")),
+            size_kib(&format!("{b}/sockrelay-dest")),
+        )
+    });
+    let our_bins = (size_kib(ORIGIN), size_kib(DEST));
+    let per_chain = |title: &str, cell: &dyn Fn(usize, &str) -> String| {
+        print!("| {title} | | |");
+        for c in &cols {
+            match chains.iter().position(|(n, _)| n == c) {
+                Some(i) => print!(" {} | |", cell(i, c)),
+                None => print!(" | |"),
+            }
+        }
+        println!();
+    };
+    per_chain("idle RSS origin / dest (KiB)", &|i, _| {
+        format!("{} / {}", idle[i].0, idle[i].1)
+    });
+    per_chain("RSS after the load, origin / dest (KiB)", &|i, _| {
+        format!("{} / {}", after[i].0, after[i].1)
+    });
+    per_chain("stripped binaries origin / dest (KiB)", &|_, c| {
+        let (o, d) = match (&base_bins, c.starts_with("base")) {
+            (Some(b), true) => b.clone(),
+            _ => our_bins.clone(),
+        };
+        format!("{o} / {d}")
+    });
+    println!("| stripped relay binary (KiB) | {} | |", size_kib(RELAY));
     drop(chains);
     drop(relay);
     let _ = std::fs::remove_dir_all(&dir);
