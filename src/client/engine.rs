@@ -610,7 +610,7 @@ impl Engine {
             mux: None,
         };
         if self.opts.plaintext {
-            epoch.mux = Some(Mux::new(self.side(), mux::Config::default()));
+            epoch.mux = Some(Mux::new(self.side(), mux::Config::client()));
             self.epoch = Some(epoch);
             self.on_mux_ready();
             return;
@@ -682,7 +682,7 @@ impl Engine {
                         }
                         if e2e.is_established() {
                             log::info!("end-to-end encryption established");
-                            epoch.mux = Some(Mux::new(self.opts.side, mux::Config::default()));
+                            epoch.mux = Some(Mux::new(self.opts.side, mux::Config::client()));
                             self.on_mux_ready();
                         }
                     }

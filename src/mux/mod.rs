@@ -181,6 +181,8 @@ struct Channel {
     unacked: u64,
     eof_recv: bool,
     eof_delivered: bool,
+    /// Origin, lazy OPEN_OK: accepted, OPEN_OK not queued yet.
+    ok_pending: bool,
 }
 
 impl Channel {
@@ -195,6 +197,7 @@ impl Channel {
             unacked: 0,
             eof_recv: false,
             eof_delivered: false,
+            ok_pending: false,
         }
     }
     fn pending(&self) -> &[u8] {
@@ -209,13 +212,23 @@ impl Channel {
     }
 }
 
-/// Tunables; `Config::default()` is what the binaries use.
+/// Tunables; the binaries use [`Config::client`].
 #[derive(Debug, Clone, Copy)]
 pub struct Config {
     /// Window we advertise per channel and direction.
     pub window: u32,
     /// Largest outgoing batch in bytes (at least 64).
     pub max_batch: usize,
+    /// Origin: [`Mux::accept_open`] does not queue OPEN_OK by itself; it
+    /// goes out right before the channel's first DATA, EOF or CREDIT, in
+    /// the same batch. The dest never waits for OPEN_OK (it sends data
+    /// optimistically), so a lone OPEN_OK message is pure overhead: an
+    /// ssh-agent style connection takes one WebSocket message (and one
+    /// wakeup of dest and relay) fewer. The wire format is unchanged and
+    /// any dest accepts it: records for a pending channel are processed as
+    /// for an open one, and the channel cannot finish before OPEN_OK
+    /// (which precedes our EOF) has arrived.
+    pub lazy_open_ok: bool,
 }
 
 impl Default for Config {
@@ -223,6 +236,17 @@ impl Default for Config {
         Config {
             window: INITIAL_WINDOW,
             max_batch: MAX_BATCH_BYTES,
+            lazy_open_ok: false,
+        }
+    }
+}
+
+impl Config {
+    /// What origin and dest use: the defaults plus `lazy_open_ok`.
+    pub fn client() -> Config {
+        Config {
+            lazy_open_ok: true,
+            ..Config::default()
         }
     }
 }
@@ -250,6 +274,7 @@ impl Mux {
         let cfg = Config {
             window: cfg.window.max(MIN_WINDOW),
             max_batch: cfg.max_batch.clamp(64, MAX_BATCH_BYTES),
+            lazy_open_ok: cfg.lazy_open_ok,
         };
         let mut mux = Mux {
             side,
@@ -552,8 +577,22 @@ impl Mux {
         if let Some(c) = self.channels.get_mut(&ch) {
             if self.side == Side::Origin && c.open == OpenState::Pending {
                 c.open = OpenState::Open;
-                self.push_record(Kind::OpenOk, ch, &[]);
+                if self.cfg.lazy_open_ok {
+                    c.ok_pending = true;
+                } else {
+                    self.push_record(Kind::OpenOk, ch, &[]);
+                }
                 self.check_finished(ch);
+            }
+        }
+    }
+
+    /// Lazy OPEN_OK: queue it now, before the channel's next record.
+    fn send_open_ok(&mut self, ch: ChannelId) {
+        if let Some(c) = self.channels.get_mut(&ch) {
+            if c.ok_pending {
+                c.ok_pending = false;
+                self.push_record(Kind::OpenOk, ch, &[]);
             }
         }
     }
@@ -595,6 +634,7 @@ impl Mux {
             return 0;
         }
         data = &data[..take];
+        self.send_open_ok(ch);
         if let Some(c) = self.channels.get_mut(&ch) {
             c.send_window -= take as u64;
         }
@@ -626,6 +666,7 @@ impl Mux {
         if let Some(c) = self.channels.get_mut(&ch) {
             if !c.eof_sent {
                 c.eof_sent = true;
+                self.send_open_ok(ch);
                 self.push_record(Kind::Eof, ch, &[]);
                 self.check_finished(ch);
             }
@@ -689,6 +730,7 @@ impl Mux {
             let inc = c.unacked as u32;
             c.unacked = 0;
             c.recv_window += inc as u64;
+            self.send_open_ok(ch);
             self.push_record(Kind::Credit, ch, &inc.to_be_bytes());
         }
         self.check_finished(ch);

@@ -5,7 +5,11 @@ use super::record::{self, Kind};
 use super::*;
 
 fn cfg(window: u32, max_batch: usize) -> Config {
-    Config { window, max_batch }
+    Config {
+        window,
+        max_batch,
+        ..Config::default()
+    }
 }
 
 /// Move every queued batch from `from` into `to`; returns how many.
@@ -516,4 +520,95 @@ fn idle_channel_releases_its_buffer() {
     pump(&mut d, &mut o);
     drain(&mut o, ch);
     assert_eq!(o.channels[&ch].recv.capacity(), 0);
+}
+
+/// Lazy OPEN_OK (what the binaries use): no message of its own; it rides
+/// in front of the origin's first record for the channel.
+#[test]
+fn lazy_open_ok_rides_with_the_first_record() {
+    let (mut o, mut d) = pair_with(Config::client());
+    let ch = d.open().unwrap();
+    assert_eq!(d.send_data(ch, b"request"), 7);
+    pump(&mut d, &mut o);
+    assert_eq!(events(&mut o), vec![Event::Open(ch), Event::Service(ch)]);
+    o.accept_open(ch);
+    assert!(o.pop_batch().is_none(), "no lone OPEN_OK");
+    assert_eq!(drain(&mut o, ch), b"request");
+    assert_eq!(o.send_data(ch, b"reply"), 5);
+    let b = o.pop_batch().unwrap();
+    let (first, n) = record::decode(&b).unwrap();
+    assert_eq!(first, record::Record::OpenOk { channel: ch });
+    let (second, _) = record::decode(&b[n..]).unwrap();
+    assert_eq!(
+        second,
+        record::Record::Data {
+            channel: ch,
+            data: b"reply"
+        }
+    );
+    d.recv_message(&b).unwrap();
+    assert_eq!(events(&mut d), vec![Event::OpenOk(ch), Event::Service(ch)]);
+    assert_eq!(drain(&mut d, ch), b"reply");
+    // Clean end in both directions: both sides forget the id.
+    d.send_eof(ch);
+    pump(&mut d, &mut o);
+    assert!(o.wants_shutdown(ch));
+    o.eof_delivered(ch);
+    o.send_eof(ch);
+    pump(&mut o, &mut d);
+    d.eof_delivered(ch);
+    assert!(!o.contains(ch) && !d.contains(ch));
+}
+
+/// Lazy OPEN_OK on a channel the origin only ends (EOF without data) or
+/// only grants credit on: OPEN_OK still precedes it; an aborted channel
+/// needs none.
+#[test]
+fn lazy_open_ok_before_eof_and_credit_not_before_close() {
+    let c = Config {
+        window: 2048,
+        ..Config::client()
+    };
+    let (mut o, mut d) = pair_with(c);
+    // EOF only.
+    let a = d.open().unwrap();
+    pump(&mut d, &mut o);
+    o.accept_open(a);
+    o.send_eof(a);
+    let b = o.pop_batch().unwrap();
+    assert_eq!(
+        record::decode(&b).unwrap().0,
+        record::Record::OpenOk { channel: a }
+    );
+    d.recv_message(&b).unwrap();
+    // Credit only: the dest fills the window, the origin consumes it.
+    let k = d.open().unwrap();
+    pump(&mut d, &mut o);
+    o.accept_open(k);
+    assert_eq!(d.send_data(k, &[1u8; 2048]), 2048);
+    pump(&mut d, &mut o);
+    assert_eq!(drain(&mut o, k).len(), 2048);
+    let b = o.pop_batch().unwrap();
+    assert_eq!(
+        record::decode(&b).unwrap().0,
+        record::Record::OpenOk { channel: k }
+    );
+    d.recv_message(&b).unwrap();
+    let _ = events(&mut d);
+    assert_eq!(d.send_window(k), 2048);
+    // Abort: CLOSE alone.
+    let x = d.open().unwrap();
+    pump(&mut d, &mut o);
+    o.accept_open(x);
+    o.close(x, "gone");
+    let b = o.pop_batch().unwrap();
+    assert_eq!(
+        record::decode(&b).unwrap().0,
+        record::Record::Close {
+            channel: x,
+            reason: "gone"
+        }
+    );
+    d.recv_message(&b).unwrap();
+    assert!(!d.contains(x));
 }
