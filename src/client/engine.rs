@@ -249,7 +249,7 @@ impl Engine {
             dirty: Vec::new(),
             again: Vec::new(),
             hwm_hit: false,
-            scratch: vec![0u8; READ_CHUNK_BYTES],
+            scratch: vec![0u8; mux::MAX_DATA_PER_BATCH],
             plain: Vec::new(),
             ws_events: Vec::new(),
             stop: None,
@@ -908,7 +908,9 @@ impl Engine {
             if queued >= HIGH_WATER_BYTES {
                 self.hwm_hit = true;
             } else {
-                let mut budget = READ_CHUNK_BYTES;
+                // One full batch per turn (not READ_CHUNK_BYTES, which
+                // would spill a sliver into a second message).
+                let mut budget = mux::MAX_DATA_PER_BATCH;
                 loop {
                     let n = m.send_window(ch).min(budget);
                     if n == 0 {

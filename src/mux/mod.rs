@@ -40,6 +40,11 @@ pub const MIN_WINDOW: u32 = 1024;
 /// Largest batch (plaintext of one WebSocket message). Equal to
 /// `secure::MAX_PLAINTEXT` so one batch fits one Noise transport message.
 pub const MAX_BATCH_BYTES: usize = 65535 - 16;
+/// Most DATA payload one batch can carry (one record filling it). Reading a
+/// socket in chunks of this size makes each read exactly one full batch;
+/// reading `MAX_BATCH_BYTES` would spill a 7-byte sliver into a second
+/// batch, hence a second WebSocket message, every time.
+pub const MAX_DATA_PER_BATCH: usize = MAX_BATCH_BYTES - record::HEADER_LEN;
 /// A DATA record is not started in a batch with less room than this left;
 /// a new batch is begun instead (avoids slivers of a few bytes).
 const MIN_DATA_SPLIT: usize = 512;
