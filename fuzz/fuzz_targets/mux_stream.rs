@@ -23,6 +23,8 @@ fuzz_target!(|data: &[u8]| {
         Config {
             window: WINDOW,
             max_batch: MAX_BATCH,
+            // Both OPEN_OK modes (the binaries use the lazy one).
+            lazy_open_ok: mode & 4 != 0,
         },
     );
     // Let the well-formed path be reached often: start with a valid HELLO
