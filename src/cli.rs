@@ -7,9 +7,9 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Log level from -v/-q counts and an optional explicit `--log-level`.
 pub fn level(verbose: usize, quiet: usize, explicit: Option<&str>) -> Result<LevelFilter, String> {
     if let Some(name) = explicit {
-        return name
-            .parse::<LevelFilter>()
-            .map_err(|_| format!("unknown log level {name:?} (off, error, warn, info, debug, trace)"));
+        return name.parse::<LevelFilter>().map_err(|_| {
+            format!("unknown log level {name:?} (off, error, warn, info, debug, trace)")
+        });
     }
     let base: i32 = 3 + verbose as i32 - quiet as i32; // 3 = info
     Ok(match base {

@@ -405,6 +405,8 @@ impl Decoder {
     }
 
     /// True while inside a fragmented message (a non-fin data frame was seen).
+    /// It stays true until the payload of the message's final frame has been
+    /// yielded.
     pub fn in_message(&self) -> bool {
         self.in_message
     }
@@ -1590,6 +1592,60 @@ mod tests {
                 rest = &rest[n..];
             }
             assert_eq!(ok && t.is_empty(), want, "{bytes:02x?}");
+        }
+    }
+
+    // ---- interoperability ----
+
+    #[test]
+    fn byte_identical_to_tungstenite() {
+        use tungstenite::protocol::frame::coding::{Control, Data, OpCode as T};
+        use tungstenite::protocol::frame::Frame;
+        let kinds = [
+            (OpCode::Text, T::Data(Data::Text)),
+            (OpCode::Binary, T::Data(Data::Binary)),
+            (OpCode::Continuation, T::Data(Data::Continue)),
+            (OpCode::Ping, T::Control(Control::Ping)),
+            (OpCode::Pong, T::Control(Control::Pong)),
+            (OpCode::Close, T::Control(Control::Close)),
+        ];
+        for (ours, theirs) in kinds {
+            for len in LENGTHS {
+                if ours.is_control() && len > MAX_CONTROL_PAYLOAD {
+                    continue;
+                }
+                for (role, mask) in [(Role::Server, Some(KEY)), (Role::Client, None)] {
+                    let payload = if ours == OpCode::Close {
+                        let mut p = 1000u16.to_be_bytes().to_vec();
+                        p.resize(len.max(2), b'r');
+                        p
+                    } else {
+                        text_payload(len)
+                    };
+                    let fin = ours.is_control() || len % 2 == 0;
+                    let mut frame_t = if ours.is_control() {
+                        Frame::ping(payload.clone())
+                    } else {
+                        Frame::message(payload.clone(), theirs, fin)
+                    };
+                    frame_t.header_mut().opcode = theirs;
+                    frame_t.header_mut().mask = mask;
+                    let mut wire_t = Vec::new();
+                    frame_t.format(&mut wire_t).unwrap();
+                    assert_eq!(frame(fin, ours, mask, &payload), wire_t, "{ours:?} {len}");
+
+                    let mut dec = Decoder::new(role, BIG);
+                    dec.in_message = ours == OpCode::Continuation;
+                    let (items, r) = run_loop(&mut dec, &wire_t, 70000, || 4093);
+                    r.unwrap();
+                    let want = if ours.is_control() {
+                        control(ours, mask, &payload)
+                    } else {
+                        data(fin, ours, mask, &payload)
+                    };
+                    assert_eq!(items, [want]);
+                }
+            }
         }
     }
 
