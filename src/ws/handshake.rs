@@ -1296,11 +1296,6 @@ mod tests {
         assert!(!request_may_be_complete(b"", 0));
     }
 
-    #[test]
-    fn fuzz_regressions() {
-        // Inputs found by fuzz/fuzz_targets/handshake_request.rs are kept here.
-    }
-
     /// Split a response into (status line, headers, body) using httparse.
     fn parse_http(bytes: &[u8]) -> (u16, String, Vec<(String, String)>, Vec<u8>) {
         let mut slots = [httparse::EMPTY_HEADER; 16];
