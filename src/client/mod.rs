@@ -265,7 +265,7 @@ impl Join {
             .strip_prefix(JOIN_SCHEME)
             .ok_or_else(|| format!("a join string starts with {JOIN_SCHEME}"))?;
         let (rest, token) = match rest.split_once('#') {
-            Some((r, t)) if t.is_empty() => (r, None),
+            Some((r, "")) => (r, None),
             Some((r, t)) => (r, Some(Token::new(t.as_bytes().to_vec()))),
             None => (rest, None),
         };
