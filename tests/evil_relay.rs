@@ -86,11 +86,14 @@ const READY: &str = "end-to-end encryption established";
 
 // ---- the origin's unix server --------------------------------------
 
+/// Bytes received on one connection.
+type Recording = Arc<Mutex<Vec<u8>>>;
+
 /// A unix server that records every byte of every connection and echoes
 /// it back.
 struct Recorder {
     path: PathBuf,
-    conns: Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>>,
+    conns: Arc<Mutex<Vec<Recording>>>,
     stop: Arc<AtomicBool>,
 }
 
@@ -98,7 +101,7 @@ impl Recorder {
     fn start(path: &Path) -> Recorder {
         let l = UnixListener::bind(path).unwrap();
         l.set_nonblocking(true).unwrap();
-        let conns: Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>> = Arc::default();
+        let conns: Arc<Mutex<Vec<Recording>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let (conns2, stop2) = (conns.clone(), stop.clone());
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -136,12 +139,7 @@ impl Drop for Recorder {
     }
 }
 
-fn record_and_echo(
-    mut s: UnixStream,
-    rec: Arc<Mutex<Vec<u8>>>,
-    stop: Arc<AtomicBool>,
-    deadline: Instant,
-) {
+fn record_and_echo(mut s: UnixStream, rec: Recording, stop: Arc<AtomicBool>, deadline: Instant) {
     s.set_nonblocking(false).unwrap();
     s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
     s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -289,9 +287,8 @@ impl World {
             None => Some(Recorder::start(&dir.path("srv.sock"))),
         };
         let path = socket.map_or_else(|| server.as_ref().unwrap().path.clone(), Path::to_path_buf);
-        let origin =
-            support::Origin::try_start_env(&dir, mitm.port(), &path, extra, TOKEN, &[])
-                .unwrap_or_else(|e| panic!("origin did not start: {e:?}"));
+        let origin = support::Origin::try_start_env(&dir, mitm.port(), &path, extra, TOKEN, &[])
+            .unwrap_or_else(|e| panic!("origin did not start: {e:?}"));
         let session: Uuid = origin.session.parse().unwrap();
         let dest = start_dest(&dir, mitm.port(), &origin.session, "d.sock", extra, TOKEN);
         World {
@@ -318,7 +315,9 @@ impl World {
         format!(
             "--- origin ---\n{}--- dest ---\n{}--- evil relay ---\n{:#?}\n",
             self.origin.proc.log_text(),
-            self.dest.as_ref().map_or(String::new(), |d| d.proc.log_text()),
+            self.dest
+                .as_ref()
+                .map_or(String::new(), |d| d.proc.log_text()),
             self.mitm.fired()
         )
     }
@@ -494,7 +493,12 @@ fn tamper(tag: &str, attack: Attack, reasons: &[&str]) {
         w.logs()
     );
     // Failed closed: cut off, with a prefix of the true echo.
-    assert_ne!(run.ending, Ending::Hung, "client left hanging\n{}", w.logs());
+    assert_ne!(
+        run.ending,
+        Ending::Hung,
+        "client left hanging\n{}",
+        w.logs()
+    );
     assert!(
         intended.starts_with(&run.echoed),
         "the client got altered data back\n{}",
@@ -547,7 +551,11 @@ fn record_only_traffic_works_and_the_recording_holds_no_secret_or_payload() {
     let sent = chunks("rec", 4);
     let want = sent.concat();
     let run = client(&w.dest().socket, &sent, Duration::ZERO);
-    assert!(run.echoed == want && run.ending == Ending::Eof, "{}", w.logs());
+    assert!(
+        run.echoed == want && run.ending == Ending::Eof,
+        "{}",
+        w.logs()
+    );
     // A larger transfer too: many full-size Noise messages.
     let big: Vec<Vec<u8>> = (0..4)
         .map(|i| {
@@ -574,7 +582,10 @@ fn record_only_traffic_works_and_the_recording_holds_no_secret_or_payload() {
         .filter(|c| c.frame.opcode == OpCode::Binary)
         .map(|c| c.frame.payload.len())
         .sum();
-    assert!(payload > 1_600_000, "only {payload} bytes of frames recorded");
+    assert!(
+        payload > 1_600_000,
+        "only {payload} bytes of frames recorded"
+    );
 }
 
 fn have(tool: &str) -> bool {
@@ -665,7 +676,10 @@ fn record_only_real_ssh_agent_the_recording_holds_no_key_material() {
     );
     assert!(out.status.success(), "{out:?}");
     let armored = std::fs::read_to_string(dir.path("msg.txt.sig")).unwrap();
-    let body: String = armored.lines().filter(|l| !l.starts_with("-----")).collect();
+    let body: String = armored
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
     let sshsig = base64::engine::general_purpose::STANDARD
         .decode(body)
         .unwrap();
@@ -708,7 +722,10 @@ fn harness_self_check_plaintext_mode_is_readable_and_tamperable() {
         "plaintext: the flipped bit did not reach the server?\n{}",
         w.logs()
     );
-    assert_ne!(run.echoed, intended, "plaintext: the echo should be corrupted");
+    assert_ne!(
+        run.echoed, intended,
+        "plaintext: the echo should be corrupted"
+    );
     let rec = w.mitm.frame_payloads();
     assert!(rec.iter().any(|p| contains(p, b"SECRET-PAYLOAD-plain")));
     // Even in plaintext mode the relay gets no token (admission is derived).
@@ -1075,7 +1092,8 @@ fn wrong_token_let_through_by_the_relay_fails_end_to_end() {
         WRONG_TOKEN,
     );
     assert!(
-        bad.proc.wait_log("paired with origin", Duration::from_secs(10)),
+        bad.proc
+            .wait_log("paired with origin", Duration::from_secs(10)),
         "the relay should have paired the wrong dest: {}",
         bad.proc.log_text()
     );
@@ -1085,9 +1103,8 @@ fn wrong_token_let_through_by_the_relay_fails_end_to_end() {
     let path = bad.socket.clone();
     let payload2 = payload.clone();
     // It waits for the session, at most 10 s (PENDING_CONN_TIMEOUT).
-    let bad_client = std::thread::spawn(move || {
-        client_waiting(&path, &payload2, GAP, Duration::from_secs(20))
-    });
+    let bad_client =
+        std::thread::spawn(move || client_waiting(&path, &payload2, GAP, Duration::from_secs(20)));
     assert!(
         origin.proc.wait_log(E2E_HANDSHAKE, Duration::from_secs(10)),
         "origin: {}",

@@ -580,7 +580,9 @@ fn pump(ctx: Ctx, dir: Dir, mut reader: TcpStream, mut buf: Vec<u8>) {
                             });
                             h.payload_len == 0
                         }
-                        Event::Payload { len, frame_done, .. } => {
+                        Event::Payload {
+                            len, frame_done, ..
+                        } => {
                             if let Some(f) = &mut cur {
                                 f.payload.extend_from_slice(&buf[pos..pos + len]);
                             }
@@ -708,7 +710,8 @@ fn on_frame(ctx: &Ctx, dir: Dir, st: &mut AttackState, frame: Frame) -> bool {
                 let i = (*byte).min(f.payload.len() - 1);
                 f.payload[i] ^= mask;
             }
-            ctx.sh.fired(what(&format!("flipped bits {mask:#04x} at {byte} of")));
+            ctx.sh
+                .fired(what(&format!("flipped bits {mask:#04x} at {byte} of")));
             forward(ctx, dir, st, &f)
         }
         Attack::Inject { forged, .. } => {
@@ -722,7 +725,8 @@ fn on_frame(ctx: &Ctx, dir: Dir, st: &mut AttackState, frame: Frame) -> bool {
             let Some(prev) = st.prev.clone() else {
                 return forward(ctx, dir, st, &frame);
             };
-            ctx.sh.fired(what("forwarded, then replayed the previous frame after"));
+            ctx.sh
+                .fired(what("forwarded, then replayed the previous frame after"));
             st.prev = Some(frame.clone());
             forward(ctx, dir, st, &frame) && forward(ctx, dir, st, &prev)
         }
