@@ -47,6 +47,13 @@
 //! there the relay *can* read the payload and corrupt what the server
 //! receives, which shows that the proxy really tampers and the checks
 //! above would catch it.
+//!
+//! Relay control pings are not authenticated, so the proxy also injects
+//! fake ones (and text frames). Two of those tests are `#[ignore]`d
+//! because they fail today: a single fake `peer-left` or `peer-joined` ping
+//! to the origin wedges the session silently (no data leaks, nothing is
+//! corrupted, but the dest's clients hang instead of being closed). Run
+//! them with `cargo test --release --test evil_relay -- --ignored`.
 
 mod common;
 #[path = "evil/mitm.rs"]
