@@ -1,7 +1,7 @@
 //! Whole-binary tests of sockrelay-origin and sockrelay-dest through a real
 //! sockrelay-relay on loopback.
 
-#[path = "clients_support.rs"]
+#[path = "common/clients.rs"]
 mod support;
 
 use std::io::{Read, Write};
@@ -453,20 +453,6 @@ fn origin_background_eval_returns_and_keeps_serving() {
     assert_eq!(echo_roundtrip(&dest.socket, b"bg".to_vec()), b"bg");
 }
 
-#[test]
-#[ignore]
-fn probe_throughput() {
-    for extra in [&[][..], &["--insecure-plaintext"][..]] {
-        let c = Chain::start("probe", extra);
-        for len in [1 << 16, 1 << 20, 4 << 20] {
-            let data = pattern(1, len);
-            let t = Instant::now();
-            let got = echo_roundtrip(&c.dest.socket, data.clone());
-            assert!(got == data);
-            eprintln!("{extra:?} {len} bytes echoed in {:?}", t.elapsed());
-        }
-    }
-}
 
 #[test]
 fn heartbeat_keeps_an_idle_link_and_detects_a_frozen_relay() {

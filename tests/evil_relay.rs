@@ -58,7 +58,7 @@
 mod common;
 #[path = "evil/mitm.rs"]
 mod mitm;
-#[path = "clients_support.rs"]
+#[path = "common/clients.rs"]
 mod support;
 
 use std::io::{ErrorKind, Read, Write};

@@ -5,7 +5,7 @@
 //! kept off `/proc/<pid>/cmdline`. Every wait is bounded.
 
 mod common;
-#[path = "clients_support.rs"]
+#[path = "common/clients.rs"]
 mod support;
 
 use std::fs;
