@@ -9,7 +9,8 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use sockrelay::ws::handshake::{
-    accept_key, client_request, error_response, parse_request, parse_response, response_101,
+    accept_key, client_request, error_response, parse_request, parse_response,
+    request_may_be_complete, response_101, MAX_HEADER_BYTES,
 };
 
 /// Per case: a short warm-up, then as many timed batches as fit the budget.
@@ -73,6 +74,10 @@ fn main() {
     // The same request arriving in two reads: the relay parses the first half
     // (partial, Ok(None)) and then the whole.
     let half = dest_request.len() / 2;
+    // Worst case for a loop that re-parses on every read: a header one byte
+    // short of the cap, never finished (what a slowloris client sends).
+    let mut slow = b"GET / HTTP/1.1\r\nHost: h\r\nX-Pad: ".to_vec();
+    slow.resize(MAX_HEADER_BYTES - 1, b'a');
 
     let rows = [
         measure("parse_request: dest upgrade", dest_request.len(), || {
@@ -83,6 +88,15 @@ fn main() {
         measure("parse_request: half of it (partial)", half, || {
             let r = parse_request(black_box(&dest_request[..half]));
             black_box(r).ok();
+        }),
+        measure("parse_request: 8 KiB partial header", slow.len(), || {
+            let r = parse_request(black_box(&slow));
+            assert!(matches!(r, Ok(None)));
+            black_box(r).ok();
+        }),
+        measure("request_may_be_complete: 1 new byte", slow.len(), || {
+            let len = slow.len();
+            black_box(request_may_be_complete(black_box(&slow), len - 1));
         }),
         measure("accept_key (SHA-1 + base64)", ws_key.len(), || {
             black_box(accept_key(black_box(&ws_key)));

@@ -81,7 +81,13 @@ impl Proc {
             .spawn()
             .unwrap_or_else(|e| panic!("{name}: cannot spawn {cmd:?}: {e}"));
         lock(&PIDS).push(child.id());
-        let out = Arc::new((Mutex::new(Output { lines: Vec::new(), open_streams: 2 }), Condvar::new()));
+        let out = Arc::new((
+            Mutex::new(Output {
+                lines: Vec::new(),
+                open_streams: 2,
+            }),
+            Condvar::new(),
+        ));
         let stdout: Box<dyn Read + Send> = Box::new(child.stdout.take().unwrap());
         let stderr: Box<dyn Read + Send> = Box::new(child.stderr.take().unwrap());
         for (stream, pipe) in [(Stream::Out, stdout), (Stream::Err, stderr)] {
@@ -90,7 +96,10 @@ impl Proc {
             thread::spawn(move || {
                 for line in BufReader::new(pipe).lines() {
                     let Ok(line) = line else { break };
-                    eprintln!("[{name} {}] {line}", if stream == Stream::Out { "out" } else { "err" });
+                    eprintln!(
+                        "[{name} {}] {line}",
+                        if stream == Stream::Out { "out" } else { "err" }
+                    );
                     lock(&out.0).lines.push((stream, line));
                     out.1.notify_all();
                 }
@@ -98,11 +107,21 @@ impl Proc {
                 out.1.notify_all();
             });
         }
-        Proc { name: name.to_string(), stdin: child.stdin.take(), child, out }
+        Proc {
+            name: name.to_string(),
+            stdin: child.stdin.take(),
+            child,
+            out,
+        }
     }
 
     /// Wait until some output line (from the start) satisfies `pred`.
-    fn wait_for(&mut self, what: &str, timeout: Duration, pred: impl Fn(Stream, &str) -> bool) -> String {
+    fn wait_for(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(Stream, &str) -> bool,
+    ) -> String {
         let deadline = Instant::now() + timeout;
         let (m, cv) = &*self.out;
         let mut g = lock(m);
@@ -115,16 +134,30 @@ impl Proc {
                 drop(g);
                 let status = self.wait_exit(Duration::from_millis(500));
                 if now >= deadline {
-                    panic!("{}: timed out after {timeout:?} waiting for {what} (status {status:?})", self.name);
+                    panic!(
+                        "{}: timed out after {timeout:?} waiting for {what} (status {status:?})",
+                        self.name
+                    );
                 }
-                panic!("{}: exited ({status:?}) while waiting for {what}", self.name);
+                panic!(
+                    "{}: exited ({status:?}) while waiting for {what}",
+                    self.name
+                );
             }
-            g = cv.wait_timeout(g, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+            g = cv
+                .wait_timeout(g, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 
     /// Wait for an event line `compat: event=NAME ...` matching `pred`.
-    fn wait_event(&mut self, name: &str, timeout: Duration, pred: impl Fn(&Event) -> bool) -> Event {
+    fn wait_event(
+        &mut self,
+        name: &str,
+        timeout: Duration,
+        pred: impl Fn(&Event) -> bool,
+    ) -> Event {
         let line = self.wait_for(&format!("event={name}"), timeout, |s, l| {
             s == Stream::Err && Event::parse(l).is_some_and(|e| e.name == name && pred(&e))
         });
@@ -250,7 +283,8 @@ impl TempDir {
             .unwrap()
             .subsec_nanos();
         // Short: unix socket paths are limited to ~107 bytes.
-        let p = std::env::temp_dir().join(format!("srcompat-{tag}-{}-{nanos:x}", std::process::id()));
+        let p =
+            std::env::temp_dir().join(format!("srcompat-{tag}-{}-{nanos:x}", std::process::id()));
         std::fs::create_dir_all(&p).unwrap();
         TempDir(p)
     }
@@ -284,7 +318,9 @@ fn start_relay(kind: RelayKind) -> (Proc, SocketAddr) {
     };
     cmd.args(["-p", "0", "-b", "127.0.0.1"]);
     let mut relay = Proc::spawn("relay", cmd);
-    let line = relay.wait_for("a `listening on ADDR` line", STEP, |_, l| l.contains("listening on "));
+    let line = relay.wait_for("a `listening on ADDR` line", STEP, |_, l| {
+        l.contains("listening on ")
+    });
     let addr = line
         .split("listening on ")
         .nth(1)
@@ -292,7 +328,10 @@ fn start_relay(kind: RelayKind) -> (Proc, SocketAddr) {
         .map(|a| a.trim_end_matches(|c: char| !c.is_ascii_digit()))
         .and_then(|a| a.parse::<SocketAddr>().ok())
         .unwrap_or_else(|| panic!("cannot parse an address from relay line {line:?}"));
-    assert!(addr.ip().is_loopback(), "relay must listen on loopback here, got {addr}");
+    assert!(
+        addr.ip().is_loopback(),
+        "relay must listen on loopback here, got {addr}"
+    );
     assert_ne!(addr.port(), 0);
     (relay, addr)
 }
@@ -384,11 +423,15 @@ fn round_trip(dest_sock: &Path, size: usize, seed: u64) {
         );
     }
     // Nothing more may arrive.
-    s.set_read_timeout(Some(Duration::from_millis(150))).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(150)))
+        .unwrap();
     let mut extra = [0u8; 64];
     match s.read(&mut extra) {
         Ok(0) => panic!("size {size}: closed by the far side right after the data"),
-        Ok(n) => panic!("size {size}: {n} unexpected extra bytes: {:02x?}", &extra[..n]),
+        Ok(n) => panic!(
+            "size {size}: {n} unexpected extra bytes: {:02x?}",
+            &extra[..n]
+        ),
         Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
         Err(e) => panic!("size {size}: {e}"),
     }
@@ -420,10 +463,17 @@ fn expect_refused(port: &str, id: &str, token: &str, sock: &Path, status: u16, w
         e.name, "refused",
         "{why}: the relay upgraded the connection (101); it must answer {status} before the upgrade"
     );
-    assert_eq!(e.get("status"), status.to_string(), "{why}: wrong HTTP status");
+    assert_eq!(
+        e.get("status"),
+        status.to_string(),
+        "{why}: wrong HTTP status"
+    );
     let st = d.wait_exit(STEP).expect("refused dest did not exit");
     assert_eq!(st.code(), Some(3), "refused dest exit status");
-    assert!(!sock.exists(), "{why}: refused dest must not have created its socket");
+    assert!(
+        !sock.exists(),
+        "{why}: refused dest must not have created its socket"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -444,11 +494,27 @@ fn scenario(kind: RelayKind) {
     let port = addr.port().to_string();
 
     // Origin: the relay must send {type:"start", id} as a binary msgpack message.
-    let mut origin = node_client("origin", &["origin", "127.0.0.1", &port, TOKEN, agent_path.to_str().unwrap()]);
+    let mut origin = node_client(
+        "origin",
+        &[
+            "origin",
+            "127.0.0.1",
+            &port,
+            TOKEN,
+            agent_path.to_str().unwrap(),
+        ],
+    );
     let start = origin.wait_event("start", STEP, |_| true);
     let id = start.get("id").to_string();
-    assert_eq!(start.get("keys"), "id,type", "start message must be exactly {{type, id}}");
-    assert!(is_uuid_v4(&id), "session id {id:?} is not a lowercase v4 UUID");
+    assert_eq!(
+        start.get("keys"),
+        "id,type",
+        "start message must be exactly {{type, id}}"
+    );
+    assert!(
+        is_uuid_v4(&id),
+        "session id {id:?} is not a lowercase v4 UUID"
+    );
     origin.wait_for("the eval line on stdout", STEP, |s, l| {
         s == Stream::Out && l == format!("export SESSION_ID=\"{id}\"")
     });
@@ -456,7 +522,14 @@ fn scenario(kind: RelayKind) {
     // Dest joins with that id and the right token.
     let mut dest = node_client(
         "dest",
-        &["dest", "127.0.0.1", &port, &id, TOKEN, dest_path.to_str().unwrap()],
+        &[
+            "dest",
+            "127.0.0.1",
+            &port,
+            &id,
+            TOKEN,
+            dest_path.to_str().unwrap(),
+        ],
     );
     dest.wait_event("listening", STEP, |_| true);
 
@@ -464,20 +537,45 @@ fn scenario(kind: RelayKind) {
     // must decline the extension (no Sec-WebSocket-Extensions in its 101).
     for p in [&mut origin, &mut dest] {
         let open = p.wait_event("ws-open", STEP, |_| true);
-        assert_eq!(open.get("extensions"), "-", "{}: relay accepted a WebSocket extension", p.name);
+        assert_eq!(
+            open.get("extensions"),
+            "-",
+            "{}: relay accepted a WebSocket extension",
+            p.name
+        );
     }
 
     // Byte-exact both ways, one connection at a time, frame-length edges included.
-    let sizes = [1usize, 125, 126, 65_535, 65_536, 65_537, 1 << 20, (4 << 20) + 3];
+    let sizes = [
+        1usize,
+        125,
+        126,
+        65_535,
+        65_536,
+        65_537,
+        1 << 20,
+        (4 << 20) + 3,
+    ];
     for (i, &size) in sizes.iter().enumerate() {
         round_trip(&dest_path, size, i as u64 + 1);
     }
     // The dest's token reached the origin on every channel.
     let opened = origin.events("channel-open");
-    assert_eq!(opened.len(), sizes.len(), "origin channel-open events: {opened:?}");
+    assert_eq!(
+        opened.len(),
+        sizes.len(),
+        "origin channel-open events: {opened:?}"
+    );
     assert!(opened.iter().all(|e| e.get("token_ok") == "1"));
-    assert!(origin.events("channel-refused").is_empty(), "origin refused a channel");
-    assert_eq!(accepted.load(Ordering::SeqCst), sizes.len(), "connections on the origin's socket");
+    assert!(
+        origin.events("channel-refused").is_empty(),
+        "origin refused a channel"
+    );
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        sizes.len(),
+        "connections on the origin's socket"
+    );
 
     // Several channels at once, multiplexed on the one session.
     let concurrent: Vec<_> = [(3usize << 20) + 1, 100_000, 7, 1 << 20]
@@ -498,13 +596,38 @@ fn scenario(kind: RelayKind) {
     while closes(&origin) < sizes.len() + 4 && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(closes(&origin), sizes.len() + 4, "origin channel-close events");
+    assert_eq!(
+        closes(&origin),
+        sizes.len() + 4,
+        "origin channel-close events"
+    );
 
     // Refusals before the upgrade; the session is unaffected.
     let bad_sock = tmp.path("bad.sock");
-    expect_refused(&port, &id, WRONG_TOKEN, &bad_sock, 403, "dest with a wrong token");
-    expect_refused(&port, "00000000-0000-4000-8000-000000000000", TOKEN, &bad_sock, 404, "dest with an unknown id");
-    expect_refused(&port, &id, TOKEN, &bad_sock, 409, "second dest on a paired session");
+    expect_refused(
+        &port,
+        &id,
+        WRONG_TOKEN,
+        &bad_sock,
+        403,
+        "dest with a wrong token",
+    );
+    expect_refused(
+        &port,
+        "00000000-0000-4000-8000-000000000000",
+        TOKEN,
+        &bad_sock,
+        404,
+        "dest with an unknown id",
+    );
+    expect_refused(
+        &port,
+        &id,
+        TOKEN,
+        &bad_sock,
+        409,
+        "second dest on a paired session",
+    );
 
     origin.assert_alive();
     dest.assert_alive();
@@ -524,12 +647,23 @@ fn scenario(kind: RelayKind) {
     let dest2_path = tmp.path("dest2.sock");
     let mut dest2 = node_client(
         "dest2",
-        &["dest", "127.0.0.1", &port, &id, TOKEN, dest2_path.to_str().unwrap()],
+        &[
+            "dest",
+            "127.0.0.1",
+            &port,
+            &id,
+            TOKEN,
+            dest2_path.to_str().unwrap(),
+        ],
     );
     let line = dest2.wait_for("the new dest to be paired", STEP, |s, l| {
-        s == Stream::Err && Event::parse(l).is_some_and(|e| matches!(e.name.as_str(), "refused" | "listening"))
+        s == Stream::Err
+            && Event::parse(l).is_some_and(|e| matches!(e.name.as_str(), "refused" | "listening"))
     });
-    assert!(line.contains("event=listening"), "a new dest could not join after the first left: {line}");
+    assert!(
+        line.contains("event=listening"),
+        "a new dest could not join after the first left: {line}"
+    );
     origin.assert_alive();
     round_trip(&dest2_path, (1 << 20) + 17, 2000);
     assert!(dest2.events("protocol-error").is_empty());
@@ -539,7 +673,11 @@ fn scenario(kind: RelayKind) {
     // The origin goes away: the dest is told with a close frame (4001).
     drop(origin);
     let closed = dest2.wait_event("ws-close", STEP, |_| true);
-    assert_eq!(closed.get("code"), "4001", "close code to the dest when the origin is gone");
+    assert_eq!(
+        closed.get("code"),
+        "4001",
+        "close code to the dest when the origin is gone"
+    );
     relay.assert_alive();
 }
 

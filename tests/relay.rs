@@ -834,16 +834,21 @@ fn origin_keys_restrict_who_opens_sessions_and_reload_on_sighup() {
 #[test]
 fn pending_limit_answers_503_and_frees_up() {
     let relay = Relay::start(&["--max-pending", "3"]);
-    let idle: Vec<TcpStream> = (0..3)
-        .map(|_| TcpStream::connect(relay.addr).unwrap())
-        .collect();
-    assert!(relay.wait_log("connection from", Duration::from_secs(5)));
-    std::thread::sleep(Duration::from_millis(200));
+    let idle: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(relay.addr).unwrap()).collect();
+    let end = Instant::now() + Duration::from_secs(10);
+    while relay.log().matches("connection from").count() < 3 {
+        assert!(Instant::now() < end, "relay did not accept 3 connections");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let (status, _) = relay.get("/healthz");
     assert_eq!(status, 503);
     drop(idle);
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(relay.get("/healthz").0, 200);
+    // Once the idle ones are gone, requests are served again.
+    let end = Instant::now() + Duration::from_secs(10);
+    while relay.get("/healthz").0 != 200 {
+        assert!(Instant::now() < end, "pending slots were not freed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]

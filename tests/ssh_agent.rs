@@ -2,7 +2,7 @@
 //! signatures, and 50 concurrent clients. Skipped (with a message) when
 //! OpenSSH's tools are not installed.
 
-#[path = "clients_support.rs"]
+#[path = "common/clients.rs"]
 mod support;
 
 use std::path::Path;

@@ -519,6 +519,7 @@ struct TServerReport {
 /// tungstenite echo server. Commands in text messages: "send-ping" makes it
 /// ping us (like the relay's control pings) and answer "got pong" once our
 /// pong arrives; "close-me" makes it start the close handshake.
+#[allow(clippy::result_large_err)] // ErrorResponse is tungstenite's type
 fn tungstenite_echo_server(l: TcpListener, reject: bool) -> TServerReport {
     let stream = accept(&l);
     let callback = |req: &tungstenite::handshake::server::Request,
@@ -548,14 +549,9 @@ fn tungstenite_echo_server(l: TcpListener, reject: bool) -> TServerReport {
             Ok(Message::Text(t)) if t.as_str() == "send-ping" => {
                 ws.send(Message::Ping(b"sockrelay session s-2".to_vec().into()))
                     .expect("ping");
-                loop {
-                    match ws.read().expect("read pong") {
-                        Message::Pong(p) => {
-                            report.pongs.push(p.to_vec());
-                            break;
-                        }
-                        other => panic!("expected our pong, got {other:?}"),
-                    }
+                match ws.read().expect("read pong") {
+                    Message::Pong(p) => report.pongs.push(p.to_vec()),
+                    other => panic!("expected our pong, got {other:?}"),
                 }
                 ws.send(Message::text("got pong")).expect("send");
             }

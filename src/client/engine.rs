@@ -186,6 +186,12 @@ pub struct Engine {
     ws_events: Vec<WsEvent>,
     stop: Option<Stop>,
     ping_interval: Duration,
+    /// Origin: channels accepted so far in this run (`--max-channels`).
+    channels_accepted: u64,
+    /// Origin: a refusal for a dest not in `--allow-dest`, sent right after
+    /// the pong that acknowledges its `peer-joined` (the relay forwards
+    /// nothing of ours before that pong).
+    refusal: Option<Vec<u8>>,
 }
 
 /// Run origin or dest until a signal (Ok) or a fatal error.
@@ -257,6 +263,8 @@ impl Engine {
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .map_or(PING_INTERVAL, Duration::from_millis),
+            channels_accepted: 0,
+            refusal: None,
         })
     }
 
@@ -471,6 +479,9 @@ impl Engine {
                 // new peer".
                 if let Some(link) = &mut self.link {
                     link.ws.send(OpCode::Pong, &payload, &mut self.rng);
+                    if let Some(refusal) = self.refusal.take() {
+                        link.ws.send(OpCode::Binary, &refusal, &mut self.rng);
+                    }
                 }
             }
             WsEvent::Closed(code, reason) => self.on_closed(code, &reason),
@@ -588,6 +599,15 @@ impl Engine {
                     Side::Origin => log::info!("dest joined from {args}"),
                     Side::Dest => log::info!("paired with origin at {args}"),
                 }
+                if self.side() == Side::Origin {
+                    if let Some(why) = self.opts.limits.refuse_dest(args) {
+                        // No epoch: no handshake, and whatever it sends is dropped.
+                        log::warn!("refusing this dest: {why}");
+                        self.end_epoch("dest refused");
+                        self.refusal = Some([REFUSED_PREFIX, why.as_bytes()].concat());
+                        return;
+                    }
+                }
                 self.start_epoch();
             }
             "peer-left" => {
@@ -659,6 +679,19 @@ impl Engine {
     }
 
     fn on_message(&mut self, msg: &[u8]) {
+        if self.side() == Side::Dest && msg.starts_with(REFUSED_PREFIX) {
+            // Only before the session is end to end (in plaintext a batch
+            // never starts so); like a relay close, it is a hint.
+            let established = self.epoch.as_ref().is_some_and(|e| {
+                e.mux.is_some() && e.e2e.as_ref().is_some_and(E2e::is_established)
+            });
+            if !established {
+                let why = String::from_utf8_lossy(&msg[REFUSED_PREFIX.len()..]);
+                let why = format!("origin refused this dest: {why}");
+                self.stop = Some(Err(Error::Local(why)));
+                return;
+            }
+        }
         let Some(epoch) = &mut self.epoch else {
             log::debug!("dropping {} bytes that arrived with no peer", msg.len());
             return;
@@ -747,6 +780,12 @@ impl Engine {
     fn connect_channel(&mut self, ch: ChannelId) {
         let Some(epoch) = &mut self.epoch else { return };
         let Some(m) = &mut epoch.mux else { return };
+        let limits = &self.opts.limits;
+        if let Some(why) = limits.refuse_channel(self.channels_accepted, self.conns.len()) {
+            log::warn!("channel {ch}: refused: {why}");
+            m.reject_open(ch, &format!("origin refused channel: {why}"));
+            return;
+        }
         let path = &self.opts.socket;
         let res = UnixStream::connect(path).and_then(|mut s| {
             self.poll.registry().register(
@@ -759,6 +798,7 @@ impl Engine {
         match res {
             Ok(sock) => {
                 log::debug!("channel {ch}: connected to {}", path.display());
+                self.channels_accepted += 1;
                 m.accept_open(ch);
                 self.conns.insert(
                     ch,
@@ -1099,6 +1139,15 @@ impl Engine {
                     "SOCKRELAY_SESSION={}; export SOCKRELAY_SESSION;\n",
                     self.session
                 ));
+                if self.opts.token_generated {
+                    let token = &self.opts.token;
+                    let join = Join::format(&self.opts.relay, &self.session, token);
+                    lines.push_str(&format!(
+                        "SOCKRELAY_TOKEN={}; export SOCKRELAY_TOKEN;\nSOCKRELAY_JOIN={}; export SOCKRELAY_JOIN;\n",
+                        shell_quote(&String::from_utf8_lossy(token.expose())),
+                        shell_quote(&join)
+                    ));
+                }
             }
             Side::Dest => {
                 if self.opts.print_env {

@@ -12,6 +12,7 @@ pub mod listen;
 pub mod ws;
 
 use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -119,6 +120,180 @@ impl fmt::Debug for Token {
     }
 }
 
+/// An IPv4 or IPv6 network, `ADDR/BITS` (a bare address is one host).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    net: IpAddr,
+    bits: u8,
+}
+
+impl Cidr {
+    /// Parse `10.0.0.0/8`, `fd00::/8`, `192.0.2.7` (= /32), `::1` (= /128).
+    /// Host bits below the prefix are cleared (`10.1.2.3/8` = `10.0.0.0/8`).
+    pub fn parse(s: &str) -> Result<Cidr, String> {
+        let bad = || format!("{s:?} is not an address or CIDR (e.g. 10.0.0.0/8, fd00::/8)");
+        let (addr, bits) = match s.split_once('/') {
+            Some((a, b)) => (a, Some(b)),
+            None => (s, None),
+        };
+        let addr = addr.trim_start_matches('[').trim_end_matches(']');
+        let ip: IpAddr = addr.parse().map_err(|_| bad())?;
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        let bits = match bits {
+            None => max,
+            Some(b) => match b.parse::<u8>() {
+                Ok(n) if n <= max && !b.starts_with('+') => n,
+                _ => return Err(bad()),
+            },
+        };
+        Ok(Cidr {
+            net: mask(ip, bits),
+            bits,
+        })
+    }
+
+    /// Does `ip` lie in this network? An IPv4-mapped IPv6 address
+    /// (`::ffff:a.b.c.d`, what a dual-stack relay reports for IPv4 peers)
+    /// is compared as the IPv4 address it carries.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        ip.is_ipv4() == self.net.is_ipv4() && mask(ip, self.bits) == self.net
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.net, self.bits)
+    }
+}
+
+fn mask(ip: IpAddr, bits: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(a) => {
+            let m = u32::MAX.checked_shl(32 - bits as u32).unwrap_or(0);
+            IpAddr::V4(Ipv4Addr::from(u32::from(a) & m))
+        }
+        IpAddr::V6(a) => {
+            let m = u128::MAX.checked_shl(128 - bits as u32).unwrap_or(0);
+            IpAddr::V6(Ipv6Addr::from(u128::from(a) & m))
+        }
+    }
+}
+
+/// What the origin lets dests do (docs/SECURITY.md "Origin limits").
+/// Defaults: no limit, any address.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Channels accepted over the whole run of the origin process (every
+    /// dest and every reconnect counted together).
+    pub max_channels: Option<u64>,
+    /// Channels open at the same time.
+    pub max_concurrent: Option<usize>,
+    /// Dest addresses (as the relay reports them) allowed to pair; empty =
+    /// any.
+    pub allow_dest: Vec<Cidr>,
+}
+
+impl Limits {
+    /// Why a new channel must be refused, given how many were accepted so
+    /// far and how many are open now; None = accept.
+    pub fn refuse_channel(&self, accepted: u64, open: usize) -> Option<String> {
+        if let Some(n) = self.max_channels.filter(|&n| accepted >= n) {
+            return Some(format!("max-channels {n} reached"));
+        }
+        if let Some(n) = self.max_concurrent.filter(|&n| open >= n) {
+            return Some(format!("max-concurrent {n} reached"));
+        }
+        None
+    }
+
+    /// Why a dest must be refused, given the `addr` argument of the relay's
+    /// `peer-joined` ping (`ip:port`, `[v6]:port`, or a bare address);
+    /// None = accept.
+    pub fn refuse_dest(&self, addr: &str) -> Option<String> {
+        if self.allow_dest.is_empty() {
+            return None;
+        }
+        let addr = addr.split_whitespace().next().unwrap_or("");
+        let ip = addr
+            .parse::<SocketAddr>()
+            .map(|a| a.ip())
+            .or_else(|_| addr.trim_matches(['[', ']']).parse::<IpAddr>());
+        match ip {
+            Err(_) => Some(format!(
+                "the relay did not report the dest's address ({addr:?}); --allow-dest needs it"
+            )),
+            Ok(ip) if self.allow_dest.iter().any(|c| c.contains(ip)) => None,
+            Ok(ip) => {
+                let ip = match ip {
+                    IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+                    v4 => v4,
+                };
+                Some(format!("address {ip} not in --allow-dest"))
+            }
+        }
+    }
+}
+
+/// What the origin sends instead of its Noise handshake message to a dest
+/// it refuses (unauthenticated, like every relay-visible signal: a hint for
+/// the dest's log). Plaintext mux batches never start with it (record types
+/// are 1..=8), nor, but for a 2^-144 chance, a Noise message.
+pub const REFUSED_PREFIX: &[u8] = b"sockrelay refused: ";
+
+/// What a dest joins: relay, session and, usually, the token, from one
+/// `sockrelay://HOST:PORT/SESSION#TOKEN` string.
+#[derive(Debug, Clone)]
+pub struct Join {
+    pub relay: RelayAddr,
+    pub session: Uuid,
+    /// The fragment, verbatim (no percent-decoding); None without `#`.
+    pub token: Option<Token>,
+}
+
+/// Scheme of the join string.
+pub const JOIN_SCHEME: &str = "sockrelay://";
+
+impl Join {
+    /// Parse a join string. Errors never quote the token.
+    pub fn parse(s: &str) -> Result<Join, String> {
+        let s = s.trim();
+        let rest = s
+            .strip_prefix(JOIN_SCHEME)
+            .ok_or_else(|| format!("a join string starts with {JOIN_SCHEME}"))?;
+        let (rest, token) = match rest.split_once('#') {
+            Some((r, "")) => (r, None),
+            Some((r, t)) => (r, Some(Token::new(t.as_bytes().to_vec()))),
+            None => (rest, None),
+        };
+        let (authority, session) = rest.split_once('/').ok_or_else(|| {
+            format!("join string: no session id ({JOIN_SCHEME}HOST:PORT/SESSION#TOKEN)")
+        })?;
+        let relay = RelayAddr::from_url(&format!("ws://{authority}"))
+            .map_err(|e| format!("join string: {e}"))?;
+        // Not quoted: a token put in the path by mistake must not be echoed.
+        let session = Uuid::parse_str(session.trim_end_matches('/'))
+            .map_err(|_| "join string: the path is not a session id (UUID)".to_string())?;
+        Ok(Join {
+            relay,
+            session,
+            token,
+        })
+    }
+
+    /// `sockrelay://HOST:PORT/SESSION#TOKEN` (the token as given).
+    pub fn format(relay: &RelayAddr, session: &Uuid, token: &Token) -> String {
+        format!(
+            "{JOIN_SCHEME}{}/{session}#{}",
+            relay.authority(),
+            String::from_utf8_lossy(token.expose())
+        )
+    }
+}
+
 /// Everything a run needs, from the command line.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -135,6 +310,11 @@ pub struct Options {
     pub background: bool,
     /// Dest: print `SSH_AUTH_SOCK=...` once ready.
     pub print_env: bool,
+    /// Origin: the token was generated (no token given): print it, and
+    /// the join string, with the session id.
+    pub token_generated: bool,
+    /// Origin: limits on dests and channels.
+    pub limits: Limits,
 }
 
 /// Why a run ended with a failure (the binaries exit 1 with this text).
@@ -277,6 +457,110 @@ mod tests {
     fn token_debug_is_redacted() {
         let t = Token::new(b"supersecret".to_vec());
         assert!(!format!("{t:?}").contains("supersecret"));
+    }
+
+    #[test]
+    fn cidrs() {
+        let c = Cidr::parse("10.0.0.0/8").unwrap();
+        assert!(c.contains("10.255.0.1".parse().unwrap()));
+        assert!(!c.contains("127.0.0.1".parse().unwrap()));
+        assert!(!c.contains("::1".parse().unwrap()));
+        // Dual-stack relays report IPv4 peers as mapped IPv6 addresses.
+        assert!(c.contains("::ffff:10.1.2.3".parse().unwrap()));
+        assert_eq!(Cidr::parse("10.1.2.3/8").unwrap(), c);
+        assert_eq!(c.to_string(), "10.0.0.0/8");
+        let h = Cidr::parse("127.0.0.1").unwrap();
+        assert!(h.contains("127.0.0.1".parse().unwrap()));
+        assert!(!h.contains("127.0.0.2".parse().unwrap()));
+        let all = Cidr::parse("0.0.0.0/0").unwrap();
+        assert!(all.contains("192.0.2.1".parse().unwrap()));
+        let v6 = Cidr::parse("fd00::/8").unwrap();
+        assert!(v6.contains("fd12::1".parse().unwrap()));
+        assert!(!v6.contains("fe80::1".parse().unwrap()));
+        assert!(!v6.contains("10.0.0.1".parse().unwrap()));
+        assert!(Cidr::parse("::1/128")
+            .unwrap()
+            .contains("::1".parse().unwrap()));
+        assert!(Cidr::parse("::/0")
+            .unwrap()
+            .contains("2001:db8::1".parse().unwrap()));
+        assert!(Cidr::parse("[::1]/128").is_ok());
+        for bad in [
+            "10.0.0.0/33",
+            "::/129",
+            "10.0.0/8",
+            "x",
+            "10.0.0.0/",
+            "10.0.0.0/+8",
+            "",
+        ] {
+            assert!(Cidr::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn limits() {
+        let l = Limits::default();
+        assert_eq!(l.refuse_channel(1 << 40, 1 << 20), None);
+        assert_eq!(l.refuse_dest("garbage"), None);
+        let l = Limits {
+            max_channels: Some(3),
+            max_concurrent: Some(2),
+            allow_dest: vec![
+                Cidr::parse("10.0.0.0/8").unwrap(),
+                Cidr::parse("::1").unwrap(),
+            ],
+        };
+        assert_eq!(l.refuse_channel(0, 1), None);
+        assert_eq!(l.refuse_channel(1, 2).unwrap(), "max-concurrent 2 reached");
+        assert_eq!(l.refuse_channel(3, 0).unwrap(), "max-channels 3 reached");
+        assert_eq!(l.refuse_dest("10.9.8.7:5000"), None);
+        assert_eq!(l.refuse_dest("[::1]:5000"), None);
+        assert_eq!(l.refuse_dest("[::ffff:10.0.0.1]:5000"), None);
+        assert_eq!(
+            l.refuse_dest("127.0.0.1:5000").unwrap(),
+            "address 127.0.0.1 not in --allow-dest"
+        );
+        assert_eq!(
+            l.refuse_dest("[::ffff:127.0.0.1]:5000").unwrap(),
+            "address 127.0.0.1 not in --allow-dest"
+        );
+        assert!(l.refuse_dest("").unwrap().contains("did not report"));
+    }
+
+    #[test]
+    fn join_strings() {
+        let id: Uuid = "67e55044-10b1-426f-9247-bb680e5fe0c8".parse().unwrap();
+        let relay = RelayAddr {
+            host: "::1".into(),
+            port: 8080,
+        };
+        let s = Join::format(&relay, &id, &Token::new(b"Tok-en_1".to_vec()));
+        assert_eq!(
+            s,
+            "sockrelay://[::1]:8080/67e55044-10b1-426f-9247-bb680e5fe0c8#Tok-en_1"
+        );
+        let j = Join::parse(&format!("  {s}\n")).unwrap();
+        assert_eq!(j.relay, relay);
+        assert_eq!(j.session, id);
+        assert_eq!(j.token.unwrap().expose(), b"Tok-en_1");
+        let j = Join::parse(&format!("sockrelay://h:1/{id}")).unwrap();
+        assert!(j.token.is_none());
+        assert_eq!(j.relay.host, "h");
+        assert!(Join::parse(&format!("sockrelay://h:1/{id}#"))
+            .unwrap()
+            .token
+            .is_none());
+        for bad in [
+            "ws://h:1/x#secret",
+            "sockrelay://h:1#secret",
+            "sockrelay://h:0/67e55044-10b1-426f-9247-bb680e5fe0c8#secret",
+            "sockrelay://h:1/nope#secret",
+            "sockrelay:///67e55044-10b1-426f-9247-bb680e5fe0c8#secret",
+        ] {
+            let e = Join::parse(bad).unwrap_err();
+            assert!(!e.contains("secret"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -413,6 +413,7 @@ impl Server {
             return Ok(());
         };
         let mut chunk = [0u8; READ_CHUNK];
+        let old_len = req.len();
         loop {
             // Read no further than one byte past the header cap: enough to
             // know a request is too large.
@@ -434,6 +435,11 @@ impl Server {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
+        }
+        // Re-parse only when the new bytes may end the header: a client
+        // trickling one byte per packet must not make parsing quadratic.
+        if !handshake::request_may_be_complete(req, old_len) {
+            return Ok(());
         }
         match handshake::parse_request(req) {
             Ok(None) => Ok(()),

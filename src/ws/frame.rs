@@ -1468,7 +1468,7 @@ mod tests {
             // Truncated only as much as needed: the next char would not fit.
             let next = reason[got.len()..].chars().next();
             assert!(
-                next.map_or(true, |c| got.len() + c.len_utf8() > 123),
+                next.is_none_or(|c| got.len() + c.len_utf8() > 123),
                 "{reason:?} -> {got:?}"
             );
         }

@@ -227,6 +227,28 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(Request, usize)>, Reject> {
     )))
 }
 
+/// Whether calling [`parse_request`] again can give a different answer now
+/// that `buf` grew from `old_len` bytes: true once the new bytes end the
+/// header (a blank line; httparse also accepts bare LF line ends) or reach
+/// MAX_HEADER_BYTES.
+///
+/// `parse_request` re-reads the buffer from the start, so a loop that calls
+/// it on every read lets a client that sends its header one byte per packet
+/// buy up to MAX_HEADER_BYTES²/2 bytes of parsing; with this check first the
+/// cost is linear. (Malformed input is then only rejected at the blank line,
+/// the cap, or the handshake deadline.)
+pub fn request_may_be_complete(buf: &[u8], old_len: usize) -> bool {
+    if buf.len() >= MAX_HEADER_BYTES {
+        return true;
+    }
+    // A blank line is "\n\n" or "\n\r\n"; it may straddle old and new bytes.
+    let from = old_len.min(buf.len()).saturating_sub(2);
+    buf[from..]
+        .windows(2)
+        .enumerate()
+        .any(|(i, w)| w == b"\n\n" || (w == b"\n\r" && buf.get(from + i + 2) == Some(&b'\n')))
+}
+
 /// RFC 6455 §4.2.1 for a request that asked for a WebSocket; returns the key.
 fn validate_upgrade(
     hdrs: &[httparse::Header<'_>],
@@ -1248,8 +1270,30 @@ mod tests {
     }
 
     #[test]
-    fn fuzz_regressions() {
-        // Inputs found by fuzz/fuzz_targets/handshake_request.rs are kept here.
+    fn may_be_complete_agrees_with_the_parser() {
+        let text = upgrade("");
+        let bytes = text.as_bytes();
+        // Fed one byte at a time, the check says "maybe" exactly once: at the
+        // last byte, where the parse completes.
+        for len in 1..=bytes.len() {
+            let maybe = request_may_be_complete(&bytes[..len], len - 1);
+            assert_eq!(maybe, len == bytes.len(), "len {len}");
+            assert_eq!(parse_request(&bytes[..len]).ok().flatten().is_some(), maybe);
+        }
+        // Big chunks, bare LF, a blank line split across reads.
+        assert!(request_may_be_complete(bytes, 0));
+        assert!(request_may_be_complete(b"GET / HTTP/1.0\n\n", 0));
+        assert!(request_may_be_complete(b"GET / HTTP/1.0\r\n\r\n", 17));
+        assert!(!request_may_be_complete(b"GET / HTTP/1.0\r\n\r\n", 18));
+        assert!(!request_may_be_complete(
+            b"GET / HTTP/1.1\r\nHost: x\r\n",
+            0
+        ));
+        let mut big = vec![b'a'; MAX_HEADER_BYTES];
+        assert!(request_may_be_complete(&big, MAX_HEADER_BYTES - 1));
+        big.truncate(MAX_HEADER_BYTES - 1);
+        assert!(!request_may_be_complete(&big, 0));
+        assert!(!request_may_be_complete(b"", 0));
     }
 
     /// Split a response into (status line, headers, body) using httparse.

@@ -1,6 +1,6 @@
-//! Helpers shared by the client integration tests (`#[path]`-included by
-//! tests/clients.rs and tests/ssh_agent.rs; as a test crate of its own it
-//! has no tests). Everything has a timeout so that no test can hang.
+//! Helpers shared by the client integration tests, included with `#[path]`
+//! by tests/clients.rs, ssh_agent.rs, security.rs and evil_relay.rs.
+//! Everything has a timeout so that no test can hang.
 #![allow(dead_code)]
 
 use std::fs;

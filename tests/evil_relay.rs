@@ -1,0 +1,1340 @@
+//! An evil relay: sockrelay's promise, tested. A relay operator (or whoever
+//! owns the relay) can at most drop or delay traffic: never read it, never
+//! inject into it, never learn the token (docs/SECURITY.md, issue 5 "Tests").
+//!
+//! # Design
+//!
+//! The evil relay is a **byte-level WebSocket man-in-the-middle in front of
+//! the real relay** (`tests/evil/mitm.rs`), not a second relay
+//! implementation. Origin and dest are the real binaries; they connect to
+//! the proxy's port, the proxy connects to a real `sockrelay-relay`. Why:
+//!
+//! - pairing, control pings (`peer-joined <seq>`, pong acknowledgement),
+//!   close-code forwarding and reconnect behaviour all stay the real
+//!   relay's, so the clients see exactly what a compromised production
+//!   relay could send them; a test-only relay would have to re-implement
+//!   that and could drift from it;
+//! - an attacker who owns the relay controls precisely the byte streams
+//!   between the relay and each client; a proxy on those streams has the
+//!   same power (it sees every byte in both directions, including the HTTP
+//!   upgrade with its admission header, and can rewrite, drop, add, hold
+//!   back or cut anything).
+//!
+//! The proxy forwards the HTTP upgrade untouched (except where a test has
+//! it rewrite the dest's admission header), then decodes every frame with
+//! the crate's own codec (`sockrelay::ws::frame`: masked client→relay,
+//! unmasked relay→client), records it, hands it to the attack and
+//! re-encodes it. Attacks aim at the n-th large binary frame of one
+//! direction of the *first* connection of the origin or the dest, so they
+//! strike exactly once and the clients' reconnects pass untouched: each
+//! test then also checks that the session recovers.
+//!
+//! Each test has a real unix server behind the origin that records every
+//! byte it receives (and echoes it), and a client on the dest's socket
+//! that sends a recognisable payload (`SECRET-PAYLOAD-...`), in chunks a
+//! little apart so that they travel as separate WebSocket messages. A
+//! record-only run with a real `ssh-agent` searches the recording for the
+//! key's comment, public key and a signature made through the relay.
+//!
+//! Checked in every tampering run: the attack struck; the origin's server
+//! received only a prefix of what the dest's client sent (never a byte the
+//! client did not send); the client was cut off (EOF/reset) within a few
+//! seconds with only a prefix of its echo, rather than fed altered data;
+//! the dest closed the channel and the origin or dest logged why (the
+//! Noise failure text behind close code 4401, or the lost connection).
+//!
+//! A self-check runs the same bit flip against `--insecure-plaintext`:
+//! there the relay *can* read the payload and corrupt what the server
+//! receives, which shows that the proxy really tampers and the checks
+//! above would catch it.
+//!
+//! Relay control pings are not authenticated, so the proxy also injects
+//! fake ones (and text frames). Two of those tests are `#[ignore]`d
+//! because they fail today: a single fake `peer-left` or `peer-joined` ping
+//! to the origin wedges the session silently (no data leaks, nothing is
+//! corrupted, but the dest's clients hang instead of being closed). Run
+//! them with `cargo test --release --test evil_relay -- --ignored`.
+
+mod common;
+#[path = "evil/mitm.rs"]
+mod mitm;
+#[path = "common/clients.rs"]
+mod support;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::Shutdown;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mitm::{Attack, Dir, Frame, Mitm, Role, Target};
+use sockrelay::ws::frame::OpCode;
+use support::{wait_for, Proc, TempDir};
+use uuid::Uuid;
+
+/// The shared secret of every test here (long enough not to be warned
+/// about, and unusual enough that a search for it cannot hit by chance).
+const TOKEN: &str = "evil-relay-test-token-Qx7ZpLm9Vb4Kd2";
+const WRONG_TOKEN: &str = "not-the-token-at-all-Hs81nWq0Zt5Ru3";
+/// Chunk size of the client's payload, and the size from which a binary
+/// frame counts as "carrying payload" for the attacks (handshake messages
+/// are 48 bytes, a sealed HELLO 29, CREDIT records a few dozen).
+const CHUNK: usize = 1000;
+const BIG: usize = 512;
+const CHUNKS: usize = 8;
+const GAP: Duration = Duration::from_millis(50);
+/// Noise failure texts (src/secure.rs `Error`), logged with close 4401.
+const E2E_DECRYPT: &str = "end-to-end message failed authentication";
+const E2E_HANDSHAKE: &str = "end-to-end handshake failed";
+const READY: &str = "end-to-end encryption established";
+
+// ---- the origin's unix server --------------------------------------
+
+/// One connection of the origin's server: the bytes it received, and how
+/// it ended ("EOF", an error kind; None while open).
+#[derive(Default)]
+struct ConnRec {
+    bytes: Vec<u8>,
+    end: Option<String>,
+}
+type Recording = Arc<Mutex<ConnRec>>;
+
+/// A unix server that records every byte of every connection and echoes
+/// it back.
+struct Recorder {
+    path: PathBuf,
+    conns: Arc<Mutex<Vec<Recording>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Recorder {
+    fn start(path: &Path) -> Recorder {
+        let l = UnixListener::bind(path).unwrap();
+        l.set_nonblocking(true).unwrap();
+        let conns: Arc<Mutex<Vec<Recording>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (conns2, stop2) = (conns.clone(), stop.clone());
+        let deadline = Instant::now() + Duration::from_secs(120);
+        std::thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) && Instant::now() < deadline {
+                match l.accept() {
+                    Ok((s, _)) => {
+                        let rec = Recording::default();
+                        conns2.lock().unwrap().push(rec.clone());
+                        let stop3 = stop2.clone();
+                        std::thread::spawn(move || record_and_echo(s, rec, stop3, deadline));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Recorder {
+            path: path.to_path_buf(),
+            conns,
+            stop,
+        }
+    }
+
+    /// What each connection has received so far.
+    fn received(&self) -> Vec<Vec<u8>> {
+        let conns = self.conns.lock().unwrap();
+        conns
+            .iter()
+            .map(|c| c.lock().unwrap().bytes.clone())
+            .collect()
+    }
+
+    /// How each connection ended so far.
+    fn endings(&self) -> Vec<Option<String>> {
+        let conns = self.conns.lock().unwrap();
+        conns
+            .iter()
+            .map(|c| c.lock().unwrap().end.clone())
+            .collect()
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn record_and_echo(mut s: UnixStream, rec: Recording, stop: Arc<AtomicBool>, deadline: Instant) {
+    s.set_nonblocking(false).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+        match s.read(&mut buf) {
+            Ok(0) => {
+                rec.lock().unwrap().end = Some("EOF".into());
+                let _ = s.shutdown(Shutdown::Write);
+                return;
+            }
+            Ok(n) => {
+                rec.lock().unwrap().bytes.extend_from_slice(&buf[..n]);
+                if let Err(e) = s.write_all(&buf[..n]) {
+                    rec.lock().unwrap().end = Some(format!("write: {:?}", e.kind()));
+                    return;
+                }
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => {
+                rec.lock().unwrap().end = Some(format!("read: {:?}", e.kind()));
+                return;
+            }
+        }
+    }
+}
+
+// ---- the dest's client -----------------------------------------------
+
+#[derive(Debug, PartialEq, Eq)]
+enum Ending {
+    /// Orderly EOF.
+    Eof,
+    /// The connection was reset / failed.
+    Reset(ErrorKind),
+    /// Still open when we gave up waiting: the session did not fail closed.
+    Hung,
+}
+
+struct ClientRun {
+    echoed: Vec<u8>,
+    ending: Ending,
+}
+
+/// Send `chunks` to the dest's socket, `gap` apart, then half-close; read
+/// the echo until the connection ends (at most 10 s).
+fn client(path: &Path, chunks: &[Vec<u8>], gap: Duration) -> ClientRun {
+    client_waiting(path, chunks, gap, Duration::from_secs(10))
+}
+
+/// `client`, giving up on the connection after `wait`.
+fn client_waiting(path: &Path, chunks: &[Vec<u8>], gap: Duration, wait: Duration) -> ClientRun {
+    let s = UnixStream::connect(path).unwrap_or_else(|e| panic!("connect {path:?}: {e}"));
+    s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let chunks = chunks.to_vec();
+    let writer = std::thread::spawn(move || {
+        for (i, c) in chunks.iter().enumerate() {
+            if i > 0 {
+                std::thread::sleep(gap);
+            }
+            if w.write_all(c).is_err() {
+                return;
+            }
+        }
+        let _ = w.shutdown(Shutdown::Write);
+    });
+    let mut r = s;
+    let mut echoed = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let end = Instant::now() + wait;
+    let ending = loop {
+        if Instant::now() >= end {
+            break Ending::Hung;
+        }
+        match r.read(&mut buf) {
+            Ok(0) => break Ending::Eof,
+            Ok(n) => echoed.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => break Ending::Reset(e.kind()),
+        }
+    };
+    let _ = r.shutdown(Shutdown::Both);
+    let _ = writer.join();
+    ClientRun { echoed, ending }
+}
+
+/// `n` chunks of `CHUNK` bytes, each a repeated recognisable label.
+fn chunks(tag: &str, n: usize) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            let unit = format!("SECRET-PAYLOAD-{tag}-{i:02}|");
+            unit.repeat(CHUNK / unit.len() + 1).into_bytes()[..CHUNK].to_vec()
+        })
+        .collect()
+}
+
+// ---- the chain -----------------------------------------------------
+
+/// Relay, evil proxy in front of it, the origin's server, origin, dest.
+/// Field order is drop order: clients first, then the proxy and relay.
+struct World {
+    dest: Option<support::Dest>,
+    origin: support::Origin,
+    mitm: Mitm,
+    relay: common::Relay,
+    server: Option<Recorder>,
+    session: Uuid,
+    dir: TempDir,
+}
+
+/// Start a dest through `port` with `token`; wait for `ready` in its log.
+fn start_dest(
+    dir: &TempDir,
+    port: u16,
+    session: &str,
+    name: &str,
+    extra: &[&str],
+    token: &str,
+) -> support::Dest {
+    let d = support::Dest::spawn(dir, port, session, &dir.path(name), extra, token);
+    let ready = if extra.contains(&"--insecure-plaintext") {
+        "paired with origin"
+    } else {
+        READY
+    };
+    assert!(
+        d.proc.wait_log(ready, Duration::from_secs(20)),
+        "dest not ready: {}",
+        d.proc.log_text()
+    );
+    d
+}
+
+impl World {
+    fn start(tag: &str, attack: Attack) -> World {
+        Self::start_with(tag, attack, &[], None)
+    }
+
+    /// `socket`: the origin's unix socket (None: a fresh `Recorder`).
+    fn start_with(tag: &str, attack: Attack, extra: &[&str], socket: Option<&Path>) -> World {
+        let dir = TempDir::new(tag);
+        let relay = common::Relay::start(&[]);
+        let mitm = Mitm::start(relay.addr, attack);
+        let server = match socket {
+            Some(_) => None,
+            None => Some(Recorder::start(&dir.path("srv.sock"))),
+        };
+        let path = socket.map_or_else(|| server.as_ref().unwrap().path.clone(), Path::to_path_buf);
+        let origin = support::Origin::try_start_env(&dir, mitm.port(), &path, extra, TOKEN, &[])
+            .unwrap_or_else(|e| panic!("origin did not start: {e:?}"));
+        let session: Uuid = origin.session.parse().unwrap();
+        let dest = start_dest(&dir, mitm.port(), &origin.session, "d.sock", extra, TOKEN);
+        World {
+            dest: Some(dest),
+            origin,
+            mitm,
+            relay,
+            server,
+            session,
+            dir,
+        }
+    }
+
+    fn dest(&self) -> &support::Dest {
+        self.dest.as_ref().unwrap()
+    }
+
+    fn server(&self) -> &Recorder {
+        self.server.as_ref().unwrap()
+    }
+
+    /// Origin and dest logs, labelled.
+    fn logs(&self) -> String {
+        format!(
+            "--- origin ---\n{}--- dest ---\n{}--- evil relay ---\n{:#?}\n",
+            self.origin.proc.log_text(),
+            self.dest
+                .as_ref()
+                .map_or(String::new(), |d| d.proc.log_text()),
+            self.mitm.fired()
+        )
+    }
+
+    /// Print what origin and dest said about the attack (visible with
+    /// `--nocapture`; kept for the report).
+    fn show(&self, test: &str) {
+        let pick = |who: &str, text: String| {
+            for l in text.lines().filter(|l| {
+                ["WARN", "ERROR", "closing", "left", "established", "joined"]
+                    .iter()
+                    .any(|k| l.contains(k))
+            }) {
+                eprintln!("[{test}] {who}: {l}");
+            }
+        };
+        for f in self.mitm.fired() {
+            eprintln!("[{test}] evil relay: {f}");
+        }
+        pick("origin", self.origin.proc.log_text());
+        if let Some(d) = &self.dest {
+            pick("dest", d.proc.log_text());
+        }
+    }
+}
+
+// ---- searching the recording ---------------------------------------
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The secrets derived from the token, computed independently of the
+/// crate (docs/SECURITY.md "Construction"): (prk, psk). The admission value
+/// is derived the same way and compared with `secure::admission`, which
+/// shows this derivation is the one the clients use.
+fn derived_secrets(token: &str, session: &Uuid) -> ([u8; 32], [u8; 32]) {
+    use hkdf::Hkdf;
+    use sha2::Sha256;
+    let (prk, hk) = Hkdf::<Sha256>::extract(Some(session.as_bytes()), token.as_bytes());
+    let mut psk = [0u8; 32];
+    hk.expand(b"sockrelay v1 e2e psk", &mut psk).unwrap();
+    let mut adm = [0u8; 32];
+    hk.expand(b"sockrelay v1 admission", &mut adm).unwrap();
+    use base64::Engine as _;
+    let adm = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(adm);
+    assert_eq!(
+        adm,
+        sockrelay::secure::admission(token.as_bytes(), session),
+        "test's HKDF derivation differs from the crate's"
+    );
+    (prk.into(), psk)
+}
+
+/// Every encoding of a 32-byte secret worth searching for.
+fn encodings(secret: &[u8]) -> Vec<Vec<u8>> {
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+    use base64::Engine as _;
+    vec![
+        secret.to_vec(),
+        hex(secret).into_bytes(),
+        hex(secret).to_uppercase().into_bytes(),
+        STANDARD.encode(secret).into_bytes(),
+        STANDARD_NO_PAD.encode(secret).into_bytes(),
+        URL_SAFE_NO_PAD.encode(secret).into_bytes(),
+    ]
+}
+
+/// The recording (raw wire streams and unmasked frame payloads) contains
+/// none of `needles`; the message names the first one found.
+fn assert_not_recorded(mitm: &Mitm, needles: &[(&str, Vec<u8>)]) {
+    let rec = mitm.recorded();
+    assert!(!rec.is_empty(), "nothing was recorded");
+    for (what, needle) in needles {
+        let hit = rec.iter().position(|r| contains(r, needle));
+        assert!(hit.is_none(), "the evil relay's recording contains {what}");
+    }
+}
+
+/// Token, PRK and psk in all encodings, for `assert_not_recorded`.
+fn secret_needles(session: &Uuid) -> Vec<(&'static str, Vec<u8>)> {
+    let (prk, psk) = derived_secrets(TOKEN, session);
+    let mut v = vec![("the token", TOKEN.as_bytes().to_vec())];
+    v.extend(encodings(&prk).into_iter().map(|e| ("the HKDF PRK", e)));
+    v.extend(encodings(&psk).into_iter().map(|e| ("the e2e psk", e)));
+    v
+}
+
+/// The admission value is expected in the upgrade requests (that is what
+/// the relay compares), and only there: never inside a frame.
+fn assert_admission_only_in_upgrades(w: &World) {
+    let adm = sockrelay::secure::admission(TOKEN.as_bytes(), &w.session);
+    let heads = w.mitm.heads();
+    for role in [Role::Origin, Role::Dest] {
+        assert!(
+            heads.iter().any(|(_, r, d, h)| *r == role
+                && *d == Dir::Up
+                && contains(h, format!("Sockrelay-Admission: {adm}").as_bytes())),
+            "{role:?}'s upgrade request did not carry the admission value (recorder broken?)"
+        );
+    }
+    assert!(
+        !w.mitm
+            .frame_payloads()
+            .iter()
+            .any(|p| contains(p, adm.as_bytes())),
+        "the admission value travelled inside a frame"
+    );
+}
+
+// ---- the invariants of a tampering run -----------------------------
+
+/// Every connection the origin's server saw carried a prefix of one of
+/// `streams` (what the dest's clients sent): no byte a client did not send.
+fn assert_server_got_only_prefixes(w: &World, streams: &[&[u8]]) {
+    for (i, got) in w.server().received().iter().enumerate() {
+        assert!(
+            streams.iter().any(|s| s.starts_with(got)),
+            "the origin's server connection {i} received {} bytes that no client sent \
+             (first 80: {:?})\n{}",
+            got.len(),
+            String::from_utf8_lossy(&got[..got.len().min(80)]),
+            w.logs()
+        );
+    }
+}
+
+/// After an attack on the first connections: the dest sets up a new
+/// end-to-end session and a fresh client's payload goes through intact.
+fn assert_recovers(w: &World, tag: &str, earlier: &[&[u8]]) {
+    assert!(
+        wait_for(Duration::from_secs(20), || w
+            .dest()
+            .proc
+            .log_text()
+            .matches(READY)
+            .count()
+            >= 2),
+        "the dest did not re-establish the session\n{}",
+        w.logs()
+    );
+    let after = chunks(&format!("{tag}-after"), 3);
+    let want = after.concat();
+    let run = client(&w.dest().socket, &after, Duration::ZERO);
+    assert!(
+        run.echoed == want && run.ending == Ending::Eof,
+        "after recovery: {} of {} bytes echoed, {:?}\n{}",
+        run.echoed.len(),
+        want.len(),
+        run.ending,
+        w.logs()
+    );
+    let mut streams = earlier.to_vec();
+    streams.push(&want);
+    assert_server_got_only_prefixes(w, &streams);
+}
+
+/// The common body of the tampering tests: one client sends `CHUNKS`
+/// chunks `GAP` apart while the attack strikes; see the module docs for
+/// what is checked. `reasons`: any of these in the origin's or dest's log.
+fn tamper(tag: &str, attack: Attack, reasons: &[&str]) {
+    let w = World::start(tag, attack);
+    let sent = chunks(tag, CHUNKS);
+    let intended = sent.concat();
+    let run = client(&w.dest().socket, &sent, GAP);
+    assert!(
+        w.mitm.wait_fired(Duration::from_secs(5)),
+        "the attack never struck\n{}",
+        w.logs()
+    );
+    // Failed closed: cut off, with a prefix of the true echo.
+    assert_ne!(
+        run.ending,
+        Ending::Hung,
+        "client left hanging\n{}",
+        w.logs()
+    );
+    assert!(
+        intended.starts_with(&run.echoed),
+        "the client got altered data back\n{}",
+        w.logs()
+    );
+    assert!(
+        run.echoed.len() < intended.len(),
+        "the whole exchange went through despite the attack\n{}",
+        w.logs()
+    );
+    // The origin's server saw only what the client sent, and not all of it.
+    assert_server_got_only_prefixes(&w, &[&intended]);
+    let total: usize = w.server().received().iter().map(Vec::len).sum();
+    assert!(total < intended.len(), "{}", w.logs());
+    // A reason in the logs, and the dest dropped the channel.
+    let logged = || {
+        let text = w.origin.proc.log_text() + &w.dest().proc.log_text();
+        reasons.iter().any(|r| text.contains(r))
+    };
+    assert!(
+        wait_for(Duration::from_secs(5), logged),
+        "no {reasons:?} in the logs\n{}",
+        w.logs()
+    );
+    assert!(
+        w.dest()
+            .proc
+            .wait_log("closing 1 channel(s)", Duration::from_secs(5)),
+        "the dest did not close the channel\n{}",
+        w.logs()
+    );
+    w.show(tag);
+    eprintln!(
+        "[{tag}] the dest's client: {:?} after {} of {} bytes echoed; the origin's server \
+         connection: {:?} after {} bytes",
+        run.ending,
+        run.echoed.len(),
+        intended.len(),
+        w.server().endings(),
+        total
+    );
+    assert_recovers(&w, tag, &[&intended]);
+}
+
+fn at(role: Role, dir: Dir, nth: usize) -> Target {
+    Target {
+        role,
+        dir,
+        nth,
+        min_len: BIG,
+    }
+}
+
+// ---- record only ---------------------------------------------------
+
+#[test]
+fn record_only_traffic_works_and_the_recording_holds_no_secret_or_payload() {
+    let w = World::start("rec", Attack::None);
+    let sent = chunks("rec", 4);
+    let want = sent.concat();
+    let run = client(&w.dest().socket, &sent, Duration::ZERO);
+    assert!(
+        run.echoed == want && run.ending == Ending::Eof,
+        "{}",
+        w.logs()
+    );
+    // A larger transfer too: many full-size Noise messages.
+    let big: Vec<Vec<u8>> = (0..4)
+        .map(|i| {
+            let unit = format!("SECRET-PAYLOAD-bulk-{i}|");
+            unit.repeat(200_000 / unit.len()).into_bytes()
+        })
+        .collect();
+    let run = client(&w.dest().socket, &big, Duration::ZERO);
+    assert!(run.echoed == big.concat(), "{}", w.logs());
+    assert_eq!(w.server().received(), vec![want, big.concat()]);
+
+    assert_admission_only_in_upgrades(&w);
+    let mut needles = secret_needles(&w.session);
+    needles.push(("plaintext payload", b"SECRET-PAYLOAD".to_vec()));
+    needles.push(("plaintext payload", b"SECRET".to_vec()));
+    assert_not_recorded(&w.mitm, &needles);
+    // The relay's own log does not have the token either.
+    assert!(!w.relay.log().contains(TOKEN));
+    // Sanity: the proxy saw the traffic (≥ 800 KB of frames each way).
+    let payload: usize = w
+        .mitm
+        .frames()
+        .iter()
+        .filter(|c| c.frame.opcode == OpCode::Binary)
+        .map(|c| c.frame.payload.len())
+        .sum();
+    assert!(
+        payload > 1_600_000,
+        "only {payload} bytes of frames recorded"
+    );
+}
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn with_agent(sock: &Path, cmd: &[&str]) -> Output {
+    Command::new("timeout")
+        .arg("20")
+        .args(cmd)
+        .env("SSH_AUTH_SOCK", sock)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn record_only_real_ssh_agent_the_recording_holds_no_key_material() {
+    if !["ssh-agent", "ssh-add", "ssh-keygen", "timeout"]
+        .iter()
+        .all(|t| have(t))
+    {
+        eprintln!("SKIPPED: OpenSSH client tools not installed");
+        return;
+    }
+    const COMMENT: &str = "evil-test-comment-XYZ";
+    let dir = TempDir::new("evilagent");
+    let agent_sock = dir.path("agent.sock");
+    let _agent = Proc {
+        child: Command::new("ssh-agent")
+            .args(["-D", "-a"])
+            .arg(&agent_sock)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+        log: dir.path("agent.log"),
+    };
+    assert!(wait_for(Duration::from_secs(5), || agent_sock.exists()));
+    let key = dir.path("id_ed25519");
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", COMMENT, "-f"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let out = with_agent(&agent_sock, &["ssh-add", key.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let pubkey = std::fs::read_to_string(dir.path("id_ed25519.pub")).unwrap();
+    use base64::Engine as _;
+    let blob = base64::engine::general_purpose::STANDARD
+        .decode(pubkey.split_whitespace().nth(1).unwrap())
+        .unwrap();
+
+    let w = World::start_with("evilagent", Attack::None, &[], Some(&agent_sock));
+    let sock = w.dest().socket.clone();
+    let out = with_agent(&sock, &["ssh-add", "-l"]);
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains(COMMENT),
+        "{out:?}\n{}",
+        w.logs()
+    );
+    let out = with_agent(&sock, &["ssh-add", "-L"]);
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains(COMMENT),
+        "{out:?}"
+    );
+    // A signature made by the agent through the relay.
+    let file = dir.path("msg.txt");
+    std::fs::write(&file, b"signed through an evil relay\n").unwrap();
+    let pub_path = dir.path("id_ed25519.pub");
+    let out = with_agent(
+        &sock,
+        &[
+            "ssh-keygen",
+            "-Y",
+            "sign",
+            "-f",
+            pub_path.to_str().unwrap(),
+            "-n",
+            "file",
+            file.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let armored = std::fs::read_to_string(dir.path("msg.txt.sig")).unwrap();
+    let body: String = armored
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    let sshsig = base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .unwrap();
+    // SSHSIG ends with string("ssh-ed25519") string(64-byte signature).
+    let signature = sshsig[sshsig.len() - 64..].to_vec();
+
+    assert_admission_only_in_upgrades(&w);
+    let mut needles = secret_needles(&w.session);
+    needles.push(("the key comment", COMMENT.as_bytes().to_vec()));
+    needles.push(("the public key blob", blob.clone()));
+    needles.push(("the raw public key", blob[blob.len() - 32..].to_vec()));
+    needles.push(("the signature", signature));
+    needles.push(("the key type name", b"ssh-ed25519".to_vec()));
+    assert_not_recorded(&w.mitm, &needles);
+    eprintln!(
+        "[agent] {} frames recorded, none holds the comment, key, signature or secrets",
+        w.mitm.frames().len()
+    );
+}
+
+/// The harness can tamper: without end-to-end encryption the same proxy
+/// reads the payload and gets a flipped bit into what the server receives.
+/// (So the e2e tests passing means e2e stopped the attack, not that the
+/// proxy failed to attack.)
+#[test]
+fn harness_self_check_plaintext_mode_is_readable_and_tamperable() {
+    let attack = Attack::FlipBit {
+        at: at(Role::Origin, Dir::Down, 1),
+        byte: 100,
+        mask: 0x20,
+    };
+    let w = World::start_with("plain", attack, &["--insecure-plaintext"], None);
+    let sent = chunks("plain", CHUNKS);
+    let intended = sent.concat();
+    let run = client(&w.dest().socket, &sent, GAP);
+    assert!(w.mitm.wait_fired(Duration::from_secs(5)), "{}", w.logs());
+    let got = w.server().received();
+    assert!(
+        got.iter().any(|g| !intended.starts_with(g)),
+        "plaintext: the flipped bit did not reach the server?\n{}",
+        w.logs()
+    );
+    assert_ne!(
+        run.echoed, intended,
+        "plaintext: the echo should be corrupted"
+    );
+    let rec = w.mitm.frame_payloads();
+    assert!(rec.iter().any(|p| contains(p, b"SECRET-PAYLOAD-plain")));
+    // Even in plaintext mode the relay gets no token (admission is derived).
+    assert_not_recorded(&w.mitm, &secret_needles(&w.session)[..1]);
+    w.show("plain");
+}
+
+// ---- tampering with transport messages -----------------------------
+
+#[test]
+fn flipped_bit_toward_the_origin_fails_closed() {
+    tamper(
+        "flip-o",
+        Attack::FlipBit {
+            at: at(Role::Origin, Dir::Down, 1),
+            byte: 100,
+            mask: 0x20,
+        },
+        &[E2E_DECRYPT],
+    );
+}
+
+#[test]
+fn flipped_bit_toward_the_dest_fails_closed() {
+    tamper(
+        "flip-d",
+        Attack::FlipBit {
+            at: at(Role::Dest, Dir::Down, 1),
+            byte: 100,
+            mask: 0x20,
+        },
+        &[E2E_DECRYPT],
+    );
+}
+
+#[test]
+fn flipped_bit_in_the_tag_fails_closed() {
+    tamper(
+        "flip-tag",
+        Attack::FlipBit {
+            at: at(Role::Origin, Dir::Down, 1),
+            byte: usize::MAX, // clamped: the last byte, inside the Poly1305 tag
+            mask: 0x01,
+        },
+        &[E2E_DECRYPT],
+    );
+}
+
+/// A mux DATA record for channel 1, as the relay would like the origin to
+/// write to its server, padded with 16 bytes in place of a tag.
+fn forged_mux_data() -> Vec<u8> {
+    let data = b"INJECTED-BY-THE-EVIL-RELAY|".repeat(24);
+    let mut v = vec![5u8, 0, 0, 0, 1];
+    v.extend_from_slice(&(data.len() as u16).to_be_bytes());
+    v.extend_from_slice(&data);
+    v.extend_from_slice(&[0xA5; 16]);
+    v
+}
+
+#[test]
+fn injected_frame_toward_the_origin_fails_closed() {
+    tamper(
+        "inj-o",
+        Attack::Inject {
+            at: at(Role::Origin, Dir::Down, 1),
+            forged: forged_mux_data(),
+        },
+        &[E2E_DECRYPT],
+    );
+}
+
+#[test]
+fn injected_frame_toward_the_dest_fails_closed() {
+    tamper(
+        "inj-d",
+        Attack::Inject {
+            at: at(Role::Dest, Dir::Down, 1),
+            forged: forged_mux_data(),
+        },
+        &[E2E_DECRYPT],
+    );
+}
+
+#[test]
+fn replayed_frame_toward_the_origin_fails_closed() {
+    // Frame #1 goes through, then frame #0 again: if accepted, the server
+    // would see chunk 0 twice, which is not a prefix of the stream.
+    tamper(
+        "replay-o",
+        Attack::Replay {
+            at: at(Role::Origin, Dir::Down, 1),
+        },
+        &[E2E_DECRYPT],
+    );
+}
+
+#[test]
+fn replayed_frame_toward_the_dest_fails_closed() {
+    tamper(
+        "replay-d",
+        Attack::Replay {
+            at: at(Role::Dest, Dir::Down, 1),
+        },
+        &[E2E_DECRYPT],
+    );
+}
+
+#[test]
+fn reordered_frames_toward_the_origin_fail_closed() {
+    tamper(
+        "reorder-o",
+        Attack::Reorder {
+            at: at(Role::Origin, Dir::Down, 1),
+        },
+        &[E2E_DECRYPT],
+    );
+}
+
+#[test]
+fn reordered_frames_toward_the_dest_fail_closed() {
+    tamper(
+        "reorder-d",
+        Attack::Reorder {
+            at: at(Role::Dest, Dir::Down, 1),
+        },
+        &[E2E_DECRYPT],
+    );
+}
+
+#[test]
+fn shortened_message_fails_closed() {
+    tamper(
+        "short",
+        Attack::Shorten {
+            at: at(Role::Origin, Dir::Down, 1),
+        },
+        &[E2E_DECRYPT],
+    );
+}
+
+#[test]
+fn dest_frames_reflected_back_to_the_dest_fail_closed() {
+    tamper(
+        "refl-d",
+        Attack::Reflect {
+            at: at(Role::Dest, Dir::Up, 1),
+        },
+        &[E2E_DECRYPT],
+    );
+}
+
+#[test]
+fn origin_frames_reflected_back_to_the_origin_fail_closed() {
+    tamper(
+        "refl-o",
+        Attack::Reflect {
+            at: at(Role::Origin, Dir::Up, 1),
+        },
+        &[E2E_DECRYPT],
+    );
+}
+
+/// Reasons a client gives for a connection the relay cut.
+const LOST: &[&str] = &[
+    "relay closed the connection",
+    "read from relay",
+    "origin left",
+];
+
+#[test]
+fn connection_cut_mid_frame_from_the_dest_fails_closed() {
+    tamper(
+        "cut-d",
+        Attack::Cut {
+            at: at(Role::Dest, Dir::Up, 1),
+        },
+        LOST,
+    );
+}
+
+#[test]
+fn connection_cut_mid_frame_toward_the_origin_fails_closed() {
+    tamper(
+        "cut-o",
+        Attack::Cut {
+            at: at(Role::Origin, Dir::Down, 1),
+        },
+        LOST,
+    );
+}
+
+// ---- tampering with the handshake ----------------------------------
+
+/// An attack on the first handshake: the dest refuses it, reconnects, and
+/// the session then works with nothing extra delivered.
+fn handshake_attack(tag: &str, attack: Attack) {
+    let w = World::start(tag, attack);
+    assert!(!w.mitm.fired().is_empty(), "{}", w.logs());
+    let dest_log = w.dest().proc.log_text();
+    assert!(
+        dest_log.contains(E2E_HANDSHAKE),
+        "the dest did not report the failed handshake\n{}",
+        w.logs()
+    );
+    assert!(
+        w.mitm.connections(Role::Dest) >= 2,
+        "the dest should have reconnected"
+    );
+    w.show(tag);
+    let sent = chunks(tag, 3);
+    let run = client(&w.dest().socket, &sent, Duration::ZERO);
+    assert!(run.echoed == sent.concat(), "{}", w.logs());
+    assert_eq!(w.server().received(), vec![sent.concat()]);
+}
+
+#[test]
+fn flipped_bit_in_the_origins_handshake_reply_is_refused_by_the_dest() {
+    handshake_attack(
+        "hs-flip",
+        Attack::FlipBit {
+            at: Target {
+                role: Role::Dest,
+                dir: Dir::Down,
+                nth: 0,
+                min_len: 0,
+            },
+            byte: 5,
+            mask: 0x80,
+        },
+    );
+}
+
+#[test]
+fn dests_handshake_reflected_back_to_it_is_refused() {
+    handshake_attack(
+        "hs-refl",
+        Attack::Reflect {
+            at: Target {
+                role: Role::Dest,
+                dir: Dir::Up,
+                nth: 0,
+                min_len: 0,
+            },
+        },
+    );
+}
+
+/// The relay replays a whole earlier dest connection to the origin: a fake
+/// `peer-joined`, the recorded handshake message 1 and every recorded
+/// transport message. Message 1 verifies (the documented limit: it proves
+/// the token but not liveness), but the origin's fresh ephemeral key makes
+/// every replayed transport message fail: nothing reaches the server again.
+#[test]
+fn a_replayed_earlier_dest_connection_gets_nothing_through() {
+    let mut w = World::start("replay-conn", Attack::None);
+    let sent = chunks("replay-conn", 3);
+    let run = client(&w.dest().socket, &sent, GAP);
+    assert!(run.echoed == sent.concat(), "{}", w.logs());
+    let recorded: Vec<Frame> = w
+        .mitm
+        .frames()
+        .into_iter()
+        .filter(|c| {
+            c.role == Role::Dest
+                && c.role_index == 0
+                && c.dir == Dir::Up
+                && c.frame.opcode == OpCode::Binary
+        })
+        .map(|c| c.frame)
+        .collect();
+    assert!(recorded.len() >= 3, "{} dest frames", recorded.len());
+    // The dest leaves; the origin waits for a new one.
+    let mut dest = w.dest.take().unwrap();
+    dest.proc.signal(libc::SIGTERM);
+    assert!(dest.proc.wait_exit(Duration::from_secs(5)).is_some());
+    assert!(
+        w.origin.proc.wait_log("dest left", Duration::from_secs(5)),
+        "{}",
+        w.logs()
+    );
+    let mut frames = vec![Frame::ping(b"sockrelay peer-joined 4242 127.0.0.1:4242")];
+    frames.extend(recorded);
+    assert!(w.mitm.inject_to_client(Role::Origin, 0, &frames));
+    assert!(
+        w.origin.proc.wait_log(E2E_DECRYPT, Duration::from_secs(5)),
+        "the origin did not reject the replayed messages\n{}",
+        w.logs()
+    );
+    let origin_log = w.origin.proc.log_text();
+    assert!(
+        origin_log.contains("dest joined from 127.0.0.1:4242"),
+        "{origin_log}"
+    );
+    // Nothing new reached the server: still the one genuine connection.
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(w.server().received(), vec![sent.concat()], "{}", w.logs());
+    w.show("replay-conn");
+    // A genuine dest still gets in afterwards.
+    w.dest = Some(start_dest(
+        &w.dir,
+        w.mitm.port(),
+        &w.origin.session,
+        "d2.sock",
+        &[],
+        TOKEN,
+    ));
+    let again = chunks("replay-conn-after", 2);
+    let run = client(&w.dest().socket, &again, Duration::ZERO);
+    assert!(run.echoed == again.concat(), "{}", w.logs());
+    assert_eq!(w.server().received(), vec![sent.concat(), again.concat()]);
+}
+
+// ---- wrong token ---------------------------------------------------
+
+#[test]
+fn wrong_token_is_refused_by_the_real_relay() {
+    let w = World::start("wrong-403", Attack::None);
+    let mut bad = support::Dest::spawn(
+        &w.dir,
+        w.mitm.port(),
+        &w.origin.session,
+        &w.dir.path("bad.sock"),
+        &[],
+        WRONG_TOKEN,
+    );
+    assert_eq!(
+        bad.proc.wait_exit(Duration::from_secs(10)),
+        Some(1),
+        "{}",
+        bad.proc.log_text()
+    );
+    assert!(bad.proc.log_text().contains("wrong token"));
+    assert!(w
+        .mitm
+        .heads()
+        .iter()
+        .any(|(_, r, d, h)| *r == Role::Dest && *d == Dir::Down && h.starts_with(b"HTTP/1.1 403")));
+    // The legitimate dest, already paired, is unaffected.
+    let sent = chunks("wrong-403", 2);
+    let run = client(&w.dest().socket, &sent, Duration::ZERO);
+    assert!(run.echoed == sent.concat(), "{}", w.logs());
+    assert_eq!(w.server().received(), vec![sent.concat()]);
+}
+
+/// The relay lets a wrong-token dest in (it copies the admission value it
+/// saw from the origin into the dest's request). The end-to-end handshake
+/// fails at the origin, nothing of the wrong dest's client reaches the
+/// origin's server, the wrong dest gives up on its own, and a genuine dest
+/// then gets a working session from the same origin.
+#[test]
+fn wrong_token_let_through_by_the_relay_fails_end_to_end() {
+    let dir = TempDir::new("wrong-e2e");
+    let relay = common::Relay::start(&[]);
+    let mitm = Mitm::start_with(relay.addr, Attack::None, true);
+    let server = Recorder::start(&dir.path("srv.sock"));
+    let origin = support::Origin::try_start_env(&dir, mitm.port(), &server.path, &[], TOKEN, &[])
+        .expect("origin");
+    let mut bad = support::Dest::spawn(
+        &dir,
+        mitm.port(),
+        &origin.session,
+        &dir.path("bad.sock"),
+        &[],
+        WRONG_TOKEN,
+    );
+    assert!(
+        bad.proc
+            .wait_log("paired with origin", Duration::from_secs(10)),
+        "the relay should have paired the wrong dest: {}",
+        bad.proc.log_text()
+    );
+    assert!(!mitm.fired().is_empty(), "admission not rewritten");
+    // A client of the wrong dest tries to talk to the origin's socket.
+    let payload = chunks("wrong-e2e", 2);
+    let path = bad.socket.clone();
+    let payload2 = payload.clone();
+    // It waits for the session, at most 10 s (PENDING_CONN_TIMEOUT).
+    let bad_client =
+        std::thread::spawn(move || client_waiting(&path, &payload2, GAP, Duration::from_secs(20)));
+    assert!(
+        origin.proc.wait_log(E2E_HANDSHAKE, Duration::from_secs(10)),
+        "origin: {}",
+        origin.proc.log_text()
+    );
+    // The wrong dest times out the handshake (10 s) and says so.
+    assert!(
+        bad.proc.wait_log(
+            "end-to-end handshake did not complete",
+            Duration::from_secs(15)
+        ),
+        "wrong dest: {}",
+        bad.proc.log_text()
+    );
+    let run = bad_client.join().unwrap();
+    assert!(run.echoed.is_empty(), "the wrong dest's client got data");
+    assert_ne!(run.ending, Ending::Hung);
+    assert!(server.received().is_empty(), "the origin's server got data");
+    assert!(!origin.proc.log_text().contains(READY));
+    for l in origin
+        .proc
+        .log_text()
+        .lines()
+        .chain(bad.proc.log_text().lines())
+        .filter(|l| l.contains("WARN") || l.contains("joined") || l.contains("paired"))
+    {
+        eprintln!("[wrong-e2e] {l}");
+    }
+    bad.proc.signal(libc::SIGTERM);
+    assert!(bad.proc.wait_exit(Duration::from_secs(5)).is_some());
+    // The same origin process then serves the genuine dest.
+    let good = start_dest(&dir, mitm.port(), &origin.session, "good.sock", &[], TOKEN);
+    let sent = chunks("wrong-e2e-good", 2);
+    let run = client(&good.socket, &sent, Duration::ZERO);
+    assert!(run.echoed == sent.concat(), "{}", origin.proc.log_text());
+    assert_eq!(server.received(), vec![sent.concat()]);
+}
+
+// ---- spoofed relay control messages --------------------------------
+//
+// Relay control pings are not authenticated (docs/SECURITY.md: "use relay
+// control messages only as hints"). A relay can send them at any time.
+
+#[test]
+fn injected_text_frames_are_ignored() {
+    let w = World::start("text", Attack::None);
+    let text = Frame {
+        fin: true,
+        opcode: OpCode::Text,
+        payload: b"INJECTED-TEXT-FRAME".to_vec(),
+    };
+    assert!(w
+        .mitm
+        .inject_to_client(Role::Origin, 0, std::slice::from_ref(&text)));
+    assert!(w.mitm.inject_to_client(Role::Dest, 0, &[text]));
+    let sent = chunks("text", 3);
+    let run = client(&w.dest().socket, &sent, Duration::ZERO);
+    assert!(
+        run.echoed == sent.concat() && run.ending == Ending::Eof,
+        "{}",
+        w.logs()
+    );
+    assert_eq!(w.server().received(), vec![sent.concat()]);
+}
+
+/// While a client is sending (chunks 100 ms apart), the relay sends
+/// `ping` to the first connection of `role`. Checks the safety property
+/// (the server got only a prefix) and returns the client's run.
+fn spoof_midstream(tag: &str, role: Role, ping: &str) -> (World, ClientRun, Vec<u8>) {
+    let w = World::start(tag, Attack::None);
+    let sent = chunks(tag, CHUNKS);
+    let intended = sent.concat();
+    let path = w.dest().socket.clone();
+    let t = std::thread::spawn(move || {
+        client_waiting(
+            &path,
+            &sent,
+            Duration::from_millis(100),
+            Duration::from_secs(15),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(250));
+    assert!(w
+        .mitm
+        .inject_to_client(role, 0, &[Frame::ping(ping.as_bytes())]));
+    let run = t.join().unwrap();
+    assert_server_got_only_prefixes(&w, &[&intended]);
+    assert!(intended.starts_with(&run.echoed), "{}", w.logs());
+    w.show(tag);
+    eprintln!(
+        "[{tag}] the dest's client: {:?} after {} of {} bytes echoed; server: {:?}",
+        run.ending,
+        run.echoed.len(),
+        intended.len(),
+        w.server().endings()
+    );
+    (w, run, intended)
+}
+
+/// The dest takes the fake `peer-joined` as a new pairing and starts a new
+/// handshake; the origin cannot open that as a transport message and
+/// closes with 4401; both reconnect.
+#[test]
+fn spoofed_peer_joined_to_the_dest_fails_closed() {
+    let (w, run, intended) = spoof_midstream(
+        "spoof-pj-d",
+        Role::Dest,
+        "sockrelay peer-joined 4242 127.0.0.1:4242",
+    );
+    assert_ne!(run.ending, Ending::Hung, "{}", w.logs());
+    assert!(run.echoed.len() < intended.len());
+    assert!(
+        w.origin.proc.wait_log(E2E_DECRYPT, Duration::from_secs(5)),
+        "{}",
+        w.logs()
+    );
+    assert_recovers(&w, "spoof-pj-d", &[&intended]);
+}
+
+/// FAILS today (see the ignore reason). One fake `peer-left` ping makes
+/// the origin drop its end-to-end state while the dest keeps its own: the
+/// dest goes on sealing messages that the origin discards ("arrived with
+/// no peer", debug level), nobody closes anything, and the session stays
+/// wedged until the dest happens to reconnect (a relay restart, a
+/// signal). The in-flight client and every later one hang. No data leaks
+/// and nothing is corrupted: this is a denial of service, which the threat
+/// model allows a relay; but it fails *silently* instead of *closed*, and
+/// costs the relay one 40-byte ping instead of dropping traffic for good.
+/// Correct behaviour asserted here: the in-flight client is closed and
+/// the session works again within 15 s.
+#[test]
+#[ignore = "BUG: a spoofed `sockrelay peer-left` ping to the origin wedges the session: \
+            the dest's clients hang instead of being closed (no e2e liveness check)"]
+fn spoofed_peer_left_to_the_origin_does_not_wedge_the_session() {
+    let (w, run, intended) = spoof_midstream(
+        "spoof-pl-o",
+        Role::Origin,
+        "sockrelay peer-left 4242 1000 spoofed",
+    );
+    assert_ne!(
+        run.ending,
+        Ending::Hung,
+        "the dest's client was left hanging\n{}",
+        w.logs()
+    );
+    assert!(run.echoed.len() < intended.len());
+    let after = chunks("spoof-pl-o-after", 2);
+    let run = client_waiting(
+        &w.dest().socket,
+        &after,
+        Duration::ZERO,
+        Duration::from_secs(15),
+    );
+    assert!(
+        run.echoed == after.concat(),
+        "the session stayed wedged: {:?} after {} bytes\n{}",
+        run.ending,
+        run.echoed.len(),
+        w.logs()
+    );
+}
+
+/// Same class as the `peer-left` case: a fake `peer-joined` to the origin.
+#[test]
+#[ignore = "BUG: a spoofed `sockrelay peer-joined` ping to the origin wedges the session: \
+            the origin waits for a handshake the dest never sends; clients hang"]
+fn spoofed_peer_joined_to_the_origin_does_not_wedge_the_session() {
+    let (w, run, intended) = spoof_midstream(
+        "spoof-pj-o",
+        Role::Origin,
+        "sockrelay peer-joined 4242 127.0.0.1:4242",
+    );
+    assert_ne!(
+        run.ending,
+        Ending::Hung,
+        "the dest's client was left hanging\n{}",
+        w.logs()
+    );
+    assert!(run.echoed.len() < intended.len());
+    let after = chunks("spoof-pj-o-after", 2);
+    let run = client_waiting(
+        &w.dest().socket,
+        &after,
+        Duration::ZERO,
+        Duration::from_secs(15),
+    );
+    assert!(
+        run.echoed == after.concat(),
+        "the session stayed wedged: {:?} after {} bytes\n{}",
+        run.ending,
+        run.echoed.len(),
+        w.logs()
+    );
+}
