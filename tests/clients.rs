@@ -453,7 +453,6 @@ fn origin_background_eval_returns_and_keeps_serving() {
     assert_eq!(echo_roundtrip(&dest.socket, b"bg".to_vec()), b"bg");
 }
 
-
 #[test]
 fn heartbeat_keeps_an_idle_link_and_detects_a_frozen_relay() {
     // Scaled-down intervals (hidden test knob): ping after 200 ms idle,

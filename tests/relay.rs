@@ -834,7 +834,9 @@ fn origin_keys_restrict_who_opens_sessions_and_reload_on_sighup() {
 #[test]
 fn pending_limit_answers_503_and_frees_up() {
     let relay = Relay::start(&["--max-pending", "3"]);
-    let idle: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(relay.addr).unwrap()).collect();
+    let idle: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(relay.addr).unwrap())
+        .collect();
     let end = Instant::now() + Duration::from_secs(10);
     while relay.log().matches("connection from").count() < 3 {
         assert!(Instant::now() < end, "relay did not accept 3 connections");

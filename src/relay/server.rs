@@ -118,6 +118,8 @@ struct Conn {
     state: State,
     readable: bool,
     writable: bool,
+    /// The last readiness event said the peer has sent FIN.
+    peer_fin: bool,
     last_rx: Instant,
     keepalive_sent: bool,
     /// The deadline of this connection's one live timer entry.
@@ -166,6 +168,10 @@ pub struct Server {
     shutting_down: Option<Instant>,
     /// Connections whose removal is deferred to the end of the event batch.
     dead: Vec<usize>,
+    /// Connections to pump once the current event is handled: their
+    /// buffer was drained by someone else (e.g. their peer left), and with
+    /// edge-triggered readiness no new event would wake them.
+    wake: Vec<(usize, u32)>,
 }
 
 type Step = io::Result<()>;
@@ -215,6 +221,7 @@ impl Server {
             origin_keys,
             shutting_down: None,
             dead: Vec::new(),
+            wake: Vec::new(),
         })
     }
 
@@ -270,6 +277,9 @@ impl Server {
                     }
                     if event.is_readable() || event.is_read_closed() || event.is_error() {
                         self.conns[t.key].readable = true;
+                    }
+                    if event.is_read_closed() || event.is_error() {
+                        self.conns[t.key].peer_fin = true;
                     }
                     if event.is_writable() || event.is_write_closed() || event.is_error() {
                         self.conns[t.key].writable = true;
@@ -368,6 +378,7 @@ impl Server {
                 state: State::Pending { req: Vec::new() },
                 readable: false,
                 writable: false,
+                peer_fin: false,
                 last_rx: self.now,
                 keepalive_sent: false,
                 next_check: deadline,
@@ -769,24 +780,38 @@ impl Server {
         if inb.filled == buf.data.len() {
             return Ok(false);
         }
-        match sys::read_some(&mut conn.sock, &mut buf.data[inb.filled..]) {
-            Ok((n, eof)) => {
-                inb.filled += n;
-                if n > 0 {
+        loop {
+            let room = buf.data.len() - inb.filled;
+            match conn.sock.read(&mut buf.data[inb.filled..]) {
+                Ok(0) => {
+                    conn.ending = Some(Ending::Vanished("closed the connection".into()));
+                    return Ok(true);
+                }
+                Ok(n) => {
+                    inb.filled += n;
                     conn.last_rx = self.now;
                     conn.keepalive_sent = false;
+                    // A short read drained the socket (epoll(7)): skip the
+                    // read that would only say EAGAIN; the next arrival
+                    // raises a new edge. Unless the peer's FIN is already
+                    // in: no edge will follow it, so read on to EOF.
+                    if n < room && !conn.peer_fin {
+                        conn.readable = false;
+                    }
+                    if n < room && conn.peer_fin {
+                        continue;
+                    }
+                    return Ok(true);
                 }
-                if eof {
-                    conn.ending = Some(Ending::Vanished("closed the connection".into()));
-                } else if inb.filled < buf.data.len() {
-                    // Stopped short of a full buffer: the socket is drained.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     conn.readable = false;
+                    return Ok(false);
                 }
-                Ok(n > 0 || eof)
-            }
-            Err(e) => {
-                conn.ending = Some(Ending::Vanished(format!("read error: {e}")));
-                Ok(true)
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    conn.ending = Some(Ending::Vanished(format!("read error: {e}")));
+                    return Ok(true);
+                }
             }
         }
     }
@@ -937,6 +962,10 @@ impl Server {
             if conn.ctrl_pos < conn.ctrl.len() && (conn.ctrl_pos > 0 || !conn.fwd_mid_frame) {
                 match conn.sock.write(&conn.ctrl[conn.ctrl_pos..]) {
                     Ok(n) => {
+                        if n < conn.ctrl.len() - conn.ctrl_pos {
+                            // A short write filled the socket (epoll(7)).
+                            conn.writable = false;
+                        }
                         conn.ctrl_pos += n;
                         progress |= n > 0;
                         if conn.ctrl_pos == conn.ctrl.len() {
@@ -975,8 +1004,14 @@ impl Server {
                 let start = seg.start as usize + if i == 0 { inb.seg_off } else { 0 };
                 slices[i] = IoSlice::new(&buf.data[start..seg.end as usize]);
             }
+            let wanted: usize = slices[..count].iter().map(|s| s.len()).sum();
             match b.sock.write_vectored(&slices[..count]) {
                 Ok(mut n) => {
+                    if n < wanted {
+                        // A short write filled the socket (epoll(7)): the
+                        // next write would only say EAGAIN.
+                        b.writable = false;
+                    }
                     progress |= n > 0;
                     let mut done = 0;
                     for seg in buf.segs.iter() {
@@ -1130,12 +1165,14 @@ impl Server {
         let seq = session.change_seq;
         let origin = session.origin;
         if let Some(inb) = self.conns[origin].inb.as_mut() {
-            // Frames the origin had queued for the departed dest.
+            // Frames the origin had queued for the departed dest. The origin
+            // may have stopped reading for them: wake it.
             if let Some(buf) = inb.buf.as_mut() {
                 buf.segs.clear();
                 inb.seg_off = 0;
             }
         }
+        self.wake.push((origin, self.conns[origin].gen));
         self.conns[d].state = State::Closing { fin_sent: false };
         if self.conns[origin].fwd_mid_frame {
             // The dest vanished inside a frame toward the origin: that frame
@@ -1309,8 +1346,17 @@ impl Server {
         }
     }
 
-    /// Deregister and free connections dropped during the last event.
+    /// Deregister and free connections dropped during the last event, and
+    /// pump the ones that were woken.
     fn reap(&mut self) {
+        while let Some((x, gen)) = self.wake.pop() {
+            let live = self.conns.get(x).is_some_and(|c| c.gen == gen);
+            if live && matches!(self.conns[x].state, State::Open { .. }) {
+                if let Err(e) = self.pump(x) {
+                    self.drop_conn(x, &format!("i/o error: {e}"));
+                }
+            }
+        }
         while let Some(x) = self.dead.pop() {
             if let Some(mut conn) = self.conns.try_remove(x) {
                 let _ = self.poll.registry().deregister(&mut conn.sock);
