@@ -192,6 +192,10 @@ pub struct Engine {
     /// the pong that acknowledges its `peer-joined` (the relay forwards
     /// nothing of ours before that pong).
     refusal: Option<Vec<u8>>,
+    /// Origin: the current dest was refused (`--allow-dest`); its messages
+    /// are expected and dropped. Otherwise a message with no pairing means
+    /// the relay is out of step with us (see `on_message`).
+    dest_refused: bool,
 }
 
 /// Run origin or dest until a signal (Ok) or a fatal error.
@@ -265,6 +269,7 @@ impl Engine {
                 .map_or(PING_INTERVAL, Duration::from_millis),
             channels_accepted: 0,
             refusal: None,
+            dest_refused: false,
         })
     }
 
@@ -605,13 +610,16 @@ impl Engine {
                         log::warn!("refusing this dest: {why}");
                         self.end_epoch("dest refused");
                         self.refusal = Some([REFUSED_PREFIX, why.as_bytes()].concat());
+                        self.dest_refused = true;
                         return;
                     }
                 }
+                self.dest_refused = false;
                 self.start_epoch();
             }
             "peer-left" => {
                 log::info!("dest left ({args})");
+                self.dest_refused = false;
                 self.end_epoch("dest left");
             }
             other => log::debug!("ignoring relay control message {other:?}"),
@@ -693,7 +701,18 @@ impl Engine {
             }
         }
         let Some(epoch) = &mut self.epoch else {
-            log::debug!("dropping {} bytes that arrived with no peer", msg.len());
+            if self.dest_refused {
+                log::debug!("dropping {} bytes from the refused dest", msg.len());
+                return;
+            }
+            // The relay forwards nothing from a peer before it has told us
+            // of the pairing (and nothing after `peer-left`), so this means
+            // the relay and we disagree about the pairing (e.g. a forged
+            // control ping). Waiting would hang the session; start over.
+            self.abort_link(
+                CLOSE_E2E,
+                "a message arrived while no peer is paired (relay out of step); re-pairing".into(),
+            );
             return;
         };
         let plain: &[u8] = match &mut epoch.e2e {
@@ -719,15 +738,11 @@ impl Engine {
                             self.on_mux_ready();
                         }
                     }
-                    Err(e) => match self.opts.side {
-                        // The origin cannot tell the dest; it waits for a
-                        // fresh handshake (the dest times out and rejoins).
-                        Side::Origin => {
-                            log::warn!("{e}");
-                            self.start_epoch();
-                        }
-                        Side::Dest => self.abort_link(CLOSE_E2E, e),
-                    },
+                    // Either side: close, so that both pair again from a clean
+                    // state. (Waiting for a fresh handshake would hang when
+                    // the relay, not the dest, got out of step: the dest then
+                    // believes it is established and never sends one.)
+                    Err(e) => self.abort_link(CLOSE_E2E, e),
                 }
                 return;
             }
