@@ -594,17 +594,7 @@ impl Server {
         self.by_id.insert(id, s);
         self.metrics.sessions_created += 1;
         log::info!("session {id}: created by origin {}", self.conns[x].addr);
-        let key = request.ws_key.clone().unwrap_or_default();
-        let mut text = [0u8; 36];
-        let id_text = id.hyphenated().encode_lower(&mut text).to_string();
-        let mut out = handshake::response_101(&key, &[(api::SESSION_HEADER, &id_text)]);
-        frame::encode_frame(
-            &mut out,
-            true,
-            OpCode::Ping,
-            None,
-            format!("sockrelay session {id_text}").as_bytes(),
-        );
+        let mut out = upgrade_answer(request, &id, &format!("sockrelay session {id}"));
         if compat {
             frame::encode_frame(
                 &mut out,
@@ -663,16 +653,10 @@ impl Server {
         let dest_addr = self.conns[x].addr;
         let origin_addr = self.conns[origin].addr;
         log::info!("session {id}: dest {dest_addr} joined origin {origin_addr}");
-        let key = request.ws_key.clone().unwrap_or_default();
-        let mut text = [0u8; 36];
-        let id_text = id.hyphenated().encode_lower(&mut text).to_string();
-        let mut out = handshake::response_101(&key, &[(api::SESSION_HEADER, &id_text)]);
-        frame::encode_frame(
-            &mut out,
-            true,
-            OpCode::Ping,
-            None,
-            format!("sockrelay peer-joined {seq} {origin_addr}").as_bytes(),
+        let out = upgrade_answer(
+            request,
+            &id,
+            &format!("sockrelay peer-joined {seq} {origin_addr}"),
         );
         self.queue_ping(
             origin,
@@ -1517,6 +1501,16 @@ impl Server {
         }
         g
     }
+}
+
+/// The 101 (with the session id header) followed by the relay's first
+/// control ping.
+fn upgrade_answer(request: &handshake::Request, id: &Uuid, ping: &str) -> Vec<u8> {
+    let key = request.ws_key.as_deref().unwrap_or_default();
+    let id_text = id.hyphenated().to_string();
+    let mut out = handshake::response_101(key, &[(api::SESSION_HEADER, &id_text)]);
+    frame::encode_frame(&mut out, true, OpCode::Ping, None, ping.as_bytes());
+    out
 }
 
 /// Append a segment, merging it with the previous one when contiguous.
