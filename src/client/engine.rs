@@ -133,6 +133,10 @@ struct Epoch {
     e2e: Option<E2e>,
     /// Some once the end-to-end handshake is done (at once in plaintext).
     mux: Option<Mux>,
+    /// A transport message from the peer authenticated. For the origin this
+    /// is the proof that the dest is live: handshake message 1 alone could
+    /// be a relay's replay of an earlier dest's (docs/SECURITY.md).
+    confirmed: bool,
 }
 
 /// One unix connection carrying one channel. Readiness is remembered
@@ -636,6 +640,7 @@ impl Engine {
             gen,
             e2e: None,
             mux: None,
+            confirmed: false,
         };
         if self.opts.plaintext {
             epoch.mux = Some(Mux::new(self.side(), mux::Config::client()));
@@ -733,7 +738,12 @@ impl Engine {
                             }
                         }
                         if e2e.is_established() {
-                            log::info!("end-to-end encryption established");
+                            match self.opts.side {
+                                Side::Dest => log::info!("end-to-end encryption established"),
+                                Side::Origin => log::debug!(
+                                    "end-to-end handshake answered; waiting for the dest's first message"
+                                ),
+                            }
                             epoch.mux = Some(Mux::new(self.opts.side, mux::Config::client()));
                             self.on_mux_ready();
                         }
@@ -751,6 +761,12 @@ impl Engine {
                 if let Err(e) = e2e.open(msg, &mut self.plain) {
                     self.abort_link(CLOSE_E2E, e);
                     return;
+                }
+                if !epoch.confirmed {
+                    epoch.confirmed = true;
+                    if self.opts.side == Side::Origin {
+                        log::info!("end-to-end encryption established");
+                    }
                 }
                 &self.plain
             }
