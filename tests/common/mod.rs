@@ -2,6 +2,8 @@
 //! talk to them over loopback. Everything has a timeout so no test hangs.
 #![allow(dead_code)]
 
+pub mod ws;
+
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
