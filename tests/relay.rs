@@ -856,11 +856,12 @@ impl Rng {
 }
 
 #[test]
-fn random_frames_in_random_chunks_arrive_intact_through_a_tiny_buffer() {
+fn random_frames_in_random_chunks_arrive_intact_through_a_small_buffer() {
     use sockrelay::ws::frame::{encode_frame, OpCode as Op};
-    // A 1 KiB forwarding buffer forces headers and control frames to
-    // straddle buffer ends, exercising compaction on every path.
-    let relay = Relay::start(&["--buffer", "1K"]);
+    // The smallest forwarding buffer (16 KiB) against frames up to 100 KB
+    // in chunks up to 5000 bytes: headers and control frames straddle
+    // buffer ends, exercising compaction on every path.
+    let relay = Relay::start(&["--buffer", "16K"]);
     for seed in 1..=3u64 {
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ seed);
         let (mut origin, head) = raw_upgrade_head(&relay, "/origin");
@@ -973,4 +974,109 @@ fn raw_read_frame(s: &mut TcpStream) -> (u8, Vec<u8>) {
     let mut p = vec![0u8; len];
     s.read_exact(&mut p).unwrap();
     (h[0] & 0x0f, p)
+}
+
+#[test]
+fn many_small_frames_then_eof_all_arrive() {
+    use sockrelay::ws::frame::{encode_frame, OpCode as Op};
+    let relay = Relay::start(&[]);
+    let (mut origin, id) = connect(relay.addr, "/origin", Some("raw")).unwrap();
+    let id = id.unwrap();
+    wait_ping(&mut origin, "sockrelay session ");
+    let mut dest = raw_upgrade(&relay, &format!("/dest?id={id}"));
+    wait_ping(&mut origin, "sockrelay peer-joined ");
+    // 200 one-byte frames and a FIN, in one write: more frames than one
+    // round of output segments holds, all read before the EOF is seen.
+    let mut burst = Vec::new();
+    for i in 0..200u32 {
+        encode_frame(
+            &mut burst,
+            true,
+            Op::Binary,
+            Some(i.to_be_bytes()),
+            &[i as u8],
+        );
+    }
+    dest.write_all(&burst).unwrap();
+    dest.shutdown(std::net::Shutdown::Write).unwrap();
+    for i in 0..200u32 {
+        assert_eq!(
+            next_msg(&mut origin).into_data().as_ref(),
+            &[i as u8],
+            "frame {i}"
+        );
+    }
+    // Then the origin hears that the dest left, and its session lives on.
+    let left = wait_ping(&mut origin, "sockrelay peer-left ");
+    assert!(left.contains(" 1006 "), "{left}");
+    let (mut dest2, _) = connect(relay.addr, &format!("/dest?id={id}"), Some("raw")).unwrap();
+    wait_ping(&mut dest2, "sockrelay peer-joined ");
+    dest2.send(Message::binary(b"next".to_vec())).unwrap();
+    assert_eq!(next_msg(&mut origin).into_data().as_ref(), b"next");
+}
+
+#[test]
+fn dest_leaving_inside_a_fragmented_message_ends_the_session_cleanly() {
+    let relay = Relay::start(&[]);
+    let (mut origin, mut dest, id) = pair(&relay);
+    dest.send(Message::Frame(Frame::message(
+        b"first half".to_vec(),
+        OpCode::Data(Data::Binary),
+        false,
+    )))
+    .unwrap();
+    dest.close(None).unwrap();
+    let _ = dest.flush();
+    // The origin's stream is inside a message that can never end: the
+    // relay drops the origin rather than let the next dest's first frame
+    // break RFC 6455 there. It never sees a malformed message.
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        match origin.read() {
+            Ok(Message::Ping(_)) | Ok(Message::Pong(_)) => {}
+            Ok(Message::Close(_)) => break,
+            Ok(other) => panic!("origin got {other:?}"),
+            Err(WsError::Protocol(p)) => {
+                let text = format!("{p:?}");
+                assert!(text.contains("ResetWithoutClosingHandshake"), "{text}");
+                break;
+            }
+            Err(WsError::ConnectionClosed) | Err(WsError::AlreadyClosed) | Err(WsError::Io(_)) => {
+                break
+            }
+            Err(e) => panic!("origin: {e:?}"),
+        }
+        assert!(Instant::now() < end, "origin was not closed");
+    }
+    assert_eq!(
+        status_of(connect(relay.addr, &format!("/dest?id={id}"), Some("secret-a")).unwrap_err()),
+        404
+    );
+}
+
+#[test]
+fn a_partial_frame_header_does_not_pin_a_buffer() {
+    let relay = Relay::start(&[]);
+    // 20 origins each send one byte of a frame header and go quiet.
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        let mut s = raw_upgrade(&relay, "/origin");
+        s.write_all(&[0x82]).unwrap();
+        held.push(s);
+    }
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = relay.get("/metrics");
+        if body.contains("sockrelay_sessions 20\n") {
+            assert!(body.contains("sockrelay_buffers_in_use 0\n"), "{body}");
+            break;
+        }
+        assert!(Instant::now() < end, "{body}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The stashed byte still counts: completing the frame works.
+    let s = &mut held[0];
+    s.write_all(&[0x80, 1, 2, 3, 4]).unwrap(); // empty masked binary frame
+    s.write_all(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe8]).unwrap(); // close 1000
+    assert_eq!(raw_read_close(s), 1000);
 }

@@ -1,7 +1,7 @@
 //! sockrelay-relay: the session broker. See `--help` and the README.
 
 use sockrelay::cli;
-use sockrelay::relay::{Config, ListenRole, Server, DEFAULT_PORT};
+use sockrelay::relay::{Config, ListenRole, Server, DEFAULT_PORT, MIN_BUFFER_BYTES};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::process::exit;
 
@@ -78,7 +78,7 @@ fn main() {
         "",
         "buffer",
         &format!(
-            "forwarding buffer per direction in flight (default {}K)",
+            "forwarding buffer per direction in flight, 16K to 64M (default {}K)",
             d.buffer_bytes >> 10
         ),
         "SIZE",
@@ -216,8 +216,8 @@ fn main() {
     }
     if let Some(s) = m.opt_str("buffer") {
         let b = cli::parse_size(&s).unwrap_or_else(|e| fail(format!("--buffer: {e}")));
-        if !(1024..=(64 << 20)).contains(&b) {
-            fail("--buffer must be between 1K and 64M".into());
+        if !((MIN_BUFFER_BYTES as u64)..=(64 << 20)).contains(&b) {
+            fail("--buffer must be between 16K and 64M".into());
         }
         cfg.buffer_bytes = b as usize;
     }

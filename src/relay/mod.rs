@@ -41,6 +41,9 @@ pub struct Config {
 }
 
 pub const DEFAULT_PORT: u16 = 8080;
+/// Smallest forwarding buffer: it must hold the largest request head
+/// (`MAX_HEADER_BYTES`) plus whatever frames a client sent behind it.
+pub const MIN_BUFFER_BYTES: usize = 16 << 10;
 
 impl Default for Config {
     fn default() -> Self {

@@ -108,6 +108,9 @@ struct Inbound {
     fwd_message: bool,
     fwd_frame: bool,
     fwd_epoch: u32,
+    /// An incomplete header or control frame kept while the buffer is
+    /// back in the pool (at most `MAX_CONTROL_FRAME_LEN` bytes).
+    stash: Option<Box<[u8]>>,
 }
 
 struct Conn {
@@ -201,6 +204,10 @@ impl Server {
             Some(path) => Some(load_origin_keys(path)?),
             None => None,
         };
+        // Whatever a client sends right behind its request (up to the
+        // header cap) must fit a buffer at the upgrade.
+        let mut cfg = cfg;
+        cfg.buffer_bytes = cfg.buffer_bytes.max(super::MIN_BUFFER_BYTES);
         let pool = Pool::new(cfg.buffer_bytes, cfg.pool_keep);
         Ok(Server {
             cfg,
@@ -685,6 +692,7 @@ impl Server {
             fwd_message: false,
             fwd_frame: false,
             fwd_epoch: 0,
+            stash: None,
         };
         if !rest.is_empty() {
             // Frames the client sent right behind its request (at most
@@ -739,10 +747,14 @@ impl Server {
             self.write_to(x)?;
             // Space freed by the peer's progress lets us read again.
             progress |= self.compact(x) && self.conns[x].readable;
-            if self.try_finish_ending(x) {
-                return Ok(());
-            }
             if !progress {
+                // Only once nothing more can be decoded or written does an
+                // ending connection leave: bytes it sent before its close
+                // or EOF (beyond what one round of segments holds) still
+                // reach the peer.
+                if self.try_finish_ending(x) {
+                    return Ok(());
+                }
                 break;
             }
         }
@@ -761,6 +773,10 @@ impl Server {
             .as_mut()
             .expect("open connection has inbound state");
         let buf = inb.buf.get_or_insert_with(|| self.pool.get());
+        if let Some(stash) = inb.stash.take() {
+            buf.data[..stash.len()].copy_from_slice(&stash);
+            inb.filled = stash.len();
+        }
         if inb.filled == buf.data.len() {
             return Ok(false);
         }
@@ -963,7 +979,15 @@ impl Server {
                         return Ok(progress);
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(e),
+                    Err(e) => {
+                        // `y` failed, not whoever is writing to it: let `y`'s
+                        // own pump end it.
+                        conn.writable = false;
+                        conn.ending
+                            .get_or_insert(Ending::Vanished(format!("write error: {e}")));
+                        self.wake.push((y, conn.gen));
+                        return Ok(progress);
+                    }
                 }
             }
             let Some(x) = self.peer(y) else {
@@ -1008,7 +1032,7 @@ impl Server {
                             b.fwd_mid_frame = !seg.ends_frame;
                         } else {
                             inb.seg_off += n;
-                            if n > 0 || done > 0 {
+                            if n > 0 {
                                 b.fwd_mid_frame = true;
                             }
                             break;
@@ -1026,11 +1050,11 @@ impl Server {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    // The receiver failed; its own readiness will report it.
-                    let _ = e;
+                    // The receiver failed: let its own pump end it.
                     b.writable = false;
                     b.ending
-                        .get_or_insert(Ending::Vanished("write error".into()));
+                        .get_or_insert(Ending::Vanished(format!("write error: {e}")));
+                    self.wake.push((y, b.gen));
                     return Ok(progress);
                 }
             }
@@ -1067,10 +1091,23 @@ impl Server {
         let Some(inb) = self.conns[x].inb.as_mut() else {
             return;
         };
-        if inb.filled == 0 && inb.buf.as_ref().is_some_and(|b| b.segs.is_empty()) {
-            if let Some(buf) = inb.buf.take() {
-                self.pool.put(buf);
-            }
+        let Some(buf) = inb.buf.as_ref() else {
+            return;
+        };
+        let unparsed = inb.filled - inb.parsed;
+        if !buf.segs.is_empty() || unparsed > frame::MAX_CONTROL_FRAME_LEN {
+            return;
+        }
+        // An idle connection keeps at most an incomplete header or control
+        // frame, in a small allocation of its own, not a pooled buffer: a
+        // client trickling one byte must not pin a whole buffer.
+        if unparsed > 0 {
+            inb.stash = Some(buf.data[inb.parsed..inb.filled].into());
+        }
+        inb.filled = 0;
+        inb.parsed = 0;
+        if let Some(buf) = inb.buf.take() {
+            self.pool.put(buf);
         }
     }
 
@@ -1158,8 +1195,15 @@ impl Server {
         }
         self.wake.push((origin, self.conns[origin].gen));
         self.conns[d].state = State::Closing { fin_sent: false };
-        if self.conns[origin].fwd_mid_frame {
-            // The dest vanished inside a frame toward the origin: that frame
+        // A message the dest had begun forwarding (fragments sent, final
+        // one never) leaves the origin inside a message: the next dest's
+        // first frame would break RFC 6455 §5.4 there.
+        let dest_mid_message = self.conns[d]
+            .inb
+            .as_ref()
+            .is_some_and(|i| i.fwd_message && i.decoder.in_message());
+        if self.conns[origin].fwd_mid_frame || dest_mid_message {
+            // The dest left inside a frame or message toward the origin: it
             // can never be completed, so the origin's stream is unusable.
             self.end_session(s, 1011, "peer vanished inside a frame", 4001, "origin gone");
             return;
@@ -1372,7 +1416,7 @@ impl Server {
                 }
                 State::Closing { .. } => self.drop_conn(x, "close timed out"),
                 State::Open { .. } => {
-                    if conn.readable {
+                    if conn.readable && conn.ending.is_none() {
                         // Bytes are waiting that we chose not to read yet
                         // (backpressure from its peer): it is alive.
                         conn.last_rx = self.now;
