@@ -65,14 +65,14 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::Shutdown;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mitm::{Attack, Dir, Frame, Mitm, Role, Target};
 use sockrelay::ws::frame::OpCode;
-use support::{wait_for, Proc, TempDir};
+use support::{wait_for, with_agent, Proc, TempDir};
 use uuid::Uuid;
 
 /// The shared secret of every test here (long enough not to be warned
@@ -627,33 +627,9 @@ fn record_only_traffic_works_and_the_recording_holds_no_secret_or_payload() {
     );
 }
 
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-fn with_agent(sock: &Path, cmd: &[&str]) -> Output {
-    Command::new("timeout")
-        .arg("20")
-        .args(cmd)
-        .env("SSH_AUTH_SOCK", sock)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
 #[test]
 fn record_only_real_ssh_agent_the_recording_holds_no_key_material() {
-    if !["ssh-agent", "ssh-add", "ssh-keygen", "timeout"]
-        .iter()
-        .all(|t| have(t))
-    {
-        eprintln!("SKIPPED: OpenSSH client tools not installed");
-        return;
-    }
+    support::require_ssh_tools();
     const COMMENT: &str = "evil-test-comment-XYZ";
     let dir = TempDir::new("evilagent");
     let agent_sock = dir.path("agent.sock");

@@ -5,40 +5,14 @@
 #[path = "common/clients.rs"]
 mod support;
 
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use support::*;
 
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// Run with SSH_AUTH_SOCK set, bounded by `timeout(1)`.
-fn with_agent(sock: &Path, cmd: &[&str]) -> Output {
-    Command::new("timeout")
-        .arg("20")
-        .args(cmd)
-        .env("SSH_AUTH_SOCK", sock)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
 #[test]
 fn ssh_agent_through_the_relay() {
-    if !["ssh-agent", "ssh-add", "ssh-keygen", "timeout"]
-        .iter()
-        .all(|t| have(t))
-    {
-        eprintln!("SKIPPED: OpenSSH client tools not installed");
-        return;
-    }
+    support::require_ssh_tools();
     let dir = TempDir::new("agent");
     let agent_sock = dir.path("agent.sock");
     // ssh-agent -D: foreground, so it is our child and dies with the test.

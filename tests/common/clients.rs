@@ -458,3 +458,30 @@ impl Chain {
         }
     }
 }
+
+/// The OpenSSH tools the agent tests drive. `.ci/setup` installs them, so
+/// a missing one fails the test instead of skipping it.
+pub fn require_ssh_tools() {
+    for tool in ["ssh-agent", "ssh-add", "ssh-keygen", "timeout"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            found,
+            "{tool} is missing: run `bash .ci/setup` (it installs openssh-client)"
+        );
+    }
+}
+
+/// Run `cmd` with SSH_AUTH_SOCK set, bounded by `timeout(1)`.
+pub fn with_agent(sock: &Path, cmd: &[&str]) -> std::process::Output {
+    Command::new("timeout")
+        .arg("20")
+        .args(cmd)
+        .env("SSH_AUTH_SOCK", sock)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
