@@ -65,14 +65,13 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::Shutdown;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mitm::{Attack, Dir, Frame, Mitm, Role, Target};
 use sockrelay::ws::frame::OpCode;
-use support::{wait_for, with_agent, Proc, TempDir};
+use support::{wait_for, with_agent, TempDir};
 use uuid::Uuid;
 
 /// The shared secret of every test here (long enough not to be warned
@@ -629,30 +628,9 @@ fn record_only_traffic_works_and_the_recording_holds_no_secret_or_payload() {
 
 #[test]
 fn record_only_real_ssh_agent_the_recording_holds_no_key_material() {
-    support::require_ssh_tools();
     const COMMENT: &str = "evil-test-comment-XYZ";
     let dir = TempDir::new("evilagent");
-    let agent_sock = dir.path("agent.sock");
-    let _agent = Proc {
-        child: Command::new("ssh-agent")
-            .args(["-D", "-a"])
-            .arg(&agent_sock)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-        log: dir.path("agent.log"),
-    };
-    assert!(wait_for(Duration::from_secs(5), || agent_sock.exists()));
-    let key = dir.path("id_ed25519");
-    let out = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", COMMENT, "-f"])
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let out = with_agent(&agent_sock, &["ssh-add", key.to_str().unwrap()]);
-    assert!(out.status.success(), "{out:?}");
+    let (_agent, agent_sock, _key) = support::agent_with_key(&dir, COMMENT);
     let pubkey = std::fs::read_to_string(dir.path("id_ed25519.pub")).unwrap();
     use base64::Engine as _;
     let blob = base64::engine::general_purpose::STANDARD

@@ -6,45 +6,13 @@
 mod support;
 
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use support::*;
 
 #[test]
 fn ssh_agent_through_the_relay() {
-    support::require_ssh_tools();
     let dir = TempDir::new("agent");
-    let agent_sock = dir.path("agent.sock");
-    // ssh-agent -D: foreground, so it is our child and dies with the test.
-    let agent = Proc {
-        child: Command::new("ssh-agent")
-            .args(["-D", "-a"])
-            .arg(&agent_sock)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-        log: dir.path("agent.log"),
-    };
-    assert!(wait_for(Duration::from_secs(5), || agent_sock.exists()));
-    let key = dir.path("id_ed25519");
-    let out = Command::new("ssh-keygen")
-        .args([
-            "-q",
-            "-t",
-            "ed25519",
-            "-N",
-            "",
-            "-C",
-            "sockrelay-test",
-            "-f",
-        ])
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let out = with_agent(&agent_sock, &["ssh-add", key.to_str().unwrap()]);
-    assert!(out.status.success(), "{out:?}");
+    let (agent, agent_sock, key) = support::agent_with_key(&dir, "sockrelay-test");
     let fingerprint = String::from_utf8(
         Command::new("ssh-keygen")
             .arg("-lf")

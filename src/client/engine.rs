@@ -151,6 +151,20 @@ struct Conn {
     hup: bool,
 }
 
+impl Conn {
+    /// A freshly connected or accepted unix socket: assume it is ready both
+    /// ways until a read or write says otherwise (edge-triggered).
+    fn new(sock: UnixStream) -> Conn {
+        Conn {
+            sock,
+            readable: true,
+            writable: true,
+            read_eof: false,
+            hup: false,
+        }
+    }
+}
+
 struct Link {
     ws: WsConn,
     gen: u64,
@@ -831,16 +845,7 @@ impl Engine {
                 log::debug!("channel {ch}: connected to {}", path.display());
                 self.channels_accepted += 1;
                 m.accept_open(ch);
-                self.conns.insert(
-                    ch,
-                    Conn {
-                        sock,
-                        readable: true,
-                        writable: true,
-                        read_eof: false,
-                        hup: false,
-                    },
-                );
+                self.conns.insert(ch, Conn::new(sock));
                 self.dirty.push(ch);
             }
             Err(e) => {
@@ -901,16 +906,7 @@ impl Engine {
             return;
         }
         log::debug!("channel {ch}: opened");
-        self.conns.insert(
-            ch,
-            Conn {
-                sock,
-                readable: true,
-                writable: true,
-                read_eof: false,
-                hup: false,
-            },
-        );
+        self.conns.insert(ch, Conn::new(sock));
         self.dirty.push(ch);
     }
 

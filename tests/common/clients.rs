@@ -485,3 +485,32 @@ pub fn with_agent(sock: &Path, cmd: &[&str]) -> std::process::Output {
         .output()
         .unwrap()
 }
+
+/// A real `ssh-agent -D` (our child: it dies with the test) holding a fresh
+/// ed25519 key with `comment`. Returns the agent, its socket and the key
+/// path (the public key is beside it, `.pub`).
+pub fn agent_with_key(dir: &TempDir, comment: &str) -> (Proc, PathBuf, PathBuf) {
+    require_ssh_tools();
+    let agent_sock = dir.path("agent.sock");
+    let agent = Proc {
+        child: Command::new("ssh-agent")
+            .args(["-D", "-a"])
+            .arg(&agent_sock)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+        log: dir.path("agent.log"),
+    };
+    assert!(wait_for(Duration::from_secs(5), || agent_sock.exists()));
+    let key = dir.path("id_ed25519");
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let out = with_agent(&agent_sock, &["ssh-add", key.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    (agent, agent_sock, key)
+}
