@@ -318,21 +318,9 @@ fn raw_upgrade_head(relay: &Relay, path: &str) -> (TcpStream, String) {
 /// Read frames (unmasked, from the relay) until a close; return its code.
 fn raw_read_close(s: &mut TcpStream) -> u16 {
     loop {
-        let mut h = [0u8; 2];
-        s.read_exact(&mut h).unwrap();
-        let len = match h[1] & 0x7f {
-            126 => {
-                let mut l = [0u8; 2];
-                s.read_exact(&mut l).unwrap();
-                u16::from_be_bytes(l) as usize
-            }
-            127 => panic!("unexpected long frame"),
-            n => n as usize,
-        };
-        let mut p = vec![0u8; len];
-        s.read_exact(&mut p).unwrap();
-        if h[0] & 0x0f == 0x8 {
-            return u16::from_be_bytes([p[0], p[1]]);
+        let (op, payload) = raw_read_frame(s);
+        if op == 0x8 {
+            return u16::from_be_bytes([payload[0], payload[1]]);
         }
     }
 }
