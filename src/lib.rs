@@ -2,12 +2,13 @@
 //! through a WebSocket relay that both hosts can reach.
 //!
 //! Layers (see README "Architecture"):
-//! - sans-IO protocol cores: [`ws::handshake`], [`ws::frame`], [`mux`], [`secure`]
+//! - sans-IO protocol cores: [`ws::handshake`], [`ws::frame`], [`mux`], [`secure`], [`control`]
 //! - event loops that own the sockets: [`relay`], [`client`]
 //! - support: [`sys`], [`timer`], [`cli`]
 
 pub mod cli;
 pub mod client;
+pub mod control;
 pub mod mux;
 pub mod relay;
 #[cfg(feature = "e2e")]
