@@ -2,6 +2,7 @@
 //! and, once a session is paired, forwards WebSocket frames between them
 //! without copying payloads. See `LIFECYCLE.md` beside this file.
 
+pub mod activation;
 pub mod api;
 pub mod metrics;
 pub mod pool;
