@@ -34,7 +34,8 @@ pub fn init_logging(level: LevelFilter) {
         .set_target_level(LevelFilter::Off)
         .set_thread_level(LevelFilter::Off)
         .build();
-    let _ = simplelog::WriteLogger::init(level, config, std::io::LineWriter::new(std::io::stderr()));
+    let _ =
+        simplelog::WriteLogger::init(level, config, std::io::LineWriter::new(std::io::stderr()));
 }
 
 /// Parse a byte count with an optional K/M/G suffix (powers of 1024).
