@@ -146,7 +146,7 @@ impl SyscallCounter {
         Some(SyscallCounter(child))
     }
 
-    fn finish(mut self) -> Option<u64> {
+    fn finish(self) -> Option<u64> {
         // SAFETY: kill(2) on our own child's pid; no memory involved.
         unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
         let out = self.0.wait_with_output().ok()?;
