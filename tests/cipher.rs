@@ -6,7 +6,6 @@
 #![cfg(feature = "e2e")]
 
 #[path = "evil/mitm.rs"]
-#[allow(dead_code)]
 mod mitm;
 #[path = "common/clients.rs"]
 mod support;
