@@ -643,3 +643,137 @@ fn socket_mode_and_group() {
         text(&outside)
     );
 }
+
+// ---- a real sshd -------------------------------------------------------
+
+/// A free loopback TCP port (closed again; sshd binds it next).
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+#[test]
+fn ssh_logs_in_to_a_real_sshd_through_the_guard() {
+    let sshd = Path::new("/usr/sbin/sshd");
+    assert!(
+        sshd.exists(),
+        "/usr/sbin/sshd is missing: run `bash .ci/setup` (it installs openssh-server)"
+    );
+    let audit_dir = TempDir::new("sshd-audit");
+    let audit = audit_dir.path("audit.jsonl");
+    let g = guarded("guard-sshd", &["--audit-log", audit.to_str().unwrap()], &[]);
+    let dir = &g.dir;
+    // The server's own host key and config.
+    let host_key = dir.path("host_ed25519");
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&host_key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let host_fp = fingerprint(&pubkey(&host_key));
+    let authorized = dir.path("authorized_keys");
+    std::fs::copy(pubkey(&g.keys.keys[0]), &authorized).unwrap();
+    // SAFETY: geteuid(2) has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if root {
+        // sshd's privilege separation directory (Debian creates it at boot).
+        let _ = std::fs::create_dir_all("/run/sshd");
+    }
+    let user = String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        .to_string();
+    let mut sshd_proc = None;
+    let mut port = 0;
+    for _ in 0..5 {
+        port = free_port();
+        let config = dir.path("sshd_config");
+        std::fs::write(
+            &config,
+            format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\n\
+                 PidFile none\nUsePAM no\nStrictModes no\nPasswordAuthentication no\n\
+                 KbdInteractiveAuthentication no\nPubkeyAuthentication yes\n\
+                 PermitRootLogin prohibit-password\nLogLevel VERBOSE\n",
+                host_key.display(),
+                authorized.display()
+            ),
+        )
+        .unwrap();
+        let log = dir.path(&format!("sshd-{port}.log"));
+        let child = Command::new(sshd)
+            .args(["-D", "-e", "-f"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut p = Proc { child, log };
+        let up = wait_for(Duration::from_secs(10), || {
+            p.log_text().contains("Server listening on 127.0.0.1") || !p.is_running()
+        });
+        if up && p.is_running() {
+            sshd_proc = Some(p);
+            break;
+        }
+        eprintln!("sshd did not start on {port}: {}", p.log_text());
+    }
+    let sshd_proc = sshd_proc.expect("sshd started");
+    let known = dir.path("known_hosts");
+    let host_pub = std::fs::read_to_string(pubkey(&host_key)).unwrap();
+    std::fs::write(&known, format!("[127.0.0.1]:{port} {host_pub}")).unwrap();
+    let ssh = |extra: &[&str]| {
+        Command::new("timeout")
+            .arg("30")
+            .arg("ssh")
+            .args(["-F", "/dev/null", "-o", "BatchMode=yes"])
+            .arg("-o")
+            .arg(format!("IdentityAgent={}", g.dest.socket.display()))
+            .args(["-o", "StrictHostKeyChecking=yes"])
+            .arg("-o")
+            .arg(format!("UserKnownHostsFile={}", known.display()))
+            .args(["-o", "PasswordAuthentication=no"])
+            .args(extra)
+            .args(["-p", &port.to_string()])
+            .arg(format!("{user}@127.0.0.1"))
+            .arg("true")
+            .env_remove("SSH_AUTH_SOCK")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = ssh(&[]);
+    assert!(
+        out.status.success(),
+        "ssh: {}\nsshd: {}\norigin: {}",
+        text(&out),
+        sshd_proc.log_text(),
+        g.origin.proc.log_text()
+    );
+    let log = g.origin.proc.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("agent audit:") && l.contains(" sign "))
+        .unwrap_or_else(|| panic!("no sign audit line: {log}"));
+    assert!(line.contains("for=ssh-userauth"), "{line}");
+    assert!(line.contains(&format!("user={user}")), "{line}");
+    assert!(line.contains(&format!("host={host_fp}")), "{line}");
+    assert!(
+        line.contains(&g.keys.fps[0]) && line.contains("allowed"),
+        "{line}"
+    );
+    assert!(log.contains("extension session-bind@openssh.com"), "{log}");
+    let json = std::fs::read_to_string(&audit).unwrap();
+    assert!(
+        json.contains(&format!(
+            "\"signed\":{{\"kind\":\"ssh-userauth\",\"user\":\"{user}\",\"host_key\":\"{host_fp}\"}}"
+        )),
+        "{json}"
+    );
+    // The sshd saw the exposed key, and only it.
+    let slog = sshd_proc.log_text();
+    assert!(slog.contains(&g.keys.fps[0]), "{slog}");
+    assert!(!slog.contains(&g.keys.fps[1]), "{slog}");
+}
