@@ -254,6 +254,18 @@ pub fn encode_identities(keys: &[(&[u8], &[u8])], out: &mut Vec<u8>) {
     put_message(out, SSH_AGENT_IDENTITIES_ANSWER, &body);
 }
 
+/// A whole sign request (length field included), flags 0: for benches
+/// and tests.
+pub fn build_sign_request(key: &[u8], data: &[u8]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(12 + key.len() + data.len());
+    put_string(&mut body, key);
+    put_string(&mut body, data);
+    body.extend_from_slice(&0u32.to_be_bytes());
+    let mut out = Vec::with_capacity(5 + body.len());
+    put_message(&mut out, SSH_AGENTC_SIGN_REQUEST, &body);
+    out
+}
+
 /// What the data of a signature request is, as far as it can be told.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Signed<'a> {
