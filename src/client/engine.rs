@@ -16,7 +16,8 @@ use mio::net::{UnixListener, UnixStream};
 use mio::{Events, Interest, Poll, Token};
 use uuid::Uuid;
 
-use super::listen::{listen_private, PrivateSocket};
+use super::agent_glue;
+use super::listen::PrivateSocket;
 use super::ws::{WsConn, WsEvent};
 use super::*;
 use crate::mux::{self, ChannelId, Mux};
@@ -50,6 +51,10 @@ enum Timer {
     Tick(u64),
     E2eDeadline(u32),
     PendingExpiry,
+    /// Origin: `--lifetime` is over.
+    Lifetime,
+    /// The agent glue's wake-up (confirmation helpers, the dest's COMMAND).
+    Agent,
 }
 
 /// End-to-end layer with one API whether or not the feature is built in.
@@ -141,14 +146,14 @@ struct Epoch {
 
 /// One unix connection carrying one channel. Readiness is remembered
 /// because polling is edge-triggered and we stop reading for flow control.
-struct Conn {
-    sock: UnixStream,
-    readable: bool,
-    writable: bool,
-    read_eof: bool,
+pub(super) struct Conn {
+    pub(super) sock: UnixStream,
+    pub(super) readable: bool,
+    pub(super) writable: bool,
+    pub(super) read_eof: bool,
     /// The last event reported the peer's FIN or an error: read until EOF
     /// or EAGAIN instead of trusting a short read to mean "drained".
-    hup: bool,
+    pub(super) hup: bool,
 }
 
 impl Conn {
@@ -214,6 +219,10 @@ pub struct Engine {
     /// are expected and dropped. Otherwise a message with no pairing means
     /// the relay is out of step with us (see `on_message`).
     dest_refused: bool,
+    /// Origin: the ssh-agent guard (agent_glue), when an agent option is given.
+    agent: Option<agent_glue::Glue>,
+    /// Dest: `-- COMMAND`, run once the session is ready.
+    command: Option<agent_glue::Command>,
 }
 
 /// Run origin or dest until a signal (Ok) or a fatal error.
@@ -237,7 +246,12 @@ impl Engine {
             .register(signals.source(), SIGNALS, Interest::READABLE)
             .map_err(|e| local("register signals", e))?;
         let listener = if opts.side == Side::Dest {
-            let sock = listen_private(&opts.socket).map_err(|e| Error::Local(e.to_string()))?;
+            let sock = super::listen::listen_with(
+                &opts.socket,
+                opts.agent.socket_mode,
+                opts.agent.socket_group,
+            )
+            .map_err(|e| Error::Local(e.to_string()))?;
             let std_l = sock
                 .listener
                 .try_clone()
@@ -257,6 +271,8 @@ impl Engine {
             }
             None
         };
+        let agent = agent_glue::Glue::new(&opts.agent).map_err(Error::Local)?;
+        let command = agent_glue::Command::new(&opts.agent);
         Ok(Engine {
             opts,
             session,
@@ -288,6 +304,8 @@ impl Engine {
             channels_accepted: 0,
             refusal: None,
             dest_refused: false,
+            agent,
+            command,
         })
     }
 
@@ -297,6 +315,9 @@ impl Engine {
 
     fn run(&mut self) -> Result<(), Error> {
         let mut events = Events::with_capacity(256);
+        if let Some(d) = self.opts.agent.lifetime {
+            self.timers.schedule(Instant::now() + d, Timer::Lifetime);
+        }
         self.connect();
         loop {
             if let Some(stop) = self.stop.take() {
@@ -347,6 +368,19 @@ impl Engine {
     fn on_event(&mut self, token: Token, readable: bool, writable: bool, hup: bool) {
         match token {
             SIGNALS => match self.signals.drain() {
+                Some(Signal::Terminate)
+                    if self
+                        .command
+                        .as_mut()
+                        .is_some_and(|c| c.signal(libc::SIGTERM)) =>
+                {
+                    log::info!("signal passed on to COMMAND");
+                }
+                Some(Signal::Reload)
+                    if self
+                        .command
+                        .as_mut()
+                        .is_some_and(|c| c.signal(libc::SIGHUP)) => {}
                 Some(Signal::Terminate) => {
                     log::info!("terminating on signal");
                     self.stop = Some(Ok(()));
@@ -365,6 +399,12 @@ impl Engine {
                         self.read_ws(hup);
                     }
                 }
+            }
+            Token(t) if t & agent_glue::TOKEN_BIT != 0 => {
+                if let Some(g) = &mut self.agent {
+                    g.on_event(token, self.poll.registry());
+                }
+                self.agent_sync();
             }
             Token(t) => {
                 let (gen, ch) = ((t >> 32) as u32, t as u32);
@@ -432,6 +472,12 @@ impl Engine {
     /// `delay` (None: the next backoff step). An origin that never got a
     /// session stops instead: its user is waiting for the eval lines.
     fn link_failed(&mut self, why: String, delay: Option<Duration>) {
+        if self.command.as_ref().is_some_and(|c| !c.started()) {
+            let why = format!("cannot join the session ({why}); not running COMMAND");
+            self.stop = Some(Err(Error::Local(why)));
+            self.link = None;
+            return;
+        }
         if self.side() == Side::Origin && !self.upgraded_once {
             let relay = self.opts.relay.authority();
             self.stop = Some(Err(Error::Local(format!("relay {relay}: {why}"))));
@@ -622,6 +668,9 @@ impl Engine {
                     Side::Origin => log::info!("dest joined from {args}"),
                     Side::Dest => log::info!("paired with origin at {args}"),
                 }
+                if let Some(g) = &mut self.agent {
+                    g.set_dest(args);
+                }
                 if self.side() == Side::Origin {
                     if let Some(why) = self.opts.limits.refuse_dest(args) {
                         // No epoch: no handshake, and whatever it sends is dropped.
@@ -696,12 +745,25 @@ impl Engine {
         self.conns.clear();
         self.dirty.clear();
         self.again.clear();
+        if let Some(g) = &mut self.agent {
+            g.end_epoch();
+        }
     }
 
     /// The mux exists: the dest opens channels for waiting connections.
     fn on_mux_ready(&mut self) {
         while let Some((sock, _)) = self.waiting.pop_front() {
             self.open_channel(sock);
+        }
+        if let Some(c) = &mut self.command {
+            if !c.started() {
+                match c.start(&self.opts.socket) {
+                    Ok(()) => self
+                        .timers
+                        .schedule(Instant::now() + agent_glue::CHILD_POLL, Timer::Agent),
+                    Err(e) => self.stop = Some(Err(Error::Local(e))),
+                }
+            }
         }
     }
 
@@ -810,6 +872,9 @@ impl Engine {
                 mux::Event::OpenOk(ch) => log::debug!("channel {ch} open"),
                 mux::Event::Closed(ch, reason) => {
                     log::debug!("channel {ch} closed by peer: {reason}");
+                    if let Some(g) = &mut self.agent {
+                        g.closed(ch);
+                    }
                     if self.conns.remove(&ch).is_some() && self.side() == Side::Dest {
                         log::warn!("connection closed: {reason}");
                     }
@@ -845,6 +910,9 @@ impl Engine {
                 log::debug!("channel {ch}: connected to {}", path.display());
                 self.channels_accepted += 1;
                 m.accept_open(ch);
+                if let Some(g) = &mut self.agent {
+                    g.opened(epoch.gen, ch);
+                }
                 self.conns.insert(ch, Conn::new(sock));
                 self.dirty.push(ch);
             }
@@ -937,6 +1005,19 @@ impl Engine {
         };
         if !m.contains(ch) {
             self.conns.remove(&ch);
+            if let Some(g) = &mut self.agent {
+                g.closed(ch);
+            }
+            return;
+        }
+        if let Some(g) = self.agent.as_mut().filter(|g| g.is_guarded(ch)) {
+            g.service(ch, m, conn, &mut self.scratch);
+            if !m.contains(ch) {
+                log::debug!("channel {ch}: finished");
+                self.conns.remove(&ch);
+                g.closed(ch);
+            }
+            self.agent_sync();
             return;
         }
         // Peer → socket.
@@ -1129,9 +1210,61 @@ impl Engine {
                         self.waiting.pop_front();
                     }
                 }
+                Timer::Lifetime => self.lifetime_over(),
+                Timer::Agent => {
+                    if let Some(g) = &mut self.agent {
+                        g.on_timer(now);
+                    }
+                    self.agent_sync();
+                    if let Some(c) = &mut self.command {
+                        match c.poll() {
+                            Some(code) => {
+                                log::info!(
+                                    "COMMAND exited with status {code}; leaving the session"
+                                );
+                                self.stop = Some(Ok(()));
+                            }
+                            None if c.started() => self
+                                .timers
+                                .schedule(now + agent_glue::CHILD_POLL, Timer::Agent),
+                            None => {}
+                        }
+                    }
+                }
                 Timer::Reconnect(_) => {}
             }
         }
+    }
+
+    /// After the glue ran: its wake-ups, channels to service, helpers to
+    /// start.
+    fn agent_sync(&mut self) {
+        if let Some(g) = &mut self.agent {
+            g.start_prompts(self.poll.registry());
+            for at in g.take_wakeups() {
+                self.timers.schedule(at, Timer::Agent);
+            }
+            self.dirty.extend(g.take_dirty());
+        }
+    }
+
+    /// `--lifetime` is over: close every channel with the reason, then
+    /// leave the session (the relay tells the dest the origin left).
+    fn lifetime_over(&mut self) {
+        let d = self.opts.agent.lifetime.unwrap_or_default();
+        let why = format!("origin's --lifetime of {} s is over", d.as_secs_f64());
+        log::warn!("{why}: ending the session");
+        if let Some(m) = self.epoch.as_mut().and_then(|e| e.mux.as_mut()) {
+            for ch in m.channel_ids() {
+                m.close(ch, &why);
+            }
+        }
+        self.flush();
+        if let Some(link) = &mut self.link {
+            link.ws.close(1000, &why, &mut self.rng);
+            let _ = link.ws.flush();
+        }
+        self.stop = Some(Ok(()));
     }
 
     /// Heartbeat: ping when idle, give up when silent too long.
