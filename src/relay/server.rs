@@ -12,6 +12,7 @@ use super::api::{self, Route};
 use super::metrics::{Gauges, Metrics, Reject};
 use super::pool::{Buf, Pool, Seg, MAX_SEGS};
 use super::{Config, ListenRole};
+use crate::control::{self, close, Control};
 use crate::sys::{self, Signal, Signals};
 use crate::timer::Timers;
 use crate::ws::frame::{self, Decoder, Event, FrameHeader, OpCode, Role};
@@ -570,9 +571,9 @@ impl Server {
                     );
                     self.end_session(
                         s,
-                        4002,
+                        close::REPLACED,
                         "replaced by a new origin connection",
-                        4003,
+                        close::ORIGIN_RECONNECTED,
                         "origin reconnected; join again",
                     );
                 }
@@ -601,7 +602,7 @@ impl Server {
         self.by_id.insert(id, s);
         self.metrics.sessions_created += 1;
         log::info!("session {id}: created by origin {}", self.conns[x].addr);
-        let mut out = upgrade_answer(request, &id, &format!("sockrelay session {id}"));
+        let mut out = upgrade_answer(request, &id, Control::Session { id });
         if compat {
             frame::encode_frame(
                 &mut out,
@@ -660,14 +661,23 @@ impl Server {
         let dest_addr = self.conns[x].addr;
         let origin_addr = self.conns[origin].addr;
         log::info!("session {id}: dest {dest_addr} joined origin {origin_addr}");
+        let origin_addr = origin_addr.to_string();
+        let dest_addr = dest_addr.to_string();
         let out = upgrade_answer(
             request,
             &id,
-            &format!("sockrelay peer-joined {seq} {origin_addr}"),
+            Control::PeerJoined {
+                seq: Some(seq),
+                addr: &origin_addr,
+            },
         );
         self.queue_ping(
             origin,
-            format!("sockrelay peer-joined {seq} {dest_addr}").as_bytes(),
+            &Control::PeerJoined {
+                seq: Some(seq),
+                addr: &dest_addr,
+            }
+            .to_vec(),
         );
         self.become_open(x, Side::Dest, s, &out, rest)?;
         self.write_to(origin).map(|_| ())
@@ -913,7 +923,7 @@ impl Server {
                         OpCode::Close => {
                             let (code, reason) = match frame::parse_close(payload) {
                                 Ok(Some((code, reason))) => (code, reason.to_string()),
-                                Ok(None) => (1005, String::new()),
+                                Ok(None) => (close::NO_STATUS, String::new()),
                                 Err(e) => {
                                     self.fail(x, e.close_code(), &e.to_string());
                                     return true;
@@ -934,15 +944,7 @@ impl Server {
         if s.origin_acked {
             return;
         }
-        // "sockrelay peer-joined <seq> ..." or "sockrelay peer-left <seq> ..."
-        let Ok(text) = std::str::from_utf8(payload) else {
-            return;
-        };
-        let mut words = text.split(' ');
-        let ok = words.next() == Some("sockrelay")
-            && matches!(words.next(), Some("peer-joined" | "peer-left"))
-            && words.next().and_then(|w| w.parse::<u32>().ok()) == Some(s.change_seq);
-        if ok {
+        if control::acked_seq(payload) == Some(s.change_seq) {
             s.origin_acked = true;
         }
     }
@@ -1149,23 +1151,35 @@ impl Server {
             // A close frame from the origin ends the session; the dest gets
             // the origin's code and reason (1005, "no code", becomes 1000).
             (Side::Origin, Ending::Closed(code, reason)) => {
-                let code = if *code == 1005 { 1000 } else { *code };
+                let code = no_status_as_normal(*code);
                 self.end_session(session, code, reason, code, reason);
             }
             (Side::Origin, Ending::Failed(code, reason)) => {
-                self.end_session(session, *code, reason, 4001, "origin gone (protocol error)");
+                self.end_session(
+                    session,
+                    *code,
+                    reason,
+                    close::ORIGIN_GONE,
+                    "origin gone (protocol error)",
+                );
             }
             // `end_session` drops a vanished origin without a close frame.
             (Side::Origin, Ending::Vanished(_)) => {
-                self.end_session(session, 1011, "", 4001, "origin gone");
+                self.end_session(
+                    session,
+                    close::INTERNAL_ERROR,
+                    "",
+                    close::ORIGIN_GONE,
+                    "origin gone",
+                );
             }
             (Side::Dest, Ending::Closed(code, reason) | Ending::Failed(code, reason)) => {
-                let code = if *code == 1005 { 1000 } else { *code };
+                let code = no_status_as_normal(*code);
                 self.detach_dest(session, x, code, reason);
                 self.close_conn(x, code, reason);
             }
             (Side::Dest, Ending::Vanished(why)) => {
-                self.detach_dest(session, x, 1006, why);
+                self.detach_dest(session, x, close::ABNORMAL, why);
                 self.drop_conn(x, "vanished");
             }
         }
@@ -1205,12 +1219,22 @@ impl Server {
         if self.conns[origin].fwd_mid_frame || dest_mid_message {
             // The dest left inside a frame or message toward the origin: it
             // can never be completed, so the origin's stream is unusable.
-            self.end_session(s, 1011, "peer vanished inside a frame", 4001, "origin gone");
+            self.end_session(
+                s,
+                close::INTERNAL_ERROR,
+                "peer vanished inside a frame",
+                close::ORIGIN_GONE,
+                "origin gone",
+            );
             return;
         }
-        let mut payload = format!("sockrelay peer-left {seq} {code} {reason}");
-        truncate_utf8(&mut payload, frame::MAX_CONTROL_PAYLOAD);
-        self.queue_ping(origin, payload.as_bytes());
+        let payload = Control::PeerLeft {
+            seq: Some(seq),
+            code,
+            reason,
+        }
+        .to_vec();
+        self.queue_ping(origin, &payload);
         let _ = self.write_to(origin);
     }
 
@@ -1354,12 +1378,18 @@ impl Server {
             match side {
                 Side::Origin => {
                     if self.sessions.contains(session) && self.sessions[session].origin == x {
-                        self.end_session(session, 1011, why, 4001, "origin gone");
+                        self.end_session(
+                            session,
+                            close::INTERNAL_ERROR,
+                            why,
+                            close::ORIGIN_GONE,
+                            "origin gone",
+                        );
                     }
                 }
                 Side::Dest => {
                     if self.sessions.contains(session) {
-                        self.detach_dest(session, x, 1006, why);
+                        self.detach_dest(session, x, close::ABNORMAL, why);
                     }
                 }
             }
@@ -1504,9 +1534,9 @@ impl Server {
                         if self.sessions.contains(session) {
                             self.end_session(
                                 session,
-                                1001,
+                                close::GOING_AWAY,
                                 "relay shutting down",
-                                1001,
+                                close::GOING_AWAY,
                                 "relay shutting down",
                             );
                         }
@@ -1549,12 +1579,22 @@ impl Server {
 
 /// The 101 (with the session id header) followed by the relay's first
 /// control ping.
-fn upgrade_answer(request: &handshake::Request, id: &Uuid, ping: &str) -> Vec<u8> {
+fn upgrade_answer(request: &handshake::Request, id: &Uuid, ping: Control<'_>) -> Vec<u8> {
     let key = request.ws_key.as_deref().unwrap_or_default();
     let id_text = id.hyphenated().to_string();
-    let mut out = handshake::response_101(key, &[(api::SESSION_HEADER, &id_text)]);
-    frame::encode_frame(&mut out, true, OpCode::Ping, None, ping.as_bytes());
+    let mut out = handshake::response_101(key, &[(control::header::SESSION, &id_text)]);
+    frame::encode_frame(&mut out, true, OpCode::Ping, None, &ping.to_vec());
     out
+}
+
+/// A close frame without a code (1005, never on the wire) is passed on as
+/// a normal close.
+fn no_status_as_normal(code: u16) -> u16 {
+    if code == close::NO_STATUS {
+        close::NORMAL
+    } else {
+        code
+    }
 }
 
 /// Append a segment, merging it with the previous one when contiguous.
@@ -1571,17 +1611,6 @@ fn push_seg(segs: &mut Vec<Seg>, start: usize, end: usize, ends_frame: bool) {
         end: end as u32,
         ends_frame,
     });
-}
-
-fn truncate_utf8(s: &mut String, max: usize) {
-    if s.len() <= max {
-        return;
-    }
-    let mut cut = max;
-    while !s.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    s.truncate(cut);
 }
 
 fn load_origin_keys(path: &std::path::Path) -> io::Result<HashSet<Vec<u8>>> {
