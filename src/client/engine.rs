@@ -18,8 +18,9 @@ use uuid::Uuid;
 
 use super::agent_glue;
 use super::listen::PrivateSocket;
-use super::ws::{WsConn, WsEvent};
+use super::ws::{FlushError, ReadOutcome, WsConn, WsEvent};
 use super::*;
+use crate::control::{close, header, path, Control};
 use crate::mux::{self, ChannelId, Mux};
 use crate::sys::{self, Signal, Signals};
 use crate::timer::Timers;
@@ -34,8 +35,6 @@ const TICKS_PER_INTERVAL: u32 = 4;
 /// Hidden knob for tests: the ping interval in milliseconds (the dead-after
 /// time stays twice that). Not in `--help`: nobody should need it.
 const PING_ENV: &str = "SOCKRELAY_TEST_PING_MS";
-/// Close code we use when the peer's end-to-end stream fails.
-const CLOSE_E2E: u16 = 4401;
 
 /// Channel tokens: epoch generation in the high half, channel id in the
 /// low 32 bits. Ids are never reused within an epoch and the generation
@@ -209,6 +208,8 @@ pub struct Engine {
     ws_events: Vec<WsEvent>,
     stop: Option<Stop>,
     ping_interval: Duration,
+    /// The relay's socket may hold more input than one turn's read budget.
+    link_read_again: bool,
     /// Origin: channels accepted so far in this run (`--max-channels`).
     channels_accepted: u64,
     /// Origin: a refusal for a dest not in `--allow-dest`, sent right after
@@ -301,6 +302,7 @@ impl Engine {
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .map_or(PING_INTERVAL, Duration::from_millis),
+            link_read_again: false,
             channels_accepted: 0,
             refusal: None,
             dest_refused: false,
@@ -311,6 +313,12 @@ impl Engine {
 
     fn side(&self) -> Side {
         self.opts.side
+    }
+
+    /// No byte from the relay (or none of ours read by it) for this long:
+    /// the link is dead.
+    fn dead_after(&self) -> Duration {
+        self.ping_interval * (DEAD_AFTER.as_millis() / PING_INTERVAL.as_millis()) as u32
     }
 
     fn run(&mut self) -> Result<(), Error> {
@@ -325,7 +333,7 @@ impl Engine {
                 return stop;
             }
             let now = Instant::now();
-            let timeout = if self.again.is_empty() {
+            let timeout = if self.again.is_empty() && !self.link_read_again {
                 self.timers.timeout(now)
             } else {
                 Some(Duration::ZERO)
@@ -337,6 +345,9 @@ impl Engine {
                 return Err(Error::Local(format!("poll: {e}")));
             }
             self.dirty.append(&mut self.again);
+            if std::mem::take(&mut self.link_read_again) {
+                self.read_ws(false);
+            }
             for ev in events.iter() {
                 let hup = ev.is_read_closed() || ev.is_error();
                 self.on_event(
@@ -359,8 +370,8 @@ impl Engine {
                 Side::Origin => "origin exiting",
                 Side::Dest => "dest exiting",
             };
-            link.ws.close(1000, why, &mut self.rng);
-            let _ = link.ws.flush();
+            link.ws.close(close::NORMAL, why);
+            let _ = link.ws.flush(Instant::now());
         }
         self.end_epoch("exiting");
     }
@@ -437,12 +448,14 @@ impl Engine {
             return;
         };
         let path = match self.side() {
-            Side::Origin => format!("/origin?id={}", self.session),
-            Side::Dest => format!("/dest?id={}", self.session),
+            Side::Origin => format!("{}?id={}", path::ORIGIN, self.session),
+            Side::Dest => format!("{}?id={}", path::DEST, self.session),
         };
-        let headers = [("Sockrelay-Admission", self.admission.as_str())];
+        let headers = [(header::ADMISSION, self.admission.as_str())];
         let authority = self.opts.relay.authority();
-        let mut ws = match WsConn::connect(addr, &authority, &path, &headers, &mut self.rng) {
+        let stall = self.dead_after();
+        let mut ws = match WsConn::connect(addr, &authority, &path, &headers, &mut self.rng, stall)
+        {
             Ok(ws) => ws,
             Err(e) => {
                 self.link_failed(format!("connect to relay {addr}: {e}"), None);
@@ -493,7 +506,8 @@ impl Engine {
 
     fn drop_link(&mut self) {
         if let Some(mut link) = self.link.take() {
-            let _ = link.ws.flush();
+            link.ws.queue_control();
+            let _ = link.ws.flush(Instant::now());
             let _ = self.poll.registry().deregister(link.ws.source());
         }
         self.end_epoch("relay connection lost");
@@ -502,23 +516,40 @@ impl Engine {
     /// Close the WebSocket ourselves (protocol failure) and reconnect.
     fn abort_link(&mut self, code: u16, why: String) {
         if let Some(link) = &mut self.link {
-            link.ws.close(code, &why, &mut self.rng);
+            link.ws.close(code, &why);
         }
         self.link_failed(why, None);
     }
 
-    fn flush_ws(&mut self) {
+    /// Queue the pong (or close echo) the relay is owed; the origin's
+    /// refusal of a dest follows the pong that acknowledges its pairing.
+    fn queue_link_control(&mut self) {
         let Some(link) = &mut self.link else { return };
-        if let Err(e) = link.ws.flush() {
-            let why = format!("relay connection: {e}");
-            self.link_failed(why, None);
+        if link.ws.queue_control() {
+            if let Some(refusal) = self.refusal.take() {
+                link.ws.send(OpCode::Binary, &refusal);
+            }
+        }
+    }
+
+    fn flush_ws(&mut self) {
+        self.queue_link_control();
+        let Some(link) = &mut self.link else { return };
+        if let Err(e) = link.ws.flush(Instant::now()) {
+            if let FlushError::NotReading(_) = e {
+                let (pings, pongs) = link.ws.ping_counts();
+                log::debug!("relay sent {pings} pings; we queued {pongs} pongs");
+            }
+            self.link_failed(e.to_string(), None);
         }
     }
 
     fn read_ws(&mut self, hup: bool) {
         let Some(link) = &mut self.link else { return };
         let mut events = std::mem::take(&mut self.ws_events);
-        link.ws.read(&mut events, &mut self.rng, hup);
+        if link.ws.read(&mut events, hup) == ReadOutcome::Budget {
+            self.link_read_again = true;
+        }
         let gen = link.gen;
         for ev in events.drain(..) {
             // A handler may have replaced the link: stale events are moot.
@@ -541,18 +572,10 @@ impl Engine {
                     link.ws.recycle(msg);
                 }
             }
-            WsEvent::Ping(payload) => {
-                self.on_control(&payload);
-                // Answer after acting on it: the relay takes the echoed
-                // peer-joined/peer-left as "anything after this is for the
-                // new peer".
-                if let Some(link) = &mut self.link {
-                    link.ws.send(OpCode::Pong, &payload, &mut self.rng);
-                    if let Some(refusal) = self.refusal.take() {
-                        link.ws.send(OpCode::Binary, &refusal, &mut self.rng);
-                    }
-                }
-            }
+            // Its pong goes out with the next flush, after we acted on
+            // it: the relay takes the echoed peer-joined/peer-left as
+            // "anything after this is for the new peer".
+            WsEvent::Control(payload) => self.on_control(&payload),
             WsEvent::Closed(code, reason) => self.on_closed(code, &reason),
             WsEvent::Lost(why) => self.link_failed(why, None),
             WsEvent::ProtocolError(why) => self.link_failed(why, None),
@@ -560,7 +583,7 @@ impl Engine {
     }
 
     fn on_upgraded(&mut self, resp: crate::ws::handshake::Response) {
-        if let Some(id) = resp.header("sockrelay-session") {
+        if let Some(id) = resp.header(&header::SESSION.to_ascii_lowercase()) {
             if id != self.session.to_string().as_bytes() {
                 let why = format!(
                     "relay assigned session {} instead of {}",
@@ -629,15 +652,15 @@ impl Engine {
     fn on_closed(&mut self, code: Option<u16>, reason: &str) {
         let c = code.map_or("no code".to_string(), |c| c.to_string());
         match (self.side(), code) {
-            (Side::Dest, Some(4003)) => {
+            (Side::Dest, Some(close::ORIGIN_RECONNECTED)) => {
                 log::info!("origin reconnected; joining again");
                 self.link_failed(format!("relay closed ({c} {reason})"), Some(Duration::ZERO));
             }
-            (Side::Dest, Some(4001)) => {
+            (Side::Dest, Some(close::ORIGIN_GONE)) => {
                 log::warn!("origin left ({reason})");
                 self.link_failed(format!("relay closed ({c} {reason})"), None);
             }
-            (Side::Origin, Some(4002)) => {
+            (Side::Origin, Some(close::REPLACED)) => {
                 self.stop = Some(Err(Error::Refused(format!(
                     "another origin took over session {} ({reason})",
                     self.session
@@ -649,30 +672,26 @@ impl Engine {
 
     /// Relay control pings (README "Relay control messages").
     fn on_control(&mut self, payload: &[u8]) {
-        let Ok(text) = std::str::from_utf8(payload) else {
-            return;
+        let msg = match Control::parse(payload) {
+            Ok(Some(msg)) => msg,
+            Ok(None) => return,
+            Err(e) => {
+                log::debug!("ignoring relay control message: {e}");
+                return;
+            }
         };
-        let Some(rest) = text.strip_prefix("sockrelay ") else {
-            return;
-        };
-        let (kind, args) = rest.split_once(' ').unwrap_or((rest, ""));
-        // Newer relays put a sequence number first; skip it if present.
-        let args = match args.split_once(' ') {
-            Some((seq, more)) if seq.parse::<u32>().is_ok() => more,
-            _ => args,
-        };
-        match kind {
-            "session" => log::debug!("relay confirms session {args}"),
-            "peer-joined" => {
+        match msg {
+            Control::Session { id } => log::debug!("relay confirms session {id}"),
+            Control::PeerJoined { addr, .. } => {
                 match self.side() {
-                    Side::Origin => log::info!("dest joined from {args}"),
-                    Side::Dest => log::info!("paired with origin at {args}"),
+                    Side::Origin => log::info!("dest joined from {addr}"),
+                    Side::Dest => log::info!("paired with origin at {addr}"),
                 }
                 if let Some(g) = &mut self.agent {
-                    g.set_dest(args);
+                    g.set_dest(addr);
                 }
                 if self.side() == Side::Origin {
-                    if let Some(why) = self.opts.limits.refuse_dest(args) {
+                    if let Some(why) = self.opts.limits.refuse_dest(addr) {
                         // No epoch: no handshake, and whatever it sends is dropped.
                         log::warn!("refusing this dest: {why}");
                         self.end_epoch("dest refused");
@@ -684,12 +703,11 @@ impl Engine {
                 self.dest_refused = false;
                 self.start_epoch();
             }
-            "peer-left" => {
-                log::info!("dest left ({args})");
+            Control::PeerLeft { code, reason, .. } => {
+                log::info!("dest left ({code} {reason})");
                 self.dest_refused = false;
                 self.end_epoch("dest left");
             }
-            other => log::debug!("ignoring relay control message {other:?}"),
         }
     }
 
@@ -725,7 +743,7 @@ impl Engine {
                 return;
             }
             if let Some(link) = &mut self.link {
-                link.ws.send(OpCode::Binary, &msg, &mut self.rng);
+                link.ws.send(OpCode::Binary, &msg);
             }
         }
         if self.side() == Side::Dest {
@@ -791,7 +809,7 @@ impl Engine {
             // the relay and we disagree about the pairing (e.g. a forged
             // control ping). Waiting would hang the session; start over.
             self.abort_link(
-                CLOSE_E2E,
+                close::E2E_FAILED,
                 "a message arrived while no peer is paired (relay out of step); re-pairing".into(),
             );
             return;
@@ -810,7 +828,7 @@ impl Engine {
                     Ok(reply) => {
                         if !reply.is_empty() {
                             if let Some(link) = &mut self.link {
-                                link.ws.send(OpCode::Binary, &reply, &mut self.rng);
+                                link.ws.send(OpCode::Binary, &reply);
                             }
                         }
                         if e2e.is_established() {
@@ -828,14 +846,14 @@ impl Engine {
                     // state. (Waiting for a fresh handshake would hang when
                     // the relay, not the dest, got out of step: the dest then
                     // believes it is established and never sends one.)
-                    Err(e) => self.abort_link(CLOSE_E2E, e),
+                    Err(e) => self.abort_link(close::E2E_FAILED, e),
                 }
                 return;
             }
             Some(e2e) => {
                 self.plain.clear();
                 if let Err(e) = e2e.open(msg, &mut self.plain) {
-                    self.abort_link(CLOSE_E2E, e);
+                    self.abort_link(close::E2E_FAILED, e);
                     return;
                 }
                 if !epoch.confirmed {
@@ -1107,28 +1125,30 @@ impl Engine {
 
     /// Turn queued mux batches into WebSocket messages and write.
     fn flush(&mut self) {
+        // Pongs first: the relay forwards what the origin sends after the
+        // pong that acknowledges a pairing change, and drops what comes
+        // before it.
+        self.queue_link_control();
         if let (Some(epoch), Some(link)) = (&mut self.epoch, &mut self.link) {
             if let Some(m) = &mut epoch.mux {
                 if link.ws.is_open() {
                     while let Some(batch) = m.pop_batch() {
                         match &mut epoch.e2e {
-                            None => link.ws.send(OpCode::Binary, &batch, &mut self.rng),
+                            None => link.ws.send(OpCode::Binary, &batch),
                             Some(e2e) => {
                                 // Sealed straight into the WebSocket output
                                 // buffer, then masked there: no copy between.
                                 let len = batch.len() + SEAL_OVERHEAD;
                                 let mut err = None;
-                                let ok =
-                                    link.ws
-                                        .send_with(OpCode::Binary, len, &mut self.rng, |out| {
-                                            match e2e.seal(&batch, out) {
-                                                Ok(()) => true,
-                                                Err(e) => {
-                                                    err = Some(e);
-                                                    false
-                                                }
-                                            }
-                                        });
+                                let ok = link.ws.send_with(OpCode::Binary, len, |out| {
+                                    match e2e.seal(&batch, out) {
+                                        Ok(()) => true,
+                                        Err(e) => {
+                                            err = Some(e);
+                                            false
+                                        }
+                                    }
+                                });
                                 if !ok {
                                     let e = err.unwrap_or_else(|| "sealed length".into());
                                     self.stop =
@@ -1190,7 +1210,7 @@ impl Engine {
                         .is_some_and(|e| e.gen == gen && e.mux.is_none());
                     if stuck {
                         self.abort_link(
-                            CLOSE_E2E,
+                            close::E2E_FAILED,
                             format!(
                                 "end-to-end handshake did not complete within {} s",
                                 E2E_TIMEOUT.as_secs()
@@ -1261,27 +1281,39 @@ impl Engine {
         }
         self.flush();
         if let Some(link) = &mut self.link {
-            link.ws.close(1000, &why, &mut self.rng);
-            let _ = link.ws.flush();
+            link.ws.close(close::NORMAL, &why);
+            let _ = link.ws.flush(Instant::now());
         }
         self.stop = Some(Ok(()));
     }
 
     /// Heartbeat: ping when idle, give up when silent too long.
     fn tick(&mut self, gen: u64, now: Instant) {
+        let dead_after = self.dead_after();
         let Some(link) = &mut self.link else { return };
         if link.gen != gen {
             return;
         }
         let silent = now.duration_since(link.ws.last_rx());
         let interval = self.ping_interval;
-        if silent >= interval * (DEAD_AFTER.as_millis() / PING_INTERVAL.as_millis()) as u32 {
-            let why = format!("relay silent for {} s", silent.as_secs());
+        if silent >= dead_after {
+            let pinged = link
+                .ws
+                .last_ping_rx()
+                .is_some_and(|at| at > link.ws.last_rx());
+            let why = if pinged {
+                format!(
+                    "relay is not reading: it sends pings but has answered nothing of ours for {} s",
+                    silent.as_secs()
+                )
+            } else {
+                format!("relay silent for {} s", silent.as_secs())
+            };
             self.link_failed(why, None);
             return;
         }
         if silent >= interval && now.duration_since(link.last_ping) >= interval {
-            link.ws.send(OpCode::Ping, b"", &mut self.rng);
+            link.ws.send(OpCode::Ping, b"");
             link.last_ping = now;
         }
         self.timers

@@ -392,6 +392,11 @@ impl Prng {
         Prng(s)
     }
 
+    /// A second generator seeded from this one (for a connection's masks).
+    pub fn fork(&mut self) -> Prng {
+        Prng(self.next_u64() | 1)
+    }
+
     pub fn next_u64(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x >> 12;
