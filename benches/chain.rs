@@ -26,6 +26,9 @@
 //!   origin and dest, the time they waited for a CPU while runnable, and
 //!   how often they were scheduled in (/proc/PID/schedstat).
 //!
+//! - `--seal`: also time seal + open of 64 KiB messages in this process for
+//!   each transport cipher (the cipher's own cost, without the chain).
+//!
 //! std only; every phase is bounded in time. The end prints a markdown table.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -478,6 +481,37 @@ fn stripped_size(path: &str, dir: &Path) -> (u64, bool) {
     }
 }
 
+/// Seal + open of 64 KiB messages in one process for `pref`, for about
+/// `dur`: (cipher name, µs per MB for seal + open).
+#[cfg(feature = "e2e")]
+fn seal_open(pref: sockrelay::secure::CipherPref, dur: Duration) -> (String, f64) {
+    use sockrelay::secure::{Noise, Side, MAX_PLAINTEXT};
+    let s = uuid::Uuid::from_bytes([9; 16]);
+    let mut d = Noise::with_cipher(Side::Dest, TOKEN.as_bytes(), &s, pref).unwrap();
+    let mut o = Noise::with_cipher(Side::Origin, TOKEN.as_bytes(), &s, pref).unwrap();
+    let (mut m1, mut m2) = (Vec::new(), Vec::new());
+    d.handshake_out(&mut m1).unwrap();
+    o.handshake_in(&m1).unwrap();
+    o.handshake_out(&mut m2).unwrap();
+    d.handshake_in(&m2).unwrap();
+    let name = d.cipher().map_or("?", |c| c.name()).to_string();
+    let plain = vec![0x5au8; MAX_PLAINTEXT];
+    let (mut c, mut p) = (Vec::with_capacity(1 << 17), Vec::with_capacity(1 << 17));
+    let start = Instant::now();
+    let mut bytes = 0u64;
+    while start.elapsed() < dur {
+        for _ in 0..16 {
+            c.clear();
+            p.clear();
+            d.seal(&plain, &mut c).unwrap();
+            o.open(&c, &mut p).unwrap();
+            bytes += plain.len() as u64;
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    (name, secs * 1e6 / (bytes as f64 / 1e6))
+}
+
 const PHASES: [&str; 5] = ["up", "down", "rtt", "conns", "par"];
 
 fn main() {
@@ -510,6 +544,24 @@ fn main() {
     let phase = Duration::from_millis(if quick { 500 } else { 2000 });
     let rtts = if quick { 1000 } else { 5000 };
 
+    #[cfg(feature = "e2e")]
+    if has("--seal") {
+        use sockrelay::secure::CipherPref;
+        for pref in [CipherPref::Aes, CipherPref::ChaCha] {
+            let mut us = Vec::new();
+            let mut name = String::new();
+            for _ in 0..repeat {
+                let (n, v) = seal_open(pref, phase / 2);
+                name = n;
+                us.push(v);
+            }
+            let m = median(&mut us);
+            println!(
+                "seal + open, 64 KiB messages, {name}: {m:.0} us per MB ({:.0} MB/s)",
+                1e6 / m
+            );
+        }
+    }
     let dir: PathBuf = std::env::temp_dir().join(format!("sr-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let srv = dir.join("srv.sock");
