@@ -454,6 +454,9 @@ fn start_chain(
 }
 
 fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let n = v.len();
     if n % 2 == 1 {
@@ -722,15 +725,36 @@ fn main() {
         for (ti, (name, t, p)) in targets.iter().enumerate() {
             let mut line = format!("[{}/{}] {:<12}", r + 1, repeat, name);
             let mb = bulk as f64 / 1e6;
+            // CPU µs per MB that origin + dest spent (chains only): what
+            // encryption adds, less sensitive to a busy machine than MB/s.
+            let before = || p.map(|p| p.map(sched));
+            let clients_us = |b: Option<[[u64; 3]; 3]>| {
+                p.zip(b).map(|(p, b)| {
+                    (1..3)
+                        .map(|i| (sched(p[i])[0] - b[i][0]) as f64 / 1e3)
+                        .sum::<f64>()
+                        / mb
+                })
+            };
             if want("up") {
+                let b = before();
                 let v = cpu(p, "up (per MB)", &mut || (bulk_up(t, bulk), mb));
                 add("bulk client->server (MB/s)", true, ti, v);
                 line += &format!(" up {v:.0}");
+                if let Some(us) = clients_us(b) {
+                    add("origin+dest CPU, up (us/MB)", false, ti, us);
+                    line += &format!(" ({us:.0} us/MB)");
+                }
             }
             if want("down") {
+                let b = before();
                 let v = cpu(p, "down (per MB)", &mut || (bulk_down(t, bulk), mb));
                 add("bulk server->client (MB/s)", true, ti, v);
                 line += &format!(" down {v:.0}");
+                if let Some(us) = clients_us(b) {
+                    add("origin+dest CPU, down (us/MB)", false, ti, us);
+                    line += &format!(" ({us:.0} us/MB)");
+                }
             }
             if want("rtt") {
                 let mut p99 = 0.0;
@@ -831,7 +855,9 @@ fn main() {
     println!();
     for (name, v) in &med {
         let fmt = |x: f64| {
-            if x >= 100.0 {
+            if x.is_nan() {
+                String::new()
+            } else if x >= 100.0 {
                 format!("{x:.0}")
             } else {
                 format!("{x:.1}")
@@ -840,7 +866,11 @@ fn main() {
         print!("| {name} | {} | {} |", fmt(v[0]), fmt(v[1]));
         for x in v.iter().skip(2) {
             let ratio = x / v[0];
-            print!(" {} | {:.2} |", fmt(*x), ratio);
+            if ratio.is_nan() {
+                print!(" {} | |", fmt(*x));
+            } else {
+                print!(" {} | {:.2} |", fmt(*x), ratio);
+            }
         }
         println!();
     }
@@ -913,7 +943,12 @@ fn main() {
         for (name, v) in &med {
             print!("| {name} |");
             for x in v.iter().skip(2) {
-                print!(" {:.2} |", x / v[f]);
+                let r = x / v[f];
+                if r.is_nan() {
+                    print!(" |");
+                } else {
+                    print!(" {r:.2} |");
+                }
             }
             if let Some(pi) = plain {
                 for (ti, _) in targets
