@@ -94,8 +94,9 @@ mod e2e {
         pub fn seal(&mut self, p: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
             self.0.seal(p, out).map_err(|e| e.to_string())
         }
-        pub fn open(&mut self, c: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
-            self.0.open(c, out).map_err(|e| e.to_string())
+        /// Decrypt `c` where it lies; the plaintext is `c[..n]`.
+        pub fn open_in_place(&mut self, c: &mut [u8], tmp: &mut Vec<u8>) -> Result<usize, String> {
+            self.0.open_in_place(c, tmp).map_err(|e| e.to_string())
         }
     }
 
@@ -119,7 +120,7 @@ mod e2e {
         pub fn seal(&mut self, _: &[u8], _: &mut Vec<u8>) -> Result<(), String> {
             match *self {}
         }
-        pub fn open(&mut self, _: &[u8], _: &mut Vec<u8>) -> Result<(), String> {
+        pub fn open_in_place(&mut self, _: &mut [u8], _: &mut Vec<u8>) -> Result<usize, String> {
             match *self {}
         }
     }
@@ -489,8 +490,8 @@ impl Engine {
         match ev {
             WsEvent::Upgraded(resp) => self.on_upgraded(resp),
             WsEvent::Refused(err) => self.on_refused(err),
-            WsEvent::Binary(msg) => {
-                self.on_message(&msg);
+            WsEvent::Binary(mut msg) => {
+                self.on_message(&mut msg);
                 if let Some(link) = &mut self.link {
                     link.ws.recycle(msg);
                 }
@@ -705,7 +706,7 @@ impl Engine {
         }
     }
 
-    fn on_message(&mut self, msg: &[u8]) {
+    fn on_message(&mut self, msg: &mut [u8]) {
         if self.side() == Side::Dest && msg.starts_with(REFUSED_PREFIX) {
             // Only before the session is end to end (in plaintext a batch
             // never starts so); like a relay close, it is a hint.
@@ -771,18 +772,21 @@ impl Engine {
                 return;
             }
             Some(e2e) => {
-                self.plain.clear();
-                if let Err(e) = e2e.open(msg, &mut self.plain) {
-                    self.abort_link(CLOSE_E2E, e);
-                    return;
-                }
+                // Decrypted in place (self.plain: scratch for v1 sessions).
+                let n = match e2e.open_in_place(msg, &mut self.plain) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        self.abort_link(CLOSE_E2E, e);
+                        return;
+                    }
+                };
                 if !epoch.confirmed {
                     epoch.confirmed = true;
                     if self.opts.side == Side::Origin {
                         log::info!("end-to-end encryption established");
                     }
                 }
-                &self.plain
+                &msg[..n]
             }
         };
         let Some(m) = &mut epoch.mux else { return };
