@@ -972,19 +972,21 @@ impl Noise {
         res
     }
 
-    /// [`Noise::open`] in place: `msg` holds one sealed message and, on
-    /// success, its first `n` bytes (the returned length) are the plaintext.
-    /// A negotiated (v2) session decrypts where the message lies, saving the
-    /// copy into a second buffer; a v1 session (snow needs separate input
-    /// and output) copies through `scratch`. On failure the contents of
-    /// `msg` are unspecified and the state is poisoned.
-    pub fn open_in_place(&mut self, msg: &mut [u8], scratch: &mut Vec<u8>) -> Result<usize, Error> {
+    /// [`Noise::open`] without a copy where possible: `msg` holds one sealed
+    /// message; the plaintext returned lies in `msg` for a negotiated (v2)
+    /// session, decrypted where the message lies, and in `scratch` for a v1
+    /// session (snow needs separate input and output buffers, so this is
+    /// what `open` would do). On failure the contents of `msg` are
+    /// unspecified, nothing is returned, and the state is poisoned.
+    pub fn open_in_place<'a>(
+        &mut self,
+        msg: &'a mut [u8],
+        scratch: &'a mut Vec<u8>,
+    ) -> Result<&'a [u8], Error> {
         if !matches!(self.state, State::V2(_)) {
             scratch.clear();
             self.open(msg, scratch)?;
-            let n = scratch.len();
-            msg[..n].copy_from_slice(scratch);
-            return Ok(n);
+            return Ok(scratch);
         }
         let res = if msg.len() > MAX_MESSAGE {
             Err(Error::TooLarge)
@@ -996,7 +998,7 @@ impl Noise {
         match res {
             Ok(n) => {
                 self.peer_confirmed = true;
-                Ok(n)
+                Ok(&msg[..n])
             }
             Err(e) => {
                 msg.fill(0);
@@ -1815,8 +1817,8 @@ mod tests {
             for len in [0usize, 1, 100, MAX_PLAINTEXT] {
                 let p: Vec<u8> = (0..len).map(|i| i as u8).collect();
                 let mut c = seal(&mut d, &p);
-                let n = o.open_in_place(&mut c, &mut scratch).unwrap();
-                assert_eq!(&c[..n], &p[..]);
+                let got = o.open_in_place(&mut c, &mut scratch).unwrap();
+                assert_eq!(got, &p[..]);
                 assert!(o.peer_confirmed());
             }
             // A flipped bit fails and poisons, as with `open`.

@@ -94,8 +94,12 @@ mod e2e {
         pub fn seal(&mut self, p: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
             self.0.seal(p, out).map_err(|e| e.to_string())
         }
-        /// Decrypt `c` where it lies; the plaintext is `c[..n]`.
-        pub fn open_in_place(&mut self, c: &mut [u8], tmp: &mut Vec<u8>) -> Result<usize, String> {
+        /// Decrypt `c` where it lies (v1 sessions: into `tmp`).
+        pub fn open_in_place<'a>(
+            &mut self,
+            c: &'a mut [u8],
+            tmp: &'a mut Vec<u8>,
+        ) -> Result<&'a [u8], String> {
             self.0.open_in_place(c, tmp).map_err(|e| e.to_string())
         }
     }
@@ -120,7 +124,11 @@ mod e2e {
         pub fn seal(&mut self, _: &[u8], _: &mut Vec<u8>) -> Result<(), String> {
             match *self {}
         }
-        pub fn open_in_place(&mut self, _: &mut [u8], _: &mut Vec<u8>) -> Result<usize, String> {
+        pub fn open_in_place<'a>(
+            &mut self,
+            _: &'a mut [u8],
+            _: &'a mut Vec<u8>,
+        ) -> Result<&'a [u8], String> {
             match *self {}
         }
     }
@@ -772,9 +780,9 @@ impl Engine {
                 return;
             }
             Some(e2e) => {
-                // Decrypted in place (self.plain: scratch for v1 sessions).
-                let n = match e2e.open_in_place(msg, &mut self.plain) {
-                    Ok(n) => n,
+                // Decrypted in place (into self.plain for v1 sessions).
+                let plain = match e2e.open_in_place(msg, &mut self.plain) {
+                    Ok(p) => p,
                     Err(e) => {
                         self.abort_link(CLOSE_E2E, e);
                         return;
@@ -786,7 +794,7 @@ impl Engine {
                         log::info!("end-to-end encryption established");
                     }
                 }
-                &msg[..n]
+                plain
             }
         };
         let Some(m) = &mut epoch.mux else { return };
