@@ -98,8 +98,13 @@ mod e2e {
         pub fn seal(&mut self, p: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
             self.0.seal(p, out).map_err(|e| e.to_string())
         }
-        pub fn open(&mut self, c: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
-            self.0.open(c, out).map_err(|e| e.to_string())
+        /// Decrypt `c` where it lies (v1 sessions: into `tmp`).
+        pub fn open_in_place<'a>(
+            &mut self,
+            c: &'a mut [u8],
+            tmp: &'a mut Vec<u8>,
+        ) -> Result<&'a [u8], String> {
+            self.0.open_in_place(c, tmp).map_err(|e| e.to_string())
         }
     }
 
@@ -123,7 +128,11 @@ mod e2e {
         pub fn seal(&mut self, _: &[u8], _: &mut Vec<u8>) -> Result<(), String> {
             match *self {}
         }
-        pub fn open(&mut self, _: &[u8], _: &mut Vec<u8>) -> Result<(), String> {
+        pub fn open_in_place<'a>(
+            &mut self,
+            _: &'a mut [u8],
+            _: &'a mut Vec<u8>,
+        ) -> Result<&'a [u8], String> {
             match *self {}
         }
     }
@@ -566,8 +575,8 @@ impl Engine {
         match ev {
             WsEvent::Upgraded(resp) => self.on_upgraded(resp),
             WsEvent::Refused(err) => self.on_refused(err),
-            WsEvent::Binary(msg) => {
-                self.on_message(&msg);
+            WsEvent::Binary(mut msg) => {
+                self.on_message(&mut msg);
                 if let Some(link) = &mut self.link {
                     link.ws.recycle(msg);
                 }
@@ -785,7 +794,7 @@ impl Engine {
         }
     }
 
-    fn on_message(&mut self, msg: &[u8]) {
+    fn on_message(&mut self, msg: &mut [u8]) {
         if self.side() == Side::Dest && msg.starts_with(REFUSED_PREFIX) {
             // Only before the session is end to end (in plaintext a batch
             // never starts so); like a relay close, it is a hint.
@@ -851,18 +860,21 @@ impl Engine {
                 return;
             }
             Some(e2e) => {
-                self.plain.clear();
-                if let Err(e) = e2e.open(msg, &mut self.plain) {
-                    self.abort_link(close::E2E_FAILED, e);
-                    return;
-                }
+                // Decrypted in place (into self.plain for v1 sessions).
+                let plain = match e2e.open_in_place(msg, &mut self.plain) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        self.abort_link(close::E2E_FAILED, e);
+                        return;
+                    }
+                };
                 if !epoch.confirmed {
                     epoch.confirmed = true;
                     if self.opts.side == Side::Origin {
                         log::info!("end-to-end encryption established");
                     }
                 }
-                &self.plain
+                plain
             }
         };
         let Some(m) = &mut epoch.mux else { return };
