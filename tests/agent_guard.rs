@@ -483,7 +483,14 @@ fn dest_runs_a_command_and_exits_with_its_status() {
     let dir = TempDir::new("guard-cmd");
     let keys = agent_with_three_keys(&dir);
     let relay = Relay::start(&dir, 0);
-    let origin = Origin::start(&dir, relay.port, &keys.sock, &["--agent-key", &keys.fps[0]]);
+    // The key given as a public key file this time.
+    let pubfile = pubkey(&keys.keys[0]);
+    let origin = Origin::start(
+        &dir,
+        relay.port,
+        &keys.sock,
+        &["--agent-key", pubfile.to_str().unwrap()],
+    );
     let sock = dir.path("c.sock");
     let out = dest_command(
         &dir,

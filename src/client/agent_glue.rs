@@ -401,10 +401,12 @@ impl Glue {
             channel: ch,
         };
         for r in &records {
-            let line = audit::text(r, &cx);
-            match r.decision {
-                crate::agent::Decision::Allowed => log::info!("{line}"),
-                _ => log::warn!("{line}"),
+            let level = match r.decision {
+                crate::agent::Decision::Allowed => log::Level::Info,
+                _ => log::Level::Warn,
+            };
+            if log::log_enabled!(level) {
+                log::log!(level, "{}", audit::text(r, &cx));
             }
             if let Some(f) = &mut self.audit {
                 let mut j = audit::json(r, &cx);
