@@ -784,3 +784,53 @@ fn ssh_logs_in_to_a_real_sshd_through_the_guard() {
     assert!(slog.contains(&g.keys.fps[0]), "{slog}");
     assert!(!slog.contains(&g.keys.fps[1]), "{slog}");
 }
+
+#[test]
+fn a_certificate_is_exposed_with_its_key() {
+    let dir = TempDir::new("guard-cert");
+    let (_agent, agent_sock, key) = agent_with_key(&dir, "certified");
+    let ca = dir.path("ca");
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&ca)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let out = Command::new("ssh-keygen")
+        .arg("-s")
+        .arg(&ca)
+        .args(["-I", "test", "-n", "someone"])
+        .arg(pubkey(&key))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    // ssh-add KEY loads KEY-cert.pub beside it too.
+    let out = with_agent(&agent_sock, &["ssh-add", key.to_str().unwrap()]);
+    assert!(text(&out).contains("Certificate added"), "{}", text(&out));
+    // A second key, not exposed.
+    let other = dir.path("other");
+    let o = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    assert!(
+        with_agent(&agent_sock, &["ssh-add", other.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let fp = fingerprint(&pubkey(&key));
+    let relay = Relay::start(&dir, 0);
+    let origin = Origin::start(&dir, relay.port, &agent_sock, &["--agent-key", &fp]);
+    let dest = Dest::start(&dir, relay.port, &origin.session, &dir.path("d.sock"), &[]);
+    let out = with_agent(&dest.socket, &["ssh-add", "-L"]);
+    let t = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(t.lines().count(), 2, "{t}");
+    assert!(t.contains("ssh-ed25519-cert-v01@openssh.com"), "{t}");
+    let other_pub = std::fs::read_to_string(pubkey(&other)).unwrap();
+    assert!(
+        !t.contains(other_pub.split_whitespace().nth(1).unwrap()),
+        "{t}"
+    );
+}
