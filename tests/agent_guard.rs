@@ -834,3 +834,39 @@ fn a_certificate_is_exposed_with_its_key() {
         "{t}"
     );
 }
+
+#[test]
+fn a_pending_confirmation_blocks_no_other_channel() {
+    let tmp = TempDir::new("askpass-slow");
+    let script = tmp.path("askpass.sh");
+    let go = tmp.path("go");
+    let asked = tmp.path("asked");
+    // Answers only once `go` exists (bounded: 20 s).
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\ntouch {asked}\ni=0\nwhile [ ! -e {go} ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done\necho yes\n",
+            asked = asked.display(),
+            go = go.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let g = guarded(
+        "guard-slowask",
+        &["--agent-confirm"],
+        &[("SSH_ASKPASS", script.to_str().unwrap())],
+    );
+    let sock = g.dest.socket.clone();
+    let blob0 = blob(&g.keys.keys[0]);
+    let signer = std::thread::spawn(move || raw_sign(&sock, &blob0));
+    assert!(wait_for(Duration::from_secs(10), || asked.exists()));
+    // While the question is open, other channels are served.
+    for _ in 0..3 {
+        let out = with_agent(&g.dest.socket, &["ssh-add", "-l"]);
+        assert!(out.status.success(), "{out:?}");
+    }
+    assert!(!signer.is_finished(), "answered before the user did");
+    std::fs::write(&go, b"").unwrap();
+    assert_eq!(signer.join().unwrap(), 14);
+}
