@@ -144,7 +144,7 @@ pub fn usage(side: Side) -> String {
              sockrelay-dest [options] --join-file PATH SOCKET\n       \
              sockrelay-dest [options] sockrelay://HOST:PORT/SESSION_ID#TOKEN SOCKET\n       \
              sockrelay-dest [options] HOST PORT SESSION_ID [TOKEN] SOCKET\n       \
-             sockrelay-dest [options] ws://HOST:PORT SESSION_ID [TOKEN] SOCKET\n\n\
+             sockrelay-dest [options] ws://HOST:PORT SESSION_ID [TOKEN] SOCKET\n       \
              sockrelay-dest [options] ... SOCKET -- COMMAND [ARGS...]\n\n\
              Creates the unix socket SOCKET (mode 0600); each connection to it reaches\n\
              the origin's socket. Use it as SSH_AUTH_SOCK.\n\
