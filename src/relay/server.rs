@@ -206,22 +206,39 @@ impl Server {
     /// Bind every listening address. Port 0 picks a free port; see
     /// `local_addrs`.
     pub fn bind(cfg: Config) -> io::Result<Server> {
+        Server::with_listeners(cfg, Vec::new())
+    }
+
+    /// As [`Server::bind`], but serve `inherited` listening sockets (systemd
+    /// socket activation, see `activation`) instead of binding
+    /// `cfg.listen`, when there are any. They must be non-blocking.
+    pub fn with_listeners(
+        cfg: Config,
+        inherited: Vec<(std::net::TcpListener, ListenRole)>,
+    ) -> io::Result<Server> {
         let poll = Poll::new()?;
+        let mut socks = Vec::new();
+        if inherited.is_empty() {
+            for (addr, role) in &cfg.listen {
+                let sock = TcpListener::bind(*addr).map_err(|e| {
+                    io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
+                })?;
+                socks.push((sock, *role));
+            }
+        } else {
+            for (sock, role) in inherited {
+                socks.push((TcpListener::from_std(sock), role));
+            }
+        }
         let mut listeners = Vec::new();
-        for (i, (addr, role)) in cfg.listen.iter().enumerate() {
-            let mut sock = TcpListener::bind(*addr)
-                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+        for (i, (mut sock, role)) in socks.into_iter().enumerate() {
             poll.registry().register(
                 &mut sock,
                 Token(LISTENER_TOKEN_BASE - i),
                 Interest::READABLE,
             )?;
             let addr = sock.local_addr()?;
-            listeners.push(Listener {
-                sock,
-                addr,
-                role: *role,
-            });
+            listeners.push(Listener { sock, addr, role });
         }
         let origin_keys = match &cfg.origin_keys {
             Some(path) => Some(load_origin_keys(path)?),
