@@ -1282,10 +1282,13 @@ fn socket_activation_names_give_roles() {
     let dests = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dest_addr = dests.local_addr().unwrap();
     let relay = activated_relay(&[&origins, &dests], "origin:dest", &["-v"]);
-    let log = relay.log();
     assert!(
-        log.contains(&format!("listening on {dest_addr} (dests only)")),
-        "{log}"
+        relay.wait_log(
+            &format!("listening on {dest_addr} (dests only)"),
+            Duration::from_secs(10)
+        ),
+        "{}",
+        relay.log()
     );
     let (mut origin, id) = connect(relay.addr, "/origin", Some("k")).expect("origin");
     let id = id.expect("session header");
