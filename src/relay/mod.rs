@@ -7,6 +7,7 @@ pub mod api;
 pub mod metrics;
 pub mod pool;
 mod server;
+pub mod session;
 
 pub use server::{ConnToken, Server};
 
