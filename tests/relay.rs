@@ -1133,6 +1133,11 @@ fn refusal_at_the_pending_limit_is_a_clean_close_not_a_reset() {
 /// must wait for the frame's end.
 #[test]
 fn dest_reading_a_long_frame_slowly_is_not_dropped() {
+    const LEN: usize = 8 << 20;
+    // Made first: in a debug build under load this takes a while, and the
+    // raw dest must not sit silent meanwhile.
+    let message = pattern(5, 0, LEN);
+    let expected = message.clone();
     let relay = Relay::start(&["--ping-interval", "300ms", "--pong-timeout", "300ms"]);
     let (mut origin, id) = connect(relay.addr, "/origin", Some("raw")).expect("origin");
     let id = id.expect("session header");
@@ -1141,12 +1146,12 @@ fn dest_reading_a_long_frame_slowly_is_not_dropped() {
     wait_ping(&mut origin, "sockrelay peer-joined ");
     let (op, _) = raw_read_frame(&mut dest);
     assert_eq!(op, 0x9, "peer-joined ping first");
-    const LEN: usize = 8 << 20;
     let writer = std::thread::spawn(move || {
-        origin.send(Message::binary(pattern(5, 0, LEN))).unwrap();
+        origin.send(Message::binary(message)).unwrap();
         origin
     });
-    // Keepalive pings may come before the data frame; skip them.
+    // Keepalive pings may come before the data frame: answer them (a
+    // masked pong, mask key 0).
     let mut head = [0u8; 10];
     loop {
         dest.read_exact(&mut head[..2]).unwrap();
@@ -1155,6 +1160,9 @@ fn dest_reading_a_long_frame_slowly_is_not_dropped() {
         }
         let mut ping = vec![0u8; usize::from(head[1] & 0x7f)];
         dest.read_exact(&mut ping).unwrap();
+        let mut pong = vec![0x8a, 0x80 | ping.len() as u8, 0, 0, 0, 0];
+        pong.extend_from_slice(&ping);
+        dest.write_all(&pong).unwrap();
     }
     dest.read_exact(&mut head[2..]).unwrap();
     assert_eq!(head[0], 0x82, "one final binary frame");
@@ -1177,7 +1185,7 @@ fn dest_reading_a_long_frame_slowly_is_not_dropped() {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert!(got == pattern(5, 0, LEN), "message corrupted");
+    assert!(got == expected, "message corrupted");
     let _origin = writer.join().unwrap();
     // (The origin, silent once its send is done, may time out by now.)
     let dest_addr = dest.local_addr().unwrap();

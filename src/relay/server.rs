@@ -11,6 +11,7 @@
 use super::api::{self, Route};
 use super::metrics::{Gauges, Metrics, Reject};
 use super::pool::{Buf, Pool, Seg, MAX_SEGS};
+use super::session::{Action, Departure, Forwarding, Leaving, Member, Registry, SessionKey};
 use super::{Config, ListenRole};
 use crate::control::{self, close, Control};
 use crate::sys::{self, Signal, Signals};
@@ -20,7 +21,7 @@ use crate::ws::handshake;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::time::{Duration, Instant};
@@ -77,17 +78,11 @@ struct Listener {
     role: ListenRole,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Side {
-    Origin,
-    Dest,
-}
-
 enum State {
     /// Waiting for a complete HTTP request.
     Pending { req: Vec<u8> },
     /// Attached to a session.
-    Open { side: Side, session: usize },
+    Open { member: Member, session: SessionKey },
     /// Saying goodbye: flush `ctrl`, send FIN, read until EOF or `until`.
     Closing { fin_sent: bool },
 }
@@ -115,10 +110,8 @@ struct Inbound {
     seg_off: usize,
     decoder: Decoder,
     /// Whether the current message / frame is forwarded, and to which
-    /// pairing epoch (a message started for one dest never reaches the next).
-    fwd_message: bool,
-    fwd_frame: bool,
-    fwd_epoch: u32,
+    /// pairing epoch (decided by the session core).
+    fwd: Forwarding,
     /// An incomplete header or control frame kept while the buffer is
     /// back in the pool (at most `MAX_CONTROL_FRAME_LEN` bytes).
     stash: Option<Box<[u8]>>,
@@ -158,28 +151,13 @@ struct Conn {
     unacked_seen: u32,
 }
 
-struct Session {
-    id: Uuid,
-    origin: usize,
-    dest: Option<usize>,
-    admission: [u8; 20],
-    /// Incremented at each pairing and unpairing.
-    epoch: u32,
-    /// Sequence number of the last pairing-change ping to the origin, and
-    /// whether the origin answered it: its data is forwarded only after it
-    /// has seen the current pairing.
-    change_seq: u32,
-    origin_acked: bool,
-}
-
 pub struct Server {
     cfg: Config,
     poll: Poll,
     listeners: Vec<Listener>,
     signals: Option<Signals>,
     conns: Slab<Conn>,
-    sessions: Slab<Session>,
-    by_id: HashMap<Uuid, usize>,
+    sessions: Registry,
     timers: Timers<(Instant, usize, u32)>,
     pool: Pool,
     metrics: Metrics,
@@ -255,8 +233,7 @@ impl Server {
             listeners,
             signals: None,
             conns: Slab::new(),
-            sessions: Slab::new(),
-            by_id: HashMap::new(),
+            sessions: Registry::new(),
             timers: Timers::new(),
             pool,
             metrics: Metrics::default(),
@@ -640,50 +617,25 @@ impl Server {
             }
         }
         let digest = api::admission_digest(admission);
-        let id = match proposed {
-            Some(id) => {
-                if let Some(&session_key) = self.by_id.get(&id) {
-                    if !api::ct_eq(&self.sessions[session_key].admission, &digest) {
-                        self.refuse(key, 409, "session id in use", Reject::IdInUse);
-                        return Ok(());
-                    }
-                    // The same origin (it knows the admission value) is back,
-                    // e.g. after a network drop: it replaces its old connection.
-                    log::info!(
-                        "session {id}: origin reconnected from {}",
-                        self.conns[key].addr
-                    );
-                    self.end_session(
-                        session_key,
-                        close::REPLACED,
-                        "replaced by a new origin connection",
-                        close::ORIGIN_RECONNECTED,
-                        "origin reconnected; join again",
-                    );
-                }
-                id
-            }
-            None => loop {
-                let id = Uuid::new_v4();
-                if !self.by_id.contains_key(&id) {
-                    break id;
-                }
-            },
-        };
-        if self.sessions.len() >= self.cfg.max_sessions {
-            self.refuse(key, 503, "session limit reached", Reject::SessionLimit);
-            return Ok(());
+        let mut actions = Vec::new();
+        let opened =
+            self.sessions
+                .open_origin(key, proposed, digest, self.cfg.max_sessions, &mut actions);
+        if !actions.is_empty() {
+            log::info!(
+                "session {}: origin reconnected from {}",
+                proposed.unwrap_or_default(),
+                self.conns[key].addr
+            );
+            self.apply(actions);
         }
-        let session_key = self.sessions.insert(Session {
-            id,
-            origin: key,
-            dest: None,
-            admission: digest,
-            epoch: 0,
-            change_seq: 0,
-            origin_acked: true,
-        });
-        self.by_id.insert(id, session_key);
+        let (session_key, id) = match opened {
+            Ok(opened) => opened,
+            Err(refusal) => {
+                self.refuse(key, refusal.status, refusal.reason, refusal.metric);
+                return Ok(());
+            }
+        };
         self.metrics.sessions_created += 1;
         log::info!("session {id}: created by origin {}", self.conns[key].addr);
         let mut out = upgrade_answer(request, &id, Control::Session { id });
@@ -696,7 +648,7 @@ impl Server {
                 &api::compat_start_message(&id),
             );
         }
-        self.become_open(key, Side::Origin, session_key, &out, rest)
+        self.become_open(key, Member::Origin, session_key, &out, rest)
     }
 
     fn open_dest(
@@ -707,46 +659,26 @@ impl Server {
         admission: &[u8],
         rest: Vec<u8>,
     ) -> Step {
-        let Some(&session_key) = self.by_id.get(&id) else {
-            self.refuse(
-                key,
-                404,
-                "no such session (is the origin connected?)",
-                Reject::UnknownSession,
-            );
-            return Ok(());
-        };
         let digest = api::admission_digest(admission);
-        if !api::ct_eq(&self.sessions[session_key].admission, &digest) {
-            log::warn!(
-                "session {id}: dest {} presented a wrong admission value",
-                self.conns[key].addr
-            );
-            self.refuse(
-                key,
-                403,
-                "wrong admission value (token)",
-                Reject::WrongAdmission,
-            );
-            return Ok(());
-        }
-        if self.sessions[session_key].dest.is_some() {
-            self.refuse(key, 409, "session already has a dest", Reject::DestTaken);
-            return Ok(());
-        }
-        let session = &mut self.sessions[session_key];
-        session.dest = Some(key);
-        session.epoch = session.epoch.wrapping_add(1);
-        session.change_seq = session.change_seq.wrapping_add(1);
-        session.origin_acked = false;
-        let seq = session.change_seq;
-        let origin = session.origin;
+        let mut actions = Vec::new();
+        let (session_key, origin, seq) =
+            match self.sessions.join_dest(key, id, digest, &mut actions) {
+                Ok(joined) => joined,
+                Err(refusal) => {
+                    if refusal.metric == Reject::WrongAdmission {
+                        log::warn!(
+                            "session {id}: dest {} presented a wrong admission value",
+                            self.conns[key].addr
+                        );
+                    }
+                    self.refuse(key, refusal.status, refusal.reason, refusal.metric);
+                    return Ok(());
+                }
+            };
         self.metrics.pairings += 1;
         let dest_addr = self.conns[key].addr;
-        let origin_addr = self.conns[origin].addr;
+        let origin_addr = self.conns[origin].addr.to_string();
         log::info!("session {id}: dest {dest_addr} joined origin {origin_addr}");
-        let origin_addr = origin_addr.to_string();
-        let dest_addr = dest_addr.to_string();
         let out = upgrade_answer(
             request,
             &id,
@@ -755,23 +687,16 @@ impl Server {
                 addr: &origin_addr,
             },
         );
-        self.queue_ping(
-            origin,
-            &Control::PeerJoined {
-                seq: Some(seq),
-                addr: &dest_addr,
-            }
-            .to_vec(),
-        );
-        self.become_open(key, Side::Dest, session_key, &out, rest)?;
-        self.write_to(origin).map(|_| ())
+        // The origin hears of its dest (the loop writes to it at once).
+        self.apply(actions);
+        self.become_open(key, Member::Dest, session_key, &out, rest)
     }
 
     fn become_open(
         &mut self,
         key: usize,
-        side: Side,
-        session: usize,
+        member: Member,
+        session: SessionKey,
         out: &[u8],
         rest: Vec<u8>,
     ) -> Step {
@@ -783,9 +708,7 @@ impl Server {
             parsed: 0,
             seg_off: 0,
             decoder: Decoder::new(Role::Server, max),
-            fwd_message: false,
-            fwd_frame: false,
-            fwd_epoch: 0,
+            fwd: Forwarding::default(),
             stash: None,
         };
         if !rest.is_empty() {
@@ -799,7 +722,7 @@ impl Server {
         let now = self.now;
         let interval = self.cfg.ping_interval;
         let conn = &mut self.conns[key];
-        conn.state = State::Open { side, session };
+        conn.state = State::Open { member, session };
         conn.inb = Some(inb);
         conn.ctrl.extend_from_slice(out);
         conn.alive_at = now;
@@ -812,15 +735,8 @@ impl Server {
 
     /// Peer of an open connection, if paired.
     fn peer(&self, key: usize) -> Option<usize> {
-        match self.conns[key].state {
-            State::Open {
-                side: Side::Origin,
-                session,
-            } => self.sessions[session].dest,
-            State::Open {
-                side: Side::Dest,
-                session,
-            } => Some(self.sessions[session].origin),
+        match self.conns.get(key)?.state {
+            State::Open { member, session } => self.sessions.peer(session, member),
             _ => None,
         }
     }
@@ -916,7 +832,7 @@ impl Server {
     fn decode(&mut self, key: usize) -> bool {
         let mut progress = false;
         loop {
-            let State::Open { side, session } = self.conns[key].state else {
+            let State::Open { member, session } = self.conns[key].state else {
                 return progress;
             };
             let conn = &mut self.conns[key];
@@ -952,18 +868,11 @@ impl Server {
             progress = true;
             match event {
                 Event::DataHeader(h) => {
-                    let pairing = &self.sessions[session];
-                    let target = match side {
-                        Side::Origin => pairing.dest.filter(|_| pairing.origin_acked),
-                        Side::Dest => Some(pairing.origin),
-                    };
-                    if h.opcode != OpCode::Continuation {
-                        inb.fwd_message = target.is_some();
-                        inb.fwd_epoch = pairing.epoch;
-                    }
-                    inb.fwd_frame =
-                        inb.fwd_message && target.is_some() && inb.fwd_epoch == pairing.epoch;
-                    if inb.fwd_frame {
+                    let continuation = h.opcode == OpCode::Continuation;
+                    let target =
+                        self.sessions
+                            .frame_begins(session, member, continuation, &mut inb.fwd);
+                    if target.is_some() {
                         let out = FrameHeader { mask: None, ..h };
                         let hl = out.encoded_len();
                         let end = at + n;
@@ -977,16 +886,14 @@ impl Server {
                 Event::Payload {
                     len, frame_done, ..
                 } => {
-                    // The target may have left since the frame began: the
-                    // rest of the frame then goes nowhere.
-                    let pairing = &self.sessions[session];
-                    let target_alive = side == Side::Dest || pairing.dest.is_some();
-                    inb.fwd_frame &= target_alive && inb.fwd_epoch == pairing.epoch;
-                    if inb.fwd_frame {
+                    let target = self
+                        .sessions
+                        .payload_continues(session, member, &mut inb.fwd);
+                    if target.is_some() {
                         push_seg(&mut buf.segs, at, at + len, frame_done);
-                        match side {
-                            Side::Origin => self.metrics.bytes_origin_to_dest += len as u64,
-                            Side::Dest => self.metrics.bytes_dest_to_origin += len as u64,
+                        match member {
+                            Member::Origin => self.metrics.bytes_origin_to_dest += len as u64,
+                            Member::Dest => self.metrics.bytes_dest_to_origin += len as u64,
                         }
                     }
                 }
@@ -1002,8 +909,8 @@ impl Server {
                             frame::encode_frame(&mut pong, true, OpCode::Pong, None, payload);
                             self.queue_ctrl(key, &pong);
                         }
-                        OpCode::Pong if side == Side::Origin => {
-                            self.on_origin_pong(session, payload);
+                        OpCode::Pong if member == Member::Origin => {
+                            self.sessions.origin_pong(session, payload);
                         }
                         OpCode::Close => {
                             // The decoder validated the payload (code and
@@ -1019,16 +926,6 @@ impl Server {
                     }
                 }
             }
-        }
-    }
-
-    fn on_origin_pong(&mut self, session: usize, payload: &[u8]) {
-        let pairing = &mut self.sessions[session];
-        if pairing.origin_acked {
-            return;
-        }
-        if control::acked_seq(payload) == Some(pairing.change_seq) {
-            pairing.origin_acked = true;
         }
     }
 
@@ -1218,147 +1115,144 @@ impl Server {
         if pending && peer_alive {
             return false;
         }
-        let State::Open { side, session } = conn.state else {
+        let State::Open { member, session } = conn.state else {
             return false;
         };
         let addr = conn.addr;
-        let id = self.sessions[session].id;
-        let who = match side {
-            Side::Origin => "origin",
-            Side::Dest => "dest",
-        };
-        match &ending {
+        let id = self
+            .sessions
+            .view(session)
+            .map(|v| v.id)
+            .unwrap_or_default();
+        let who = member.name();
+        let how = match &ending {
             Ending::Closed(code, reason) => {
-                log::info!("session {id}: {who} {addr} closed ({code} {reason})")
+                log::info!("session {id}: {who} {addr} closed ({code} {reason})");
+                Departure::Closed(*code, reason)
             }
             Ending::Failed(code, reason) => {
-                log::info!("session {id}: {who} {addr} closed by the relay ({code} {reason})")
+                log::info!("session {id}: {who} {addr} closed by the relay ({code} {reason})");
+                Departure::Failed(*code, reason)
             }
-            Ending::Vanished(why) => log::info!("session {id}: {who} {addr} {why}"),
-        }
-        match (side, &ending) {
-            // A close frame from the origin ends the session; the dest gets
-            // the origin's code and reason (1005, "no code", becomes 1000).
-            (Side::Origin, Ending::Closed(code, reason)) => {
-                let code = no_status_as_normal(*code);
-                self.end_session(session, code, reason, code, reason);
+            Ending::Vanished(why) => {
+                log::info!("session {id}: {who} {addr} {why}");
+                Departure::Vanished(why)
             }
-            (Side::Origin, Ending::Failed(code, reason)) => {
-                self.end_session(
-                    session,
-                    *code,
-                    reason,
-                    close::ORIGIN_GONE,
-                    "origin gone (protocol error)",
-                );
-            }
-            // `end_session` drops a vanished origin without a close frame.
-            (Side::Origin, Ending::Vanished(_)) => {
-                self.end_session(
-                    session,
-                    close::INTERNAL_ERROR,
-                    "",
-                    close::ORIGIN_GONE,
-                    "origin gone",
-                );
-            }
-            (Side::Dest, Ending::Closed(code, reason) | Ending::Failed(code, reason)) => {
-                let code = no_status_as_normal(*code);
-                self.detach_dest(session, key, code, reason);
-                self.close_conn(key, code, reason);
-            }
-            (Side::Dest, Ending::Vanished(why)) => {
-                self.detach_dest(session, key, close::ABNORMAL, why);
-                self.drop_conn(key, "vanished");
-            }
-        }
+        };
+        self.leave_session(key, member, session, how);
         true
     }
 
-    /// The dest `d` leaves session `s`; the origin is told and the session
-    /// waits for a new dest.
-    fn detach_dest(&mut self, session_key: usize, dest: usize, code: u16, reason: &str) {
-        let session = &mut self.sessions[session_key];
-        if session.dest != Some(dest) {
-            return;
-        }
-        session.dest = None;
-        session.epoch = session.epoch.wrapping_add(1);
-        session.change_seq = session.change_seq.wrapping_add(1);
-        session.origin_acked = false;
-        let seq = session.change_seq;
-        let origin = session.origin;
-        if let Some(inb) = self.conns[origin].inb.as_mut() {
-            // Frames the origin had queued for the departed dest. The origin
-            // may have stopped reading for them: wake it.
-            if let Some(buf) = inb.buf.as_mut() {
-                buf.segs.clear();
-                inb.seg_off = 0;
-            }
-        }
-        self.wake.push((origin, self.conns[origin].generation));
-        self.conns[dest].state = State::Closing { fin_sent: false };
-        // A message the dest had begun forwarding (fragments sent, final
-        // one never) leaves the origin inside a message: the next dest's
-        // first frame would break RFC 6455 §5.4 there.
-        let dest_mid_message = self.conns[dest]
+    /// Tell the session core that `key` left, and carry out what follows.
+    /// The core's `Close` for `key` itself applies only while it is still
+    /// open (not when it is being dropped).
+    fn leave_session(&mut self, key: usize, member: Member, session: SessionKey, how: Departure) {
+        let peer_mid_frame = self
+            .sessions
+            .peer(session, member)
+            .and_then(|peer| self.conns.get(peer))
+            .is_some_and(|peer| peer.fwd_mid_frame);
+        // A message it had begun forwarding (fragments sent, final one
+        // never) leaves its peer inside a message: the next peer's first
+        // frame would break RFC 6455 §5.4 there.
+        let mid_message = self.conns[key]
             .inb
             .as_ref()
-            .is_some_and(|i| i.fwd_message && i.decoder.in_message());
-        if self.conns[origin].fwd_mid_frame || dest_mid_message {
-            // The dest left inside a frame or message toward the origin: it
-            // can never be completed, so the origin's stream is unusable.
-            self.end_session(
-                session_key,
-                close::INTERNAL_ERROR,
-                "peer vanished inside a frame",
-                close::ORIGIN_GONE,
-                "origin gone",
-            );
-            return;
+            .is_some_and(|i| i.fwd.message && i.decoder.in_message());
+        let leaving = Leaving {
+            how,
+            peer_mid_frame,
+            mid_message,
+        };
+        let mut actions = Vec::new();
+        if self
+            .sessions
+            .leave(session, key, member, &leaving, &mut actions)
+        {
+            self.apply(actions);
+        } else if matches!(self.conns[key].state, State::Open { .. }) {
+            // Not a member (cannot happen while the loop keeps its states
+            // in step with the core): just close it.
+            self.conns[key].state = State::Closing { fin_sent: false };
+            self.close_conn(key, close::INTERNAL_ERROR, "");
         }
-        let payload = Control::PeerLeft {
-            seq: Some(seq),
-            code,
-            reason,
-        }
-        .to_vec();
-        self.queue_ping(origin, &payload);
-        let _ = self.write_to(origin);
     }
 
-    /// End session `s`: close its origin with `origin_code` and its dest
-    /// (if any) with `dest_code`.
-    fn end_session(
-        &mut self,
-        session_key: usize,
-        origin_code: u16,
-        origin_reason: &str,
-        dest_code: u16,
-        dest_reason: &str,
-    ) {
-        let session = self.sessions.remove(session_key);
-        self.by_id.remove(&session.id);
-        for (member, code, reason) in [
-            (Some(session.origin), origin_code, origin_reason),
-            (session.dest, dest_code, dest_reason),
-        ] {
-            let Some(member) = member else { continue };
-            if !matches!(self.conns[member].state, State::Open { .. }) {
-                continue;
-            }
-            if let Some(inb) = self.conns[member].inb.as_mut() {
-                if let Some(buf) = inb.buf.as_mut() {
-                    buf.segs.clear();
-                    inb.seg_off = 0;
+    /// Carry out the session core's actions. None of them calls back into
+    /// the core: a connection it closes is first taken out of `Open`.
+    fn apply(&mut self, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::PeerJoined { to, seq, peer } => {
+                    let Some(addr) = self.conns.get(peer).map(|c| c.addr.to_string()) else {
+                        continue;
+                    };
+                    let ping = Control::PeerJoined {
+                        seq: Some(seq),
+                        addr: &addr,
+                    };
+                    self.send_control(to, ping);
+                }
+                Action::PeerLeft {
+                    to,
+                    seq,
+                    code,
+                    reason,
+                } => {
+                    let ping = Control::PeerLeft {
+                        seq: Some(seq),
+                        code,
+                        reason: &reason,
+                    };
+                    self.send_control(to, ping);
+                }
+                Action::Discard { conn } => {
+                    let Some(c) = self.conns.get_mut(conn) else {
+                        continue;
+                    };
+                    if let Some(inb) = c.inb.as_mut() {
+                        if let Some(buf) = inb.buf.as_mut() {
+                            buf.segs.clear();
+                            inb.seg_off = 0;
+                        }
+                    }
+                    // It may have stopped reading for them: wake it.
+                    self.wake.push((conn, c.generation));
+                }
+                Action::Close { conn, code, reason } => {
+                    let Some(c) = self.conns.get_mut(conn) else {
+                        continue;
+                    };
+                    if !matches!(c.state, State::Open { .. }) {
+                        continue;
+                    }
+                    if let Some(inb) = c.inb.as_mut() {
+                        if let Some(buf) = inb.buf.as_mut() {
+                            buf.segs.clear();
+                            inb.seg_off = 0;
+                        }
+                    }
+                    c.state = State::Closing { fin_sent: false };
+                    match c.ending {
+                        Some(Ending::Vanished(_)) => self.drop_conn(conn, "vanished"),
+                        _ => self.close_conn(conn, code, &reason),
+                    }
                 }
             }
-            self.conns[member].state = State::Closing { fin_sent: false };
-            match self.conns[member].ending {
-                Some(Ending::Vanished(_)) => self.drop_conn(member, "vanished"),
-                _ => self.close_conn(member, code, reason),
-            }
         }
+    }
+
+    /// Queue a control ping to an open connection and try to write it.
+    fn send_control(&mut self, to: usize, ping: Control<'_>) {
+        if !self
+            .conns
+            .get(to)
+            .is_some_and(|c| matches!(c.state, State::Open { .. }))
+        {
+            return;
+        }
+        self.queue_ping(to, &ping.to_vec());
+        let _ = self.write_to(to);
     }
 
     /// A protocol violation by `key`: close it with `code`, and let its
@@ -1460,28 +1354,11 @@ impl Server {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        if let State::Open { side, session } = conn.state {
+        if let State::Open { member, session } = conn.state {
             conn.ending = Some(Ending::Vanished(why.to_string()));
-            // Let the session react; this re-enters with the state changed.
+            // Out of `Open` first: the session's `Close` for it is moot.
             conn.state = State::Closing { fin_sent: true };
-            match side {
-                Side::Origin => {
-                    if self.sessions.contains(session) && self.sessions[session].origin == key {
-                        self.end_session(
-                            session,
-                            close::INTERNAL_ERROR,
-                            why,
-                            close::ORIGIN_GONE,
-                            "origin gone",
-                        );
-                    }
-                }
-                Side::Dest => {
-                    if self.sessions.contains(session) {
-                        self.detach_dest(session, key, close::ABNORMAL, why);
-                    }
-                }
-            }
+            self.leave_session(key, member, session, Departure::Vanished(why));
         }
         let conn = &mut self.conns[key];
         if matches!(conn.state, State::Pending { .. }) {
@@ -1630,28 +1507,17 @@ impl Server {
         for mut l in self.listeners.drain(..) {
             let _ = self.poll.registry().deregister(&mut l.sock);
         }
-        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
-        for key in keys {
-            if !self.conns.contains(key) {
-                continue;
-            }
-            match self.conns[key].state {
-                State::Open { .. } => {
-                    if let State::Open { session, .. } = self.conns[key].state {
-                        if self.sessions.contains(session) {
-                            self.end_session(
-                                session,
-                                close::GOING_AWAY,
-                                "relay shutting down",
-                                close::GOING_AWAY,
-                                "relay shutting down",
-                            );
-                        }
-                    }
-                }
-                State::Pending { .. } => self.drop_conn(key, "relay shutting down"),
-                State::Closing { .. } => {}
-            }
+        let mut actions = Vec::new();
+        self.sessions.end_all(&mut actions);
+        self.apply(actions);
+        let pending: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| matches!(c.state, State::Pending { .. }))
+            .map(|(k, _)| k)
+            .collect();
+        for key in pending {
+            self.drop_conn(key, "relay shutting down");
         }
         self.reap();
     }
@@ -1659,11 +1525,7 @@ impl Server {
     fn gauges(&self) -> Gauges {
         let mut g = Gauges {
             sessions: self.sessions.len(),
-            sessions_paired: self
-                .sessions
-                .iter()
-                .filter(|(_, s)| s.dest.is_some())
-                .count(),
+            sessions_paired: self.sessions.paired(),
             buffers_in_use: self.pool.in_use,
             buffers_free: self.pool.free_count(),
             ..Gauges::default()
@@ -1672,10 +1534,12 @@ impl Server {
             match c.state {
                 State::Pending { .. } => g.conns_pending += 1,
                 State::Open {
-                    side: Side::Origin, ..
+                    member: Member::Origin,
+                    ..
                 } => g.conns_origin += 1,
                 State::Open {
-                    side: Side::Dest, ..
+                    member: Member::Dest,
+                    ..
                 } => g.conns_dest += 1,
                 State::Closing { .. } => g.conns_closing += 1,
             }
@@ -1707,16 +1571,6 @@ fn unacked_bytes(sock: &TcpStream) -> u32 {
         u32::try_from(queued).unwrap_or(0)
     } else {
         0
-    }
-}
-
-/// A close frame without a code (1005, never on the wire) is passed on as
-/// a normal close.
-fn no_status_as_normal(code: u16) -> u16 {
-    if code == close::NO_STATUS {
-        close::NORMAL
-    } else {
-        code
     }
 }
 
