@@ -4,6 +4,7 @@
 
 pub mod activation;
 pub mod api;
+pub mod liveness;
 pub mod metrics;
 pub mod pool;
 mod server;

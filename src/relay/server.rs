@@ -9,6 +9,7 @@
 //! bytes are never copied.
 
 use super::api::{self, Route};
+use super::liveness::{Liveness, Policy, Verdict};
 use super::metrics::{Gauges, Metrics, Reject};
 use super::pool::{Buf, Pool, Seg, MAX_SEGS};
 use super::session::{Action, Departure, Forwarding, Leaving, Member, Registry, SessionKey};
@@ -127,13 +128,8 @@ struct Conn {
     writable: bool,
     /// The last readiness event said the peer has sent FIN.
     peer_fin: bool,
-    /// The last sign of life: bytes read from it, or forwarded bytes it
-    /// accepted (a receiver busy with one long frame sends nothing, and
-    /// our ping to it waits for the frame's end). A peer that stops
-    /// reading stops accepting once its receive window and our send buffer
-    /// are full, so this cannot keep a dead peer alive for long.
-    alive_at: Instant,
-    keepalive_sent: bool,
+    /// Signs of life and the keepalive (see `liveness`).
+    live: Liveness,
     /// The deadline of this connection's one live timer entry.
     next_check: Instant,
     inb: Option<Inbound>,
@@ -146,9 +142,6 @@ struct Conn {
     fwd_mid_frame: bool,
     /// Refused at accept (counted in `Server::refusing` until removed).
     refused: bool,
-    /// Bytes in its socket's send queue at the last liveness check: when
-    /// it shrinks, the peer accepted bytes, so it is alive.
-    unacked_seen: u32,
 }
 
 pub struct Server {
@@ -435,8 +428,7 @@ impl Server {
             readable: false,
             writable: false,
             peer_fin: false,
-            alive_at: self.now,
-            keepalive_sent: false,
+            live: Liveness::new(self.now),
             next_check: deadline,
             inb: None,
             ending: None,
@@ -444,7 +436,6 @@ impl Server {
             ctrl_pos: 0,
             fwd_mid_frame: false,
             refused: false,
-            unacked_seen: 0,
         });
         self.pending_count += 1;
         Some(key)
@@ -725,7 +716,7 @@ impl Server {
         conn.state = State::Open { member, session };
         conn.inb = Some(inb);
         conn.ctrl.extend_from_slice(out);
-        conn.alive_at = now;
+        conn.live = Liveness::new(now);
         conn.next_check = now + interval;
         let entry = (conn.next_check, key, conn.generation);
         self.timers.schedule(entry.0, entry);
@@ -799,8 +790,7 @@ impl Server {
                 }
                 Ok(n) => {
                     inb.filled += n;
-                    conn.alive_at = self.now;
-                    conn.keepalive_sent = false;
+                    conn.live.heard(self.now);
                     // A short read drained the socket (epoll(7)): skip the
                     // read that would only say EAGAIN; the next arrival
                     // raises a new edge. Unless the peer's FIN is already
@@ -1004,7 +994,7 @@ impl Server {
                     }
                     if n > 0 {
                         progress = true;
-                        receiver.alive_at = self.now;
+                        receiver.live.accepted(self.now);
                     }
                     let mut done = 0;
                     for seg in buf.segs.iter() {
@@ -1419,44 +1409,30 @@ impl Server {
                 State::Closing { .. } => self.drop_conn(key, "close timed out"),
                 State::Open { .. } => {
                     let unacked = unacked_bytes(&conn.sock);
-                    if unacked < conn.unacked_seen {
-                        // The peer accepted bytes since the last check
-                        // (a receiver in the middle of one long frame, whose
-                        // window opens by less than it takes to raise a
-                        // writable edge): it is alive.
-                        conn.alive_at = self.now;
-                    }
-                    conn.unacked_seen = unacked;
-                    if conn.readable && conn.ending.is_none() {
-                        // Bytes are waiting that we chose not to read yet
-                        // (backpressure from its peer): it is alive.
-                        conn.alive_at = self.now;
-                        conn.keepalive_sent = false;
-                    }
-                    let idle = self.now.saturating_duration_since(conn.alive_at);
-                    let interval = self.cfg.ping_interval;
-                    let limit = interval + self.cfg.pong_timeout;
-                    if idle >= limit {
-                        self.metrics.ping_timeouts += 1;
-                        log::info!(
-                            "{}: no answer for {idle:?} ({unacked} bytes unacknowledged); dropping",
-                            conn.addr
-                        );
-                        self.drop_conn(key, "ping timeout");
-                        continue;
-                    }
-                    let next = if idle >= interval {
-                        if !conn.keepalive_sent {
-                            conn.keepalive_sent = true;
+                    let backlogged = conn.readable && conn.ending.is_none();
+                    let policy = Policy {
+                        ping_interval: self.cfg.ping_interval,
+                        pong_timeout: self.cfg.pong_timeout,
+                    };
+                    let next = match conn.live.check(self.now, policy, backlogged, unacked) {
+                        Verdict::Dead(idle) => {
+                            self.metrics.ping_timeouts += 1;
+                            log::info!(
+                                "{}: no answer for {idle:?} ({unacked} bytes unacknowledged); dropping",
+                                conn.addr
+                            );
+                            self.drop_conn(key, "ping timeout");
+                            continue;
+                        }
+                        Verdict::Wait(next) => next,
+                        Verdict::Ping(next) => {
                             self.queue_ping(key, b"");
                             if let Err(e) = self.write_to(key) {
                                 self.drop_conn(key, &format!("write error: {e}"));
                                 continue;
                             }
+                            next
                         }
-                        self.conns[key].alive_at + limit
-                    } else {
-                        self.conns[key].alive_at + interval
                     };
                     let conn = &mut self.conns[key];
                     conn.next_check = next;
