@@ -18,7 +18,8 @@ impl Server {
             .is_some_and(|b| !b.segs.is_empty());
         let peer_alive = self
             .peer(key)
-            .is_some_and(|peer| self.conns[peer].ending.is_none());
+            .and_then(|peer| self.conns.get(peer))
+            .is_some_and(|peer| peer.ending.is_none());
         if pending && peer_alive {
             return false;
         }
