@@ -4,6 +4,7 @@
 //! Layers (see README "Architecture"):
 //! - sans-IO protocol cores: [`ws::handshake`], [`ws::frame`], [`mux`], [`secure`], [`control`]
 //! - event loops that own the sockets: [`relay`], [`client`]
+//! - the byte stream under the WebSocket: [`transport`]
 //! - support: [`sys`], [`timer`], [`cli`]
 
 pub mod cli;
@@ -15,4 +16,5 @@ pub mod relay;
 pub mod secure;
 pub mod sys;
 pub mod timer;
+pub mod transport;
 pub mod ws;

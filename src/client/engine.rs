@@ -9,11 +9,12 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
+use std::net::{Shutdown, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::{UnixListener, UnixStream};
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Interest, Poll, Token, Waker};
 use uuid::Uuid;
 
 use super::listen::{listen_private, PrivateSocket};
@@ -23,10 +24,13 @@ use crate::control::{close, header, path, Control};
 use crate::mux::{self, ChannelId, Mux};
 use crate::sys::{self, Signal, Signals};
 use crate::timer::Timers;
+use crate::transport::resolve::{lookups_running, Lookup};
 use crate::ws::frame::OpCode;
 
 const SIGNALS: Token = Token(1);
 const LISTENER: Token = Token(2);
+/// A name lookup finished (the resolver thread's waker).
+const RESOLVER: Token = Token(3);
 /// WebSocket tokens: this bit plus the connection generation.
 const WS_BIT: usize = 1 << 62;
 /// Heartbeat check period (a quarter of the ping interval).
@@ -184,6 +188,12 @@ pub struct Engine {
     listener: Option<(PrivateSocket, UnixListener)>,
     link: Option<Link>,
     link_gen: u64,
+    /// Wakes the loop when a name lookup is answered.
+    waker: Arc<Waker>,
+    /// The relay's name being resolved, for the attempt `link_gen`.
+    lookup: Option<(u64, Lookup)>,
+    /// Resolved relay addresses not tried yet in this attempt.
+    addrs_left: VecDeque<SocketAddr>,
     backoff: Backoff,
     upgraded_once: bool,
     epoch: Option<Epoch>,
@@ -237,6 +247,7 @@ impl Engine {
         poll.registry()
             .register(signals.source(), SIGNALS, Interest::READABLE)
             .map_err(|e| local("register signals", e))?;
+        let waker = Waker::new(poll.registry(), RESOLVER).map_err(|e| local("waker", e))?;
         let listener = if opts.side == Side::Dest {
             let sock = listen_private(&opts.socket).map_err(|e| Error::Local(e.to_string()))?;
             let std_l = sock
@@ -269,6 +280,9 @@ impl Engine {
             listener,
             link: None,
             link_gen: 0,
+            waker: Arc::new(waker),
+            lookup: None,
+            addrs_left: VecDeque::new(),
             backoff: Backoff::default(),
             upgraded_once: false,
             epoch: None,
@@ -366,6 +380,7 @@ impl Engine {
                 None => {}
             },
             LISTENER => self.accept(),
+            RESOLVER => self.on_lookup_done(),
             Token(t) if t & WS_BIT != 0 => {
                 let gen = (t & !WS_BIT) as u64;
                 if self.link.as_ref().is_some_and(|l| l.gen == gen) {
@@ -393,20 +408,54 @@ impl Engine {
 
     // ---- relay link ---------------------------------------------------
 
+    /// Stage 1 of a connection: resolve the relay's name, off the loop.
     fn connect(&mut self) {
         self.link_gen += 1;
         let gen = self.link_gen;
-        let addr: Option<SocketAddr> = (self.opts.relay.host.as_str(), self.opts.relay.port)
-            .to_socket_addrs()
-            .ok()
-            .and_then(|mut a| a.next());
-        let Some(addr) = addr else {
-            self.link_failed(
-                format!("cannot resolve relay host {:?}", self.opts.relay.host),
-                None,
-            );
+        let host = &self.opts.relay.host;
+        match Lookup::start(host, self.opts.relay.port, self.waker.clone()) {
+            Ok(lookup) => self.lookup = Some((gen, lookup)),
+            Err(e) => {
+                self.link_failed(format!("cannot resolve relay host {host:?}: {e}"), None);
+                return;
+            }
+        }
+        self.timers.schedule(
+            Instant::now() + CONNECT_TIMEOUT,
+            Timer::ConnectDeadline(gen),
+        );
+        // An address literal is answered at once.
+        self.on_lookup_done();
+    }
+
+    fn on_lookup_done(&mut self) {
+        let Some((_, lookup)) = &mut self.lookup else {
             return;
         };
+        let Some(answer) = lookup.poll() else { return };
+        self.lookup = None;
+        let host = &self.opts.relay.host;
+        match answer {
+            Ok(addrs) if !addrs.is_empty() => {
+                log::debug!("relay host {host:?} is {addrs:?}");
+                self.addrs_left = addrs.into();
+                self.connect_next();
+            }
+            Ok(_) => self.link_failed(format!("relay host {host:?} has no address"), None),
+            Err(e) => self.link_failed(format!("cannot resolve relay host {host:?}: {e}"), None),
+        }
+    }
+
+    /// Stage 2 and on: a TCP connect to the next address not tried yet,
+    /// then the WebSocket upgrade (queued until TCP connects). Each try is
+    /// its own link generation, so that events of an abandoned socket are
+    /// ignored.
+    fn connect_next(&mut self) {
+        let Some(addr) = self.addrs_left.pop_front() else {
+            return;
+        };
+        self.link_gen += 1;
+        let gen = self.link_gen;
         let path = match self.side() {
             Side::Origin => format!("{}?id={}", path::ORIGIN, self.session),
             Side::Dest => format!("{}?id={}", path::DEST, self.session),
@@ -441,10 +490,34 @@ impl Engine {
             .schedule(now + CONNECT_TIMEOUT, Timer::ConnectDeadline(gen));
     }
 
+    /// A TCP connect failed or timed out and another address is left:
+    /// try that one at once. Returns whether it did.
+    fn try_next_address(&mut self, why: &str) -> bool {
+        let connecting = match &self.link {
+            Some(link) => !link.ws.is_tcp_connected(),
+            // A synchronous connect error leaves no link behind.
+            None => self.lookup.is_none(),
+        };
+        if !connecting || self.addrs_left.is_empty() {
+            return false;
+        }
+        if let Some(mut link) = self.link.take() {
+            let _ = self.poll.registry().deregister(link.ws.source());
+        }
+        log::info!("{why}; trying the next address");
+        self.connect_next();
+        true
+    }
+
     /// The link is gone or unusable: end the epoch and reconnect after
     /// `delay` (None: the next backoff step). An origin that never got a
     /// session stops instead: its user is waiting for the eval lines.
     fn link_failed(&mut self, why: String, delay: Option<Duration>) {
+        if self.try_next_address(&why) {
+            return;
+        }
+        self.addrs_left.clear();
+        self.lookup = None;
         if self.side() == Side::Origin && !self.upgraded_once {
             let relay = self.opts.relay.authority();
             self.stop = Some(Err(Error::Local(format!("relay {relay}: {why}"))));
@@ -1105,6 +1178,18 @@ impl Engine {
                 Timer::Reconnect(gen) if gen == self.link_gen && self.link.is_none() => {
                     self.connect();
                 }
+                Timer::ConnectDeadline(gen) if self.lookup.as_ref().is_some_and(|l| l.0 == gen) => {
+                    // The thread goes on until getaddrinfo returns; its
+                    // answer is dropped.
+                    self.link_failed(
+                        format!(
+                            "relay host {:?} did not resolve within {} s",
+                            self.opts.relay.host,
+                            CONNECT_TIMEOUT.as_secs()
+                        ),
+                        None,
+                    );
+                }
                 Timer::ConnectDeadline(gen) => {
                     if self
                         .link
@@ -1164,10 +1249,11 @@ impl Engine {
         let silent = now.duration_since(link.ws.last_rx());
         let interval = self.ping_interval;
         if silent >= dead_after {
+            // Still pinging us now, yet answering nothing of ours.
             let pinged = link
                 .ws
                 .last_ping_rx()
-                .is_some_and(|at| at > link.ws.last_rx());
+                .is_some_and(|at| at > link.ws.last_rx() && now.duration_since(at) < interval);
             let why = if pinged {
                 format!(
                     "relay is not reading: it sends pings but has answered nothing of ours for {} s",
@@ -1251,8 +1337,14 @@ impl Engine {
 /// `eval "$(sockrelay-origin ...)"` returns once the parent exits).
 fn daemonize() -> io::Result<Option<i32>> {
     let _ = io::stdout().flush();
-    // SAFETY: this process is single-threaded (one mio loop, no helper
-    // threads), so the child's copy of the only thread holds no locks that
+    if lookups_running() > 0 {
+        return Err(io::Error::other(
+            "a name lookup of the relay host is still running (a hung resolver); not forking",
+        ));
+    }
+    // SAFETY: this process is single-threaded here (one mio loop; the only
+    // helper threads, name lookups, were all joined: lookups_running() is
+    // 0, and only this thread starts them), so the child's copy of the only thread holds no locks that
     // another thread could have taken. The child keeps every fd, and epoll
     // registrations belong to the shared open file descriptions, so its
     // loop continues unchanged; the parent only prints and calls _exit.

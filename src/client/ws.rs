@@ -195,6 +195,11 @@ impl WsConn {
         self.last_ping_rx
     }
 
+    /// The TCP connect completed (the upgrade may still be under way).
+    pub fn is_tcp_connected(&self) -> bool {
+        self.tcp_connected
+    }
+
     pub fn is_open(&self) -> bool {
         matches!(self.state, State::Open)
     }
