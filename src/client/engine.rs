@@ -39,6 +39,13 @@ const TICKS_PER_INTERVAL: u32 = 4;
 /// time stays twice that). Not in `--help`: nobody should need it.
 const PING_ENV: &str = "SOCKRELAY_TEST_PING_MS";
 
+// Token packing (the WebSocket bit at 62, an epoch in bits 32..62) needs a
+// 64-bit usize: refuse to build where it would silently collide.
+const _: () = assert!(
+    usize::BITS >= 64,
+    "client token packing needs a 64-bit usize"
+);
+
 /// Channel tokens: epoch generation in the high half, channel id in the
 /// low 32 bits. Ids are never reused within an epoch and the generation
 /// never repeats, so an event for a dead channel can never reach another.
