@@ -455,9 +455,9 @@ fn origin_background_eval_returns_and_keeps_serving() {
 
 #[test]
 fn heartbeat_keeps_an_idle_link_and_detects_a_frozen_relay() {
-    // Scaled-down intervals (hidden test knob): ping after 200 ms idle,
-    // dead after 400 ms of silence.
-    let c = Chain::start_env("heartbeat", &[], &[("SOCKRELAY_TEST_PING_MS", "200")]);
+    // Scaled-down intervals: ping after 200 ms idle, dead after 400 ms of
+    // silence.
+    let c = Chain::start("heartbeat", &["--keepalive", "0.2", "--dead-after", "0.4"]);
     // Idle for many intervals: pings are answered, nothing is dropped.
     std::thread::sleep(Duration::from_millis(1500));
     assert!(

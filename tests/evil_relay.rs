@@ -1390,7 +1390,7 @@ fn watch_rss(proc: &mut support::Proc, for_: Duration, limit: u64) -> u64 {
 const FLOOD_RSS_LIMIT: u64 = 64 << 20;
 const NOT_READING: &str = "relay is not reading";
 /// Ping after 1 s of silence, dead after 2 s.
-const FLOOD_TIMING: [(&str, &str); 1] = [("SOCKRELAY_TEST_PING_MS", "1000")];
+const FLOOD_TIMING: [&str; 4] = ["--keepalive", "1", "--dead-after", "2"];
 
 /// Bug 1: empty pings (and forged `peer-joined` pings) as fast as the
 /// origin takes them, while the relay reads nothing. Before the fix every
@@ -1405,7 +1405,7 @@ fn relay_that_floods_pings_and_never_reads_cannot_exhaust_the_origin() {
     let (port, relay) = flooding_relay(frames, Duration::from_secs(6));
     let dir = TempDir::new("flood-o");
     let sock = dir.path("agent.sock");
-    let mut origin = support::Origin::try_start_env(&dir, port, &sock, &[], TOKEN, &FLOOD_TIMING)
+    let mut origin = support::Origin::try_start(&dir, port, &sock, &FLOOD_TIMING, TOKEN)
         .unwrap_or_else(|(code, log)| panic!("origin exited ({code:?}): {log}"));
     let peak = watch_rss(&mut origin.proc, Duration::from_secs(5), FLOOD_RSS_LIMIT);
     let sent = relay.join().unwrap();
@@ -1434,14 +1434,13 @@ fn relay_that_floods_peer_joined_and_never_reads_cannot_exhaust_the_dest() {
     let (port, relay) = flooding_relay(frames, Duration::from_secs(6));
     let dir = TempDir::new("flood-d");
     let sock = dir.path("dest.sock");
-    let mut dest = support::Dest::spawn_env(
+    let mut dest = support::Dest::spawn(
         &dir,
         port,
         &Uuid::new_v4().to_string(),
         &sock,
-        &[],
-        TOKEN,
         &FLOOD_TIMING,
+        TOKEN,
     );
     let peak = watch_rss(&mut dest.proc, Duration::from_secs(5), FLOOD_RSS_LIMIT);
     let sent = relay.join().unwrap();

@@ -35,9 +35,6 @@ const RESOLVER: Token = Token(3);
 const WS_BIT: usize = 1 << 62;
 /// Heartbeat check period (a quarter of the ping interval).
 const TICKS_PER_INTERVAL: u32 = 4;
-/// Hidden knob for tests: the ping interval in milliseconds (the dead-after
-/// time stays twice that). Not in `--help`: nobody should need it.
-const PING_ENV: &str = "SOCKRELAY_TEST_PING_MS";
 
 // Token packing (the WebSocket bit at 62, an epoch in bits 32..62) needs a
 // 64-bit usize: refuse to build where it would silently collide.
@@ -219,7 +216,6 @@ pub struct Engine {
     /// Events of one WebSocket read (kept to reuse the allocation).
     ws_events: Vec<WsEvent>,
     stop: Option<Stop>,
-    ping_interval: Duration,
     /// The relay's socket may hold more input than one turn's read budget.
     link_read_again: bool,
     /// Origin: channels accepted so far in this run (`--max-channels`).
@@ -303,10 +299,6 @@ impl Engine {
             plain: Vec::new(),
             ws_events: Vec::new(),
             stop: None,
-            ping_interval: std::env::var(PING_ENV)
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .map_or(PING_INTERVAL, Duration::from_millis),
             link_read_again: false,
             channels_accepted: 0,
             refusal: None,
@@ -321,7 +313,7 @@ impl Engine {
     /// No byte from the relay (or none of ours read by it) for this long:
     /// the link is dead.
     fn dead_after(&self) -> Duration {
-        self.ping_interval * (DEAD_AFTER.as_millis() / PING_INTERVAL.as_millis()) as u32
+        self.opts.liveness.dead_after
     }
 
     fn run(&mut self) -> Result<(), Error> {
@@ -644,7 +636,7 @@ impl Engine {
         if let Some(link) = &self.link {
             let gen = link.gen;
             self.timers.schedule(
-                Instant::now() + self.ping_interval / TICKS_PER_INTERVAL,
+                Instant::now() + self.opts.liveness.keepalive / TICKS_PER_INTERVAL,
                 Timer::Tick(gen),
             );
         }
@@ -1254,7 +1246,7 @@ impl Engine {
             return;
         }
         let silent = now.duration_since(link.ws.last_rx());
-        let interval = self.ping_interval;
+        let interval = self.opts.liveness.keepalive;
         if silent >= dead_after {
             // Still pinging us now, yet answering nothing of ours.
             let pinged = link

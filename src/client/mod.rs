@@ -20,9 +20,10 @@ use uuid::Uuid;
 
 pub use crate::mux::Side;
 
-/// Idle time after which we ping the relay.
-pub const PING_INTERVAL: Duration = Duration::from_secs(20);
-/// No data or pong from the relay for this long: the connection is dead.
+/// Default `--keepalive`: silence after which we ping the relay.
+pub const KEEPALIVE: Duration = Duration::from_secs(20);
+/// Default `--dead-after`: no data or pong from the relay (or none of our
+/// output taken by it) for this long, and the connection is dead.
 pub const DEAD_AFTER: Duration = Duration::from_secs(40);
 /// TCP connect + HTTP upgrade must finish within this.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -315,6 +316,27 @@ pub struct Options {
     pub token_generated: bool,
     /// Origin: limits on dests and channels.
     pub limits: Limits,
+    /// Keepalive and dead-link detection.
+    pub liveness: Liveness,
+}
+
+/// When to ping the relay and when to give the link up
+/// (`--keepalive`, `--dead-after`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Liveness {
+    /// Ping after this much silence from the relay.
+    pub keepalive: Duration,
+    /// Silent (or not reading) this long: dead. Longer than `keepalive`.
+    pub dead_after: Duration,
+}
+
+impl Default for Liveness {
+    fn default() -> Liveness {
+        Liveness {
+            keepalive: KEEPALIVE,
+            dead_after: DEAD_AFTER,
+        }
+    }
 }
 
 /// Why a run ended with a failure (the binaries exit 1 with this text).
