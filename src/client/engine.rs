@@ -8,8 +8,8 @@
 //! fresh mux and fresh channel ids, and nothing crosses epochs.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr};
+use std::io::{self, Write};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,7 @@ use crate::mux::{self, ChannelId, Mux};
 use crate::sys::{self, Signal, Signals};
 use crate::timer::Timers;
 use crate::transport::resolve::{lookups_running, Lookup};
+use crate::transport::{Received, Transport};
 use crate::ws::frame::OpCode;
 
 const SIGNALS: Token = Token(1);
@@ -1035,18 +1036,14 @@ impl Engine {
             if p.is_empty() {
                 break;
             }
-            let want = p.len();
-            match conn.sock.write(p) {
-                Ok(n) => {
-                    m.consume(ch, n);
-                    // Short write: the socket buffer is full (epoll(7));
-                    // wait for the EPOLLOUT edge instead of an EAGAIN.
-                    if n < want {
+            match conn.sock.socket_write(p) {
+                Ok(w) => {
+                    m.consume(ch, w.n);
+                    // Full: wait for the EPOLLOUT edge (transport module).
+                    if w.full {
                         conn.writable = false;
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => conn.writable = false,
                 Err(e) => {
                     log::debug!("channel {ch}: write: {e}");
                     m.close(ch, &format!("write: {e}"));
@@ -1056,7 +1053,7 @@ impl Engine {
             }
         }
         if m.wants_shutdown(ch) {
-            let _ = conn.sock.shutdown(Shutdown::Write);
+            let _ = conn.sock.shutdown_write();
             m.eof_delivered(ch);
         }
         // Socket → peer, one batch worth per turn for fairness.
@@ -1073,27 +1070,26 @@ impl Engine {
                     if n == 0 {
                         break;
                     }
-                    match conn.sock.read(&mut self.scratch[..n]) {
-                        Ok(0) => {
+                    match conn.sock.socket_read(&mut self.scratch[..n], conn.hup) {
+                        Ok(Received::Eof) => {
                             conn.read_eof = true;
                             m.send_eof(ch);
                             break;
                         }
-                        Ok(k) => {
-                            m.send_data(ch, &self.scratch[..k]);
-                            budget -= k;
-                            // Short read: drained (epoll(7)), unless the
-                            // event carried a FIN that a read must see.
-                            if k < n && !conn.hup {
+                        Ok(Received::Bytes { n: k, drained }) => {
+                            if k > 0 {
+                                m.send_data(ch, &self.scratch[..k]);
+                                budget -= k;
+                            }
+                            // Drained (transport module): wait for the
+                            // next edge; EAGAIN also clears the FIN hint.
+                            if drained {
                                 conn.readable = false;
+                                if k == 0 {
+                                    conn.hup = false;
+                                }
                                 break;
                             }
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            conn.readable = false;
-                            conn.hup = false;
-                            break;
                         }
                         Err(e) => {
                             log::debug!("channel {ch}: read: {e}");
