@@ -189,7 +189,10 @@ impl Endpoint {
     ) -> Queued {
         let mut did = Queued::default();
         if let CloseState::EchoPending { code } = self.close {
-            // §5.5.1: echo the status code received (1000 when none came).
+            // §5.5.1: echo the status code received (1000 when none came,
+            // or when it may not be sent: the decoder rejects those first,
+            // but what goes out must be valid whoever calls this).
+            let code = code.filter(|&c| frame::is_valid_close_code(c));
             frame::encode_close(out, mask(), code.unwrap_or(1000), "");
             self.close = CloseState::Sent;
             did.close = true;
@@ -334,6 +337,15 @@ mod tests {
         e.on_close(None);
         let mut out = Vec::new();
         e.encode_pending(&mut out, 500, || None);
+        assert_eq!(out, [0x88, 2, 0x03, 0xe8]);
+    }
+
+    #[test]
+    fn an_invalid_code_is_not_echoed() {
+        let mut e = Endpoint::new(limits());
+        e.on_close(Some(1005));
+        let mut out = Vec::new();
+        e.encode_pending(&mut out, 0, || None);
         assert_eq!(out, [0x88, 2, 0x03, 0xe8]);
     }
 
