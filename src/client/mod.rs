@@ -2,8 +2,9 @@
 //! channel per unix connection multiplexed over it (see docs/CLIENTS.md).
 //!
 //! - [`ws`]: the client end of one WebSocket (connect, upgrade, frames).
-//! - [`engine`]: the loop shared by both sides: relay control messages,
-//!   the end-to-end layer, the [`crate::mux`] state machine, unix sockets.
+//! - [`engine`]: the loop shared by both sides: the relay link, the
+//!   end-to-end layer and [`crate::mux`] glue per epoch, the unix channels,
+//!   daemonizing (one file each under `engine/`; see LIFECYCLE.md).
 //! - [`listen`]: the dest's private listening socket.
 
 pub mod args;
