@@ -603,3 +603,84 @@ fn origin_tries_every_resolved_address() {
     let dest = Dest::start(&dir, relay.port, &session, &dir.path("d.sock"), &[]);
     assert_eq!(echo_roundtrip(&dest.socket, b"dual".to_vec()), b"dual");
 }
+
+/// Bug 4, second half (issue 8): the relay's name is looked up off the
+/// loop. A resolver that never answers (a UDP socket of ours standing in
+/// for the name server, through a private /etc/resolv.conf in an
+/// `unshare -m` mount namespace) must not keep the origin from its
+/// signals: SIGTERM during the lookup ends it at once. Before, the lookup
+/// ran inside the loop and the origin sat in getaddrinfo for its whole
+/// timeout. Skips where the namespace or the socket cannot be had.
+#[test]
+fn a_hung_resolver_does_not_block_signals() {
+    let dir = TempDir::new("slowdns");
+    // A name server that reads queries and never answers.
+    let dns = match std::net::UdpSocket::bind("127.0.0.77:53") {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("SKIPPED: cannot bind a fake name server on 127.0.0.77:53: {e}");
+            return;
+        }
+    };
+    let resolv = dir.path("resolv.conf");
+    std::fs::write(
+        &resolv,
+        "nameserver 127.0.0.77\noptions timeout:5 attempts:2\n",
+    )
+    .unwrap();
+    let probe = Command::new("unshare")
+        .args(["-m", "sh", "-c", "mount --bind \"$0\" /etc/resolv.conf"])
+        .arg(&resolv)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    if !probe.is_ok_and(|s| s.success()) {
+        eprintln!("SKIPPED: unshare -m cannot bind a private /etc/resolv.conf here");
+        return;
+    }
+    let log = dir.path("origin.log");
+    let sock = dir.path("agent.sock");
+    let child = Command::new("unshare")
+        .args([
+            "-m",
+            "sh",
+            "-c",
+            "mount --bind \"$0\" /etc/resolv.conf && exec \"$@\"",
+        ])
+        .arg(&resolv)
+        .arg(ORIGIN)
+        .args(["-v", "sr-hung-resolver.test", "8080"])
+        .arg(&sock)
+        .env("SOCKRELAY_TOKEN", TOKEN)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut proc = Proc { child, log };
+    // Wait until the origin's query reaches our silent server.
+    dns.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut q = [0u8; 512];
+    assert!(
+        dns.recv_from(&mut q).is_ok(),
+        "no DNS query arrived\n{}",
+        proc.log_text()
+    );
+    let asked = Instant::now();
+    proc.signal(libc::SIGTERM);
+    let code = proc.wait_exit(Duration::from_secs(3));
+    eprintln!(
+        "origin exited {code:?} {} ms after SIGTERM, during the lookup",
+        asked.elapsed().as_millis()
+    );
+    assert!(
+        code.is_some(),
+        "the origin did not exit within 3 s of SIGTERM while its lookup hung\n{}",
+        proc.log_text()
+    );
+    assert!(
+        proc.log_text().contains("terminating on signal"),
+        "{}",
+        proc.log_text()
+    );
+}
