@@ -343,9 +343,27 @@ impl Default for Liveness {
 /// Why a run ended with a failure (the binaries exit 1 with this text).
 #[derive(Debug)]
 pub enum Error {
-    /// The relay refused us for good (e.g. 403, 409 for an origin).
+    /// The relay refused us for good (e.g. 403, 409 for an origin); the
+    /// text is the relay's answer.
     Refused(String),
-    /// Our own socket could not be set up (dest), or another local failure.
+    /// An origin could not get its first session from the relay (the
+    /// user is waiting for the eval lines, so it does not retry).
+    Unreachable { relay: String, why: String },
+    /// A system call failed: what we were doing, and the OS error.
+    Os {
+        what: &'static str,
+        err: std::io::Error,
+    },
+    /// The dest's private socket could not be set up.
+    Socket(listen::ListenError),
+    /// The end-to-end layer failed locally (not a peer's bad message).
+    E2e {
+        stage: &'static str,
+        err: engine::E2eError,
+    },
+    /// The origin refused this dest (`--allow-dest`); its reason.
+    RefusedByOrigin(String),
+    /// Any other local failure, said in words.
     Local(String),
 }
 
@@ -353,6 +371,11 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Refused(s) => write!(f, "relay refused: {s}"),
+            Error::Unreachable { relay, why } => write!(f, "relay {relay}: {why}"),
+            Error::Os { what, err } => write!(f, "{what}: {err}"),
+            Error::Socket(e) => e.fmt(f),
+            Error::E2e { stage, err } => write!(f, "end-to-end {stage}: {err}"),
+            Error::RefusedByOrigin(why) => write!(f, "origin refused this dest: {why}"),
             Error::Local(s) => f.write_str(s),
         }
     }

@@ -50,7 +50,10 @@ impl Engine {
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    self.stop = Some(Err(Error::Local(format!("fork: {e}"))));
+                    self.stop = Some(Err(Error::Os {
+                        what: "fork",
+                        err: e,
+                    }));
                 }
             }
         } else {

@@ -25,14 +25,20 @@ impl Engine {
         let mut e2e = match E2e::new(self.side(), self.opts.token.expose(), &self.session) {
             Ok(n) => n,
             Err(e) => {
-                self.stop = Some(Err(Error::Local(format!("end-to-end setup: {e}"))));
+                self.stop = Some(Err(Error::E2e {
+                    stage: "setup",
+                    err: e,
+                }));
                 return;
             }
         };
         if e2e.wants_to_send() {
             let mut msg = Vec::new();
             if let Err(e) = e2e.handshake_out(&mut msg) {
-                self.stop = Some(Err(Error::Local(format!("end-to-end handshake: {e}"))));
+                self.stop = Some(Err(Error::E2e {
+                    stage: "handshake",
+                    err: e,
+                }));
                 return;
             }
             if let Some(link) = &mut self.link {
@@ -73,9 +79,8 @@ impl Engine {
                 e.mux.is_some() && e.e2e.as_ref().is_some_and(E2e::is_established)
             });
             if !established {
-                let why = String::from_utf8_lossy(&msg[REFUSED_PREFIX.len()..]);
-                let why = format!("origin refused this dest: {why}");
-                self.stop = Some(Err(Error::Local(why)));
+                let why = String::from_utf8_lossy(&msg[REFUSED_PREFIX.len()..]).into_owned();
+                self.stop = Some(Err(Error::RefusedByOrigin(why)));
                 return;
             }
         }
@@ -126,14 +131,14 @@ impl Engine {
                     // state. (Waiting for a fresh handshake would hang when
                     // the relay, not the dest, got out of step: the dest then
                     // believes it is established and never sends one.)
-                    Err(e) => self.abort_link(close::E2E_FAILED, e),
+                    Err(e) => self.abort_link(close::E2E_FAILED, e.to_string()),
                 }
                 return;
             }
             Some(e2e) => {
                 self.plain.clear();
                 if let Err(e) = e2e.open(msg, &mut self.plain) {
-                    self.abort_link(close::E2E_FAILED, e);
+                    self.abort_link(close::E2E_FAILED, e.to_string());
                     return;
                 }
                 if !epoch.confirmed {
@@ -206,9 +211,12 @@ impl Engine {
                                     }
                                 });
                                 if !ok {
-                                    let e = err.unwrap_or_else(|| "sealed length".into());
-                                    self.stop =
-                                        Some(Err(Error::Local(format!("end-to-end seal: {e}"))));
+                                    self.stop = Some(Err(match err {
+                                        Some(err) => Error::E2e { stage: "seal", err },
+                                        None => Error::Local(
+                                            "end-to-end seal: sealed length differs".into(),
+                                        ),
+                                    }));
                                     return;
                                 }
                             }

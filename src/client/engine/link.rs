@@ -117,7 +117,7 @@ impl Engine {
         self.lookup = None;
         if self.side() == Side::Origin && !self.upgraded_once {
             let relay = self.opts.relay.authority();
-            self.stop = Some(Err(Error::Local(format!("relay {relay}: {why}"))));
+            self.stop = Some(Err(Error::Unreachable { relay, why }));
             self.link = None;
             return;
         }

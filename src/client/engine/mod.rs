@@ -73,6 +73,8 @@ enum Timer {
 mod channels;
 mod daemon;
 mod e2e;
+
+pub use e2e::E2eError;
 mod epoch;
 mod link;
 
@@ -182,7 +184,7 @@ pub fn run(opts: Options) -> Result<(), Error> {
 
 impl Engine {
     fn new(opts: Options) -> Result<Engine, Error> {
-        let local = |what: &str, e: io::Error| Error::Local(format!("{what}: {e}"));
+        let local = |what: &'static str, err: io::Error| Error::Os { what, err };
         let session = match (opts.side, opts.session) {
             (_, Some(id)) => id,
             (Side::Origin, None) => Uuid::new_v4(),
@@ -196,7 +198,7 @@ impl Engine {
             .map_err(|e| local("register signals", e))?;
         let waker = Waker::new(poll.registry(), RESOLVER).map_err(|e| local("waker", e))?;
         let listener = if opts.side == Side::Dest {
-            let sock = listen_private(&opts.socket).map_err(|e| Error::Local(e.to_string()))?;
+            let sock = listen_private(&opts.socket).map_err(Error::Socket)?;
             let std_l = sock
                 .listener
                 .try_clone()
@@ -278,7 +280,10 @@ impl Engine {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
-                return Err(Error::Local(format!("poll: {e}")));
+                return Err(Error::Os {
+                    what: "poll",
+                    err: e,
+                });
             }
             self.dirty.append(&mut self.again);
             if std::mem::take(&mut self.link_read_again) {
