@@ -8,8 +8,10 @@
 //! - [`listen`]: the dest's private listening socket.
 
 pub mod args;
+pub mod e2e;
 pub mod engine;
 pub mod listen;
+pub mod pairing;
 pub mod ws;
 
 use std::fmt;
@@ -359,7 +361,7 @@ pub enum Error {
     /// The end-to-end layer failed locally (not a peer's bad message).
     E2e {
         stage: &'static str,
-        err: engine::E2eError,
+        err: e2e::E2eError,
     },
     /// The origin refused this dest (`--allow-dest`); its reason.
     RefusedByOrigin(String),

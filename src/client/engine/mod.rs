@@ -12,7 +12,6 @@
 //! - [`link`]: the relay link (connect stages, answers, control, reconnect);
 //! - [`epoch`]: an epoch's end-to-end and mux glue;
 //! - [`channels`]: the unix sockets, one per channel;
-//! - [`e2e`]: the end-to-end layer, the same API with or without Noise;
 //! - [`daemon`]: the eval lines and `--background`.
 //!
 //! States and transitions: `src/client/LIFECYCLE.md`.
@@ -72,13 +71,11 @@ enum Timer {
 
 mod channels;
 mod daemon;
-mod e2e;
 
-pub use e2e::E2eError;
 mod epoch;
 mod link;
 
-use e2e::{E2e, SEAL_OVERHEAD};
+use super::e2e::{E2e, SEAL_OVERHEAD};
 
 struct Epoch {
     gen: u32,

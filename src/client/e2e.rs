@@ -1,7 +1,7 @@
 //! End-to-end layer with one API whether or not the feature is built in.
 use std::fmt;
 
-use super::Side;
+use crate::mux::Side;
 use uuid::Uuid;
 
 /// Why the end-to-end layer failed.
