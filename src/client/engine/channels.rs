@@ -9,7 +9,8 @@ impl Engine {
     /// Origin: connect the channel to the real socket.
     pub(super) fn connect_channel(&mut self, ch: ChannelId) {
         let Some(epoch) = &mut self.epoch else { return };
-        let Some(m) = &mut epoch.mux else { return };
+        let generation = epoch.generation();
+        let Some(m) = epoch.mux() else { return };
         let limits = &self.opts.limits;
         if let Some(why) = limits.refuse_channel(self.channels_accepted, self.conns.len()) {
             log::warn!("channel {ch}: refused: {why}");
@@ -20,7 +21,7 @@ impl Engine {
         let res = UnixStream::connect(path).and_then(|mut s| {
             self.poll.registry().register(
                 &mut s,
-                channel_token(epoch.gen, ch),
+                channel_token(generation, ch),
                 Interest::READABLE | Interest::WRITABLE,
             )?;
             Ok(s)
@@ -49,7 +50,7 @@ impl Engine {
             };
             match l.accept() {
                 Ok((sock, _)) => {
-                    let ready = self.epoch.as_ref().is_some_and(|e| e.mux.is_some());
+                    let ready = self.epoch.as_ref().is_some_and(Pairing::has_mux);
                     if ready {
                         self.open_channel(sock);
                     } else if self.waiting.len() < MAX_PENDING_CONNS {
@@ -74,7 +75,8 @@ impl Engine {
 
     pub(super) fn open_channel(&mut self, mut sock: UnixStream) {
         let Some(epoch) = &mut self.epoch else { return };
-        let Some(m) = &mut epoch.mux else { return };
+        let generation = epoch.generation();
+        let Some(m) = epoch.mux() else { return };
         let ch = match m.open() {
             Ok(ch) => ch,
             Err(e) => {
@@ -84,7 +86,7 @@ impl Engine {
         };
         if let Err(e) = self.poll.registry().register(
             &mut sock,
-            channel_token(epoch.gen, ch),
+            channel_token(generation, ch),
             Interest::READABLE | Interest::WRITABLE,
         ) {
             m.close(ch, &format!("register: {e}"));
@@ -116,7 +118,7 @@ impl Engine {
     /// windows and the high-water mark allow.
     pub(super) fn service(&mut self, ch: ChannelId) {
         let Some(epoch) = &mut self.epoch else { return };
-        let Some(m) = &mut epoch.mux else { return };
+        let Some(m) = epoch.mux() else { return };
         let Some(conn) = self.conns.get_mut(&ch) else {
             return;
         };

@@ -9,48 +9,50 @@ impl Engine {
     pub(super) fn start_epoch(&mut self) {
         self.end_epoch("new peer");
         self.epoch_gen += 1;
-        let gen = self.epoch_gen;
-        let mut epoch = Epoch {
-            gen,
-            e2e: None,
-            mux: None,
-            confirmed: false,
-        };
-        if self.opts.plaintext {
-            epoch.mux = Some(Mux::new(self.side(), mux::Config::client()));
-            self.epoch = Some(epoch);
-            self.on_mux_ready();
-            return;
-        }
-        let mut e2e = match E2e::new(self.side(), self.opts.token.expose(), &self.session) {
-            Ok(n) => n,
-            Err(e) => {
+        let generation = self.epoch_gen;
+        let now = Instant::now();
+        let token = self.opts.token.expose();
+        let started = Pairing::start(
+            generation,
+            self.side(),
+            self.opts.plaintext,
+            token,
+            &self.session,
+            now,
+        );
+        let (pairing, first) = match started {
+            Ok(x) => x,
+            Err(PairingError::Setup(err)) => {
                 self.stop = Some(Err(Error::E2e {
                     stage: "setup",
-                    err: e,
+                    err,
                 }));
+                return;
+            }
+            Err(PairingError::Handshake(err) | PairingError::Open(err)) => {
+                self.stop = Some(Err(Error::E2e {
+                    stage: "handshake",
+                    err,
+                }));
+                return;
+            }
+            Err(PairingError::Mux(e)) => {
+                self.stop = Some(Err(Error::Local(e.to_string())));
                 return;
             }
         };
-        if e2e.wants_to_send() {
-            let mut msg = Vec::new();
-            if let Err(e) = e2e.handshake_out(&mut msg) {
-                self.stop = Some(Err(Error::E2e {
-                    stage: "handshake",
-                    err: e,
-                }));
-                return;
-            }
-            if let Some(link) = &mut self.link {
-                link.ws.send(OpCode::Binary, &msg);
-            }
+        if let (Some(msg), Some(link)) = (first, &mut self.link) {
+            link.ws.send(OpCode::Binary, &msg);
         }
-        if self.side() == Side::Dest {
+        if let Some(deadline) = pairing.handshake_deadline() {
             self.timers
-                .schedule(Instant::now() + E2E_TIMEOUT, Timer::E2eDeadline(gen));
+                .schedule(deadline, Timer::E2eDeadline(generation));
         }
-        epoch.e2e = Some(e2e);
-        self.epoch = Some(epoch);
+        let ready = pairing.has_mux();
+        self.epoch = Some(pairing);
+        if ready {
+            self.on_mux_ready();
+        }
     }
 
     /// Drop every channel of the current epoch (their unix connections
@@ -75,9 +77,7 @@ impl Engine {
         if self.side() == Side::Dest && msg.starts_with(REFUSED_PREFIX) {
             // Only before the session is end to end (in plaintext a batch
             // never starts so); like a relay close, it is a hint.
-            let established = self.epoch.as_ref().is_some_and(|e| {
-                e.mux.is_some() && e.e2e.as_ref().is_some_and(E2e::is_established)
-            });
+            let established = self.epoch.as_ref().is_some_and(Pairing::is_end_to_end);
             if !established {
                 let why = String::from_utf8_lossy(&msg[REFUSED_PREFIX.len()..]).into_owned();
                 self.stop = Some(Err(Error::RefusedByOrigin(why)));
@@ -99,62 +99,36 @@ impl Engine {
             );
             return;
         };
-        let plain: &[u8] = match &mut epoch.e2e {
-            None => msg,
-            Some(e2e) if !e2e.is_established() => {
-                let res = e2e.handshake_in(msg).and_then(|()| {
-                    let mut out = Vec::new();
-                    if e2e.wants_to_send() {
-                        e2e.handshake_out(&mut out)?;
-                    }
-                    Ok(out)
-                });
-                match res {
-                    Ok(reply) => {
-                        if !reply.is_empty() {
-                            if let Some(link) = &mut self.link {
-                                link.ws.send(OpCode::Binary, &reply);
-                            }
-                        }
-                        if e2e.is_established() {
-                            match self.opts.side {
-                                Side::Dest => log::info!("end-to-end encryption established"),
-                                Side::Origin => log::debug!(
-                                    "end-to-end handshake answered; waiting for the dest's first message"
-                                ),
-                            }
-                            epoch.mux = Some(Mux::new(self.opts.side, mux::Config::client()));
-                            self.on_mux_ready();
-                        }
-                    }
-                    // Either side: close, so that both pair again from a clean
-                    // state. (Waiting for a fresh handshake would hang when
-                    // the relay, not the dest, got out of step: the dest then
-                    // believes it is established and never sends one.)
-                    Err(e) => self.abort_link(close::E2E_FAILED, e.to_string()),
+        let got = match epoch.receive(msg, &mut self.plain) {
+            Ok(got) => got,
+            Err(e) => {
+                // Either side: close, so that both pair again from a clean
+                // state. (Waiting for a fresh handshake would hang when
+                // the relay, not the dest, got out of step: the dest then
+                // believes it is established and never sends one.)
+                if let PairingError::Mux(_) = e {
+                    log::error!("peer broke the mux protocol: {e}");
                 }
+                self.abort_link(e.close_code(), e.to_string());
                 return;
             }
-            Some(e2e) => {
-                self.plain.clear();
-                if let Err(e) = e2e.open(msg, &mut self.plain) {
-                    self.abort_link(close::E2E_FAILED, e.to_string());
-                    return;
-                }
-                if !epoch.confirmed {
-                    epoch.confirmed = true;
-                    if self.opts.side == Side::Origin {
-                        log::info!("end-to-end encryption established");
-                    }
-                }
-                &self.plain
-            }
         };
-        let Some(m) = &mut epoch.mux else { return };
-        if let Err(e) = m.recv_message(plain) {
-            log::error!("peer broke the mux protocol: {e}");
-            self.abort_link(e.close_code(), e.to_string());
-            return;
+        if let (Some(reply), Some(link)) = (&got.reply, &mut self.link) {
+            link.ws.send(OpCode::Binary, reply);
+        }
+        if got.mux_ready && !self.opts.plaintext {
+            match self.opts.side {
+                Side::Dest => log::info!("end-to-end encryption established"),
+                Side::Origin => log::debug!(
+                    "end-to-end handshake answered; waiting for the dest's first message"
+                ),
+            }
+        }
+        if got.confirmed && self.opts.side == Side::Origin {
+            log::info!("end-to-end encryption established");
+        }
+        if got.mux_ready {
+            self.on_mux_ready();
         }
         self.drain_mux_events();
     }
@@ -164,7 +138,7 @@ impl Engine {
             let Some(ev) = self
                 .epoch
                 .as_mut()
-                .and_then(|e| e.mux.as_mut())
+                .and_then(Pairing::mux)
                 .and_then(|m| m.poll_event())
             else {
                 return;
@@ -191,10 +165,10 @@ impl Engine {
         // before it.
         self.queue_link_control();
         if let (Some(epoch), Some(link)) = (&mut self.epoch, &mut self.link) {
-            if let Some(m) = &mut epoch.mux {
+            if let (Some(m), mut sealer) = epoch.mux_and_e2e() {
                 if link.ws.is_open() {
                     while let Some(batch) = m.pop_batch() {
-                        match &mut epoch.e2e {
+                        match sealer.as_deref_mut() {
                             None => link.ws.send(OpCode::Binary, &batch),
                             Some(e2e) => {
                                 // Sealed straight into the WebSocket output

@@ -30,7 +30,7 @@ use super::listen::{listen_private, PrivateSocket};
 use super::ws::{FlushError, ReadOutcome, WsConn, WsEvent};
 use super::*;
 use crate::control::{close, header, path, Control};
-use crate::mux::{self, ChannelId, Mux};
+use crate::mux::{self, ChannelId};
 use crate::sys::{self, Signal, Signals};
 use crate::timer::Timers;
 use crate::transport::resolve::{lookups_running, Lookup};
@@ -75,19 +75,8 @@ mod daemon;
 mod epoch;
 mod link;
 
-use super::e2e::{E2e, SEAL_OVERHEAD};
-
-struct Epoch {
-    gen: u32,
-    /// None in plaintext mode.
-    e2e: Option<E2e>,
-    /// Some once the end-to-end handshake is done (at once in plaintext).
-    mux: Option<Mux>,
-    /// A transport message from the peer authenticated. For the origin this
-    /// is the proof that the dest is live: handshake message 1 alone could
-    /// be a relay's replay of an earlier dest's (docs/SECURITY.md).
-    confirmed: bool,
-}
+use super::e2e::SEAL_OVERHEAD;
+use super::pairing::{Pairing, PairingError};
 
 /// One unix connection carrying one channel. Readiness is remembered
 /// because polling is edge-triggered and we stop reading for flow control.
@@ -143,7 +132,8 @@ pub struct Engine {
     addrs_left: VecDeque<SocketAddr>,
     backoff: Backoff,
     upgraded_once: bool,
-    epoch: Option<Epoch>,
+    /// The current pairing (its end-to-end and mux state), if any.
+    epoch: Option<Pairing>,
     epoch_gen: u32,
     conns: HashMap<ChannelId, Conn>,
     /// Dest: unix connections waiting for the session (accepted at).
@@ -339,7 +329,7 @@ impl Engine {
             }
             Token(t) => {
                 let (gen, ch) = ((t >> 32) as u32, t as u32);
-                if self.epoch.as_ref().is_some_and(|e| e.gen == gen) {
+                if self.epoch.as_ref().is_some_and(|e| e.generation() == gen) {
                     if let Some(c) = self.conns.get_mut(&ch) {
                         c.readable |= readable;
                         c.writable |= writable;
@@ -393,7 +383,7 @@ impl Engine {
                     let stuck = self
                         .epoch
                         .as_ref()
-                        .is_some_and(|e| e.gen == gen && e.mux.is_none());
+                        .is_some_and(|e| e.generation() == gen && e.handshake_overdue(now));
                     if stuck {
                         self.abort_link(
                             close::E2E_FAILED,
