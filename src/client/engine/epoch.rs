@@ -8,8 +8,8 @@ use super::*;
 impl Engine {
     pub(super) fn start_epoch(&mut self) {
         self.end_epoch("new peer");
-        self.epoch_gen += 1;
-        let generation = self.epoch_gen;
+        self.epoch_generation += 1;
+        let generation = self.epoch_generation;
         let now = Instant::now();
         let token = self.opts.token.expose();
         let started = Pairing::start(

@@ -7,11 +7,11 @@ use super::*;
 impl Engine {
     /// Stage 1 of a connection: resolve the relay's name, off the loop.
     pub(super) fn connect(&mut self) {
-        self.link_gen += 1;
-        let gen = self.link_gen;
+        self.link_generation += 1;
+        let generation = self.link_generation;
         let host = &self.opts.relay.host;
         match Lookup::start(host, self.opts.relay.port, self.waker.clone()) {
-            Ok(lookup) => self.lookup = Some((gen, lookup)),
+            Ok(lookup) => self.lookup = Some((generation, lookup)),
             Err(e) => {
                 self.link_failed(format!("cannot resolve relay host {host:?}: {e}"), None);
                 return;
@@ -19,7 +19,7 @@ impl Engine {
         }
         self.timers.schedule(
             Instant::now() + CONNECT_TIMEOUT,
-            Timer::ConnectDeadline(gen),
+            Timer::ConnectDeadline(generation),
         );
         // An address literal is answered at once.
         self.on_lookup_done();
@@ -51,8 +51,8 @@ impl Engine {
         let Some(addr) = self.addrs_left.pop_front() else {
             return;
         };
-        self.link_gen += 1;
-        let gen = self.link_gen;
+        self.link_generation += 1;
+        let generation = self.link_generation;
         let path = match self.side() {
             Side::Origin => format!("{}?id={}", path::ORIGIN, self.session),
             Side::Dest => format!("{}?id={}", path::DEST, self.session),
@@ -70,7 +70,7 @@ impl Engine {
         };
         if let Err(e) = self.poll.registry().register(
             ws.source(),
-            Token(WS_BIT | gen as usize),
+            Token(WS_BIT | generation as usize),
             Interest::READABLE | Interest::WRITABLE,
         ) {
             self.link_failed(format!("register relay socket: {e}"), None);
@@ -80,11 +80,11 @@ impl Engine {
         let now = Instant::now();
         self.link = Some(Link {
             ws,
-            gen,
+            generation,
             last_ping: now,
         });
         self.timers
-            .schedule(now + CONNECT_TIMEOUT, Timer::ConnectDeadline(gen));
+            .schedule(now + CONNECT_TIMEOUT, Timer::ConnectDeadline(generation));
     }
 
     /// A TCP connect failed or timed out and another address is left:
@@ -130,8 +130,10 @@ impl Engine {
         self.drop_link();
         let delay = delay.unwrap_or_else(|| self.backoff.next_delay());
         log::warn!("{why}; reconnecting in {:.1} s", delay.as_secs_f64());
-        self.timers
-            .schedule(Instant::now() + delay, Timer::Reconnect(self.link_gen));
+        self.timers.schedule(
+            Instant::now() + delay,
+            Timer::Reconnect(self.link_generation),
+        );
     }
 
     pub(super) fn drop_link(&mut self) {
@@ -180,10 +182,10 @@ impl Engine {
         if link.ws.read(&mut events, hup) == ReadOutcome::Budget {
             self.link_read_again = true;
         }
-        let gen = link.gen;
+        let generation = link.generation;
         for ev in events.drain(..) {
             // A handler may have replaced the link: stale events are moot.
-            if self.link.as_ref().map(|l| l.gen) != Some(gen) || self.stop.is_some() {
+            if self.link.as_ref().map(|l| l.generation) != Some(generation) || self.stop.is_some() {
                 continue;
             }
             self.on_ws_event(ev);
@@ -238,10 +240,10 @@ impl Engine {
         let first = !self.upgraded_once;
         self.upgraded_once = true;
         if let Some(link) = &self.link {
-            let gen = link.gen;
+            let generation = link.generation;
             self.timers.schedule(
                 Instant::now() + self.opts.liveness.keepalive / TICKS_PER_INTERVAL,
-                Timer::Tick(gen),
+                Timer::Tick(generation),
             );
         }
         if first {

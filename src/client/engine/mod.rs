@@ -111,7 +111,7 @@ impl Conn {
 
 struct Link {
     ws: WsConn,
-    gen: u64,
+    generation: u64,
     last_ping: Instant,
 }
 
@@ -128,10 +128,10 @@ pub struct Engine {
     signals: Signals,
     listener: Option<(PrivateSocket, UnixListener)>,
     link: Option<Link>,
-    link_gen: u64,
+    link_generation: u64,
     /// Wakes the loop when a name lookup is answered.
     waker: Arc<Waker>,
-    /// The relay's name being resolved, for the attempt `link_gen`.
+    /// The relay's name being resolved, for the attempt `link_generation`.
     lookup: Option<(u64, Lookup)>,
     /// Resolved relay addresses not tried yet in this attempt.
     addrs_left: VecDeque<SocketAddr>,
@@ -139,7 +139,7 @@ pub struct Engine {
     upgraded_once: bool,
     /// The current pairing (its end-to-end and mux state), if any.
     epoch: Option<Pairing>,
-    epoch_gen: u32,
+    epoch_generation: u32,
     conns: HashMap<ChannelId, Conn>,
     /// Dest: unix connections waiting for the session (accepted at).
     waiting: VecDeque<(UnixStream, Instant)>,
@@ -231,14 +231,14 @@ impl Engine {
             signals,
             listener,
             link: None,
-            link_gen: 0,
+            link_generation: 0,
             waker: Arc::new(waker),
             lookup: None,
             addrs_left: VecDeque::new(),
             backoff: Backoff::default(),
             upgraded_once: false,
             epoch: None,
-            epoch_gen: 0,
+            epoch_generation: 0,
             conns: HashMap::new(),
             waiting: VecDeque::new(),
             dirty: Vec::new(),
@@ -351,8 +351,12 @@ impl Engine {
             LISTENER => self.accept(),
             RESOLVER => self.on_lookup_done(),
             Token(t) if t & WS_BIT != 0 => {
-                let gen = (t & !WS_BIT) as u64;
-                if self.link.as_ref().is_some_and(|l| l.gen == gen) {
+                let generation = (t & !WS_BIT) as u64;
+                if self
+                    .link
+                    .as_ref()
+                    .is_some_and(|l| l.generation == generation)
+                {
                     if writable {
                         self.flush_ws();
                     }
@@ -368,8 +372,12 @@ impl Engine {
                 self.agent_sync();
             }
             Token(t) => {
-                let (gen, ch) = ((t >> 32) as u32, t as u32);
-                if self.epoch.as_ref().is_some_and(|e| e.generation() == gen) {
+                let (generation, ch) = ((t >> 32) as u32, t as u32);
+                if self
+                    .epoch
+                    .as_ref()
+                    .is_some_and(|e| e.generation() == generation)
+                {
                     if let Some(c) = self.conns.get_mut(&ch) {
                         c.readable |= readable;
                         c.writable |= writable;
@@ -387,10 +395,14 @@ impl Engine {
         let now = Instant::now();
         while let Some(t) = self.timers.pop_due(now) {
             match t {
-                Timer::Reconnect(gen) if gen == self.link_gen && self.link.is_none() => {
+                Timer::Reconnect(generation)
+                    if generation == self.link_generation && self.link.is_none() =>
+                {
                     self.connect();
                 }
-                Timer::ConnectDeadline(gen) if self.lookup.as_ref().is_some_and(|l| l.0 == gen) => {
+                Timer::ConnectDeadline(generation)
+                    if self.lookup.as_ref().is_some_and(|l| l.0 == generation) =>
+                {
                     // The thread goes on until getaddrinfo returns; its
                     // answer is dropped.
                     self.link_failed(
@@ -402,11 +414,11 @@ impl Engine {
                         None,
                     );
                 }
-                Timer::ConnectDeadline(gen) => {
+                Timer::ConnectDeadline(generation) => {
                     if self
                         .link
                         .as_ref()
-                        .is_some_and(|l| l.gen == gen && !l.ws.is_open())
+                        .is_some_and(|l| l.generation == generation && !l.ws.is_open())
                     {
                         self.link_failed(
                             format!(
@@ -418,12 +430,12 @@ impl Engine {
                         );
                     }
                 }
-                Timer::Tick(gen) => self.tick(gen, now),
-                Timer::E2eDeadline(gen) => {
+                Timer::Tick(generation) => self.tick(generation, now),
+                Timer::E2eDeadline(generation) => {
                     let stuck = self
                         .epoch
                         .as_ref()
-                        .is_some_and(|e| e.generation() == gen && e.handshake_overdue(now));
+                        .is_some_and(|e| e.generation() == generation && e.handshake_overdue(now));
                     if stuck {
                         self.abort_link(
                             close::E2E_FAILED,
@@ -504,10 +516,10 @@ impl Engine {
     }
 
     /// Heartbeat: ping when idle, give up when silent too long.
-    fn tick(&mut self, gen: u64, now: Instant) {
+    fn tick(&mut self, generation: u64, now: Instant) {
         let dead_after = self.dead_after();
         let Some(link) = &mut self.link else { return };
-        if link.gen != gen {
+        if link.generation != generation {
             return;
         }
         let silent = now.duration_since(link.ws.last_rx());
@@ -534,7 +546,7 @@ impl Engine {
             link.last_ping = now;
         }
         self.timers
-            .schedule(now + interval / TICKS_PER_INTERVAL, Timer::Tick(gen));
+            .schedule(now + interval / TICKS_PER_INTERVAL, Timer::Tick(generation));
     }
 }
 
