@@ -28,6 +28,9 @@ const IN_BUF_BYTES: usize = 96 * 1024;
 /// A message buffer handed back with [`WsConn::recycle`] is kept for the
 /// next message if it is no larger than this (a Noise message is < 64 KiB).
 const KEEP_MSG_BYTES: usize = 128 * 1024;
+/// How often, at most, flushing asks the kernel what the relay has
+/// acknowledged (the "not reading" check; far below any --dead-after).
+const ACK_CHECK_EVERY: Duration = Duration::from_millis(50);
 
 /// The connect path in stages: the engine resolves the name (off the
 /// loop, `transport::resolve`) and picks each address in turn; here TCP
@@ -141,6 +144,8 @@ pub struct WsConn {
     /// relay reads while this grows.
     written_total: u64,
     acked_total: u64,
+    /// When to ask the kernel again how much the relay acknowledged.
+    next_ack_check: Instant,
 }
 
 impl WsConn {
@@ -179,6 +184,7 @@ impl WsConn {
             hup_pending: false,
             written_total: 0,
             acked_total: 0,
+            next_ack_check: Instant::now(),
         })
     }
 
@@ -348,10 +354,26 @@ impl WsConn {
                 self.out = Vec::new();
             }
         }
-        // What counts is what the relay took, not what the kernel took:
-        // a relay that never reads lets the kernel's send queue fill
-        // first, at a pong a turn that can take long.
         self.written_total += wrote as u64;
+        // Our own queue over the cap: at once, no syscall needed.
+        if self.out_len() > self.endpoint.limits().max_queued_bytes {
+            return Err(FlushError::NotReading(self.endpoint.on_write(
+                self.out_len(),
+                0,
+                0,
+                now,
+            )));
+        }
+        // What counts is what the relay took, not what the kernel took: a
+        // relay that never reads lets the kernel's send queue fill first,
+        // at a pong a turn that can take long. Asking the kernel
+        // (SIOCOUTQ) costs a syscall, so at most every ACK_CHECK_EVERY and
+        // only while something is pending.
+        let pending = self.out_len() > 0 || self.acked_total < self.written_total;
+        if !pending || now < self.next_ack_check {
+            return Ok(());
+        }
+        self.next_ack_check = now + ACK_CHECK_EVERY;
         let unacked = self.sock.unacked_bytes();
         let acked = self.written_total.saturating_sub(unacked as u64);
         let progress = acked.saturating_sub(self.acked_total) as usize;
