@@ -15,4 +15,6 @@ pub mod relay;
 pub mod secure;
 pub mod sys;
 pub mod timer;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod ws;
