@@ -10,6 +10,7 @@ pub mod cli;
 pub mod client;
 pub mod control;
 pub mod mux;
+pub mod proxy;
 pub mod relay;
 #[cfg(feature = "e2e")]
 pub mod secure;
