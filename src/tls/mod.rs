@@ -13,6 +13,7 @@
 pub mod config;
 pub mod pin;
 pub mod session;
+pub mod stream;
 #[doc(hidden)]
 pub mod testcerts;
 #[cfg(test)]
@@ -20,6 +21,7 @@ mod tests;
 
 pub use config::{ClientTlsOptions, ServerTls, ServerTlsFiles};
 pub use session::{Read, TlsSession};
+pub use stream::{tls_error, Plain, TlsStream};
 
 use rustls::{AlertDescription, CertificateError};
 use std::fmt;
