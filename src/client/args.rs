@@ -41,6 +41,8 @@ pub enum OnArgv {
 
 /// What the command line asks for.
 #[derive(Debug)]
+// Built once per run; boxing the large variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Parsed {
     Run {
         opts: Options,
