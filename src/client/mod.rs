@@ -8,6 +8,7 @@
 
 pub mod args;
 pub mod engine;
+pub mod link;
 pub mod listen;
 pub mod ws;
 
