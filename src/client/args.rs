@@ -427,9 +427,6 @@ pub fn parse(
     #[cfg(feature = "tls")]
     if relay.tls {
         net.tls_options()?;
-        // The connect path gains its TLS stage with the transport seam
-        // (issue 8); until then refuse rather than speak ws:// to a wss:// URL.
-        return Err("wss:// relays are not supported by this build's connect path yet".into());
     }
     if let Some(p) = &net.proxy {
         crate::proxy::ProxyUrl::parse(p).map_err(|e| format!("--proxy: {e}"))?;

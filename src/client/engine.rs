@@ -185,6 +185,9 @@ pub struct Engine {
     listener: Option<(PrivateSocket, UnixListener)>,
     link: Option<Link>,
     link_gen: u64,
+    /// Where to connect (the proxy's address, when one is used) and the
+    /// proxy/TLS stages of each connection.
+    route: super::link::Route,
     backoff: Backoff,
     upgraded_once: bool,
     epoch: Option<Epoch>,
@@ -231,6 +234,10 @@ impl Engine {
             (Side::Dest, None) => return Err(Error::Local("dest needs a session id".into())),
         };
         let admission = admission(&opts.token, &session);
+        // Proxy choice and TLS files first: a bad CA file fails before the
+        // dest creates its socket.
+        let route = super::link::Route::new(&opts.relay, &opts.net, &crate::proxy::process_env)
+            .map_err(Error::Local)?;
         let poll = Poll::new().map_err(|e| local("epoll", e))?;
         let mut signals = Signals::install().map_err(|e| local("signal handlers", e))?;
         poll.registry()
@@ -268,6 +275,7 @@ impl Engine {
             listener,
             link: None,
             link_gen: 0,
+            route,
             backoff: Backoff::default(),
             upgraded_once: false,
             epoch: None,
@@ -385,16 +393,28 @@ impl Engine {
     fn connect(&mut self) {
         self.link_gen += 1;
         let gen = self.link_gen;
-        let addr: Option<SocketAddr> = (self.opts.relay.host.as_str(), self.opts.relay.port)
+        let addr: Option<SocketAddr> = (self.route.connect_host.as_str(), self.route.connect_port)
             .to_socket_addrs()
             .ok()
             .and_then(|mut a| a.next());
+        let what = if self.route.via_proxy() {
+            "proxy"
+        } else {
+            "relay"
+        };
         let Some(addr) = addr else {
             self.link_failed(
-                format!("cannot resolve relay host {:?}", self.opts.relay.host),
+                format!("cannot resolve {what} host {:?}", self.route.connect_host),
                 None,
             );
             return;
+        };
+        let plan = match self.route.plan() {
+            Ok(p) => p,
+            Err(e) => {
+                self.stop = Some(Err(Error::Local(e.to_string())));
+                return;
+            }
         };
         let path = match self.side() {
             Side::Origin => format!("/origin?id={}", self.session),
@@ -402,10 +422,10 @@ impl Engine {
         };
         let headers = [("Sockrelay-Admission", self.admission.as_str())];
         let authority = self.opts.relay.authority();
-        let mut ws = match WsConn::connect(addr, &authority, &path, &headers, &mut self.rng) {
+        let mut ws = match WsConn::connect(addr, &authority, &path, &headers, &mut self.rng, plan) {
             Ok(ws) => ws,
             Err(e) => {
-                self.link_failed(format!("connect to relay {addr}: {e}"), None);
+                self.link_failed(format!("connect to {what} {addr}: {e}"), None);
                 return;
             }
         };
@@ -417,7 +437,7 @@ impl Engine {
             self.link_failed(format!("register relay socket: {e}"), None);
             return;
         }
-        log::debug!("connecting to relay {addr}");
+        log::debug!("connecting to {what} {addr}");
         let now = Instant::now();
         self.link = Some(Link {
             ws,
@@ -464,6 +484,12 @@ impl Engine {
     fn flush_ws(&mut self) {
         let Some(link) = &mut self.link else { return };
         if let Err(e) = link.ws.flush() {
+            if super::link::link_error(&e).is_some_and(|f| f.is_permanent()) {
+                // A wrong certificate or a refused proxy password will not
+                // fix itself: exit 1 instead of retrying.
+                self.on_ws_event(WsEvent::Fatal(e.to_string()));
+                return;
+            }
             let why = format!("relay connection: {e}");
             self.link_failed(why, None);
         }
@@ -509,6 +535,12 @@ impl Engine {
             }
             WsEvent::Closed(code, reason) => self.on_closed(code, &reason),
             WsEvent::Lost(why) => self.link_failed(why, None),
+            WsEvent::Fatal(why) => {
+                // A wrong certificate or a refused proxy password will not
+                // fix itself: exit 1 instead of retrying.
+                let relay = self.opts.relay.url();
+                self.stop = Some(Err(Error::Local(format!("relay {relay}: {why}"))));
+            }
             WsEvent::ProtocolError(why) => self.link_failed(why, None),
         }
     }

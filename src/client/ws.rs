@@ -1,15 +1,17 @@
 //! The client end of one WebSocket to the relay, over a non-blocking mio
-//! `TcpStream`: TCP connect, HTTP upgrade, frame decoding into messages and
+//! `TcpStream` and the [`Link`] stages on it (proxy CONNECT, TLS): TCP
+//! connect, the stages, HTTP upgrade, frame decoding into messages and
 //! control frames, and an output buffer of masked frames.
 //!
 //! Like the sans-IO cores it reports what happened as [`WsEvent`]s and never
 //! decides policy (reconnect, what a ping means): that is the engine's job.
 
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 
 use mio::net::TcpStream;
 
+use super::link::{link_error, Got, Link, LinkPlan};
 use super::{Prng, MAX_WS_MESSAGE_BYTES};
 use crate::ws::frame::{self, Decoder, Event as FrameEvent, FrameHeader, OpCode, Role};
 use crate::ws::handshake::{self, ClientError, Response};
@@ -49,12 +51,15 @@ pub enum WsEvent {
     Closed(Option<u16>, String),
     /// The TCP connection ended or failed.
     Lost(String),
+    /// The proxy or TLS stage failed for good (a refused password, a
+    /// certificate that does not verify): retrying cannot help.
+    Fatal(String),
     /// The relay violated RFC 6455; we sent a close with the matching code.
     ProtocolError(String),
 }
 
 pub struct WsConn {
-    sock: TcpStream,
+    sock: Link,
     peer: SocketAddr,
     state: State,
     /// Sec-WebSocket-Accept to expect, until the request goes out.
@@ -83,8 +88,9 @@ impl WsConn {
         path_and_query: &str,
         headers: &[(&str, &str)],
         rng: &mut Prng,
+        plan: LinkPlan,
     ) -> io::Result<WsConn> {
-        let sock = TcpStream::connect(addr)?;
+        let sock = Link::new(TcpStream::connect(addr)?, plan);
         let (req, accept) = handshake::client_request(host, path_and_query, headers, rng.key16());
         Ok(WsConn {
             sock,
@@ -106,7 +112,28 @@ impl WsConn {
     }
 
     pub fn source(&mut self) -> &mut TcpStream {
-        &mut self.sock
+        self.sock.tcp_mut()
+    }
+
+    /// The link stages (proxy, TLS) are done: the upgrade can go out.
+    pub fn is_link_ready(&self) -> bool {
+        self.tcp_connected && self.sock.is_ready()
+    }
+
+    /// Runs the link stages; a failure becomes the event that explains it.
+    fn advance_link(&mut self, events: &mut Vec<WsEvent>, hup: bool) -> bool {
+        match self.sock.advance(hup) {
+            Ok(ready) => ready,
+            Err(e) => {
+                let ev = match link_error(&e) {
+                    Some(f) if f.is_permanent() => WsEvent::Fatal(e.to_string()),
+                    _ => WsEvent::Lost(format!("connect to relay via {}: {e}", self.peer)),
+                };
+                events.push(ev);
+                self.state = State::Done;
+                false
+            }
+        }
     }
 
     pub fn peer(&self) -> SocketAddr {
@@ -205,13 +232,13 @@ impl WsConn {
     /// connecting this first checks whether the connect finished.
     pub fn flush(&mut self) -> io::Result<()> {
         if !self.tcp_connected {
-            if let Some(e) = self.sock.take_error()? {
+            if let Some(e) = self.sock.tcp().take_error()? {
                 return Err(e);
             }
-            match self.sock.peer_addr() {
+            match self.sock.tcp().peer_addr() {
                 Ok(_) => {
                     self.tcp_connected = true;
-                    let _ = self.sock.set_nodelay(true);
+                    let _ = self.sock.tcp().set_nodelay(true);
                     if matches!(self.state, State::Connecting) {
                         let accept = std::mem::take(&mut self.pending_accept);
                         self.state = State::Upgrading { accept };
@@ -221,23 +248,27 @@ impl WsConn {
                 Err(e) => return Err(e),
             }
         }
+        if !self.sock.is_ready() {
+            // Proxy CONNECT / TLS handshake first; the upgrade waits.
+            if !self.sock.advance(false)? {
+                return Ok(());
+            }
+        }
+        if !self.sock.flush_pending()? {
+            return Ok(());
+        }
         while self.out_pos < self.out.len() {
-            let want = self.out.len() - self.out_pos;
-            match self.sock.write(&self.out[self.out_pos..]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    self.out_pos += n;
-                    // A short write on a stream socket means its buffer is
-                    // full: the next EPOLLOUT edge says when to go on, so
-                    // skip the write that would only return EAGAIN
-                    // (epoll(7)).
-                    if n < want {
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
+            // A short write on a stream socket means its buffer is full:
+            // the next EPOLLOUT edge says when to go on, so skip the write
+            // that would only return EAGAIN (epoll(7)). Under TLS what the
+            // socket did not take stays queued in the link (flushed above
+            // on the next edge).
+            let (n, full) = self
+                .sock
+                .write_vectored(&[IoSlice::new(&self.out[self.out_pos..])])?;
+            self.out_pos += n;
+            if full {
+                break;
             }
         }
         if self.out_pos == self.out.len() {
@@ -272,16 +303,29 @@ impl WsConn {
                 return;
             }
         }
+        if !self.sock.is_ready() {
+            if !self.advance_link(events, hup) {
+                return;
+            }
+            // Ready: the upgrade request can go out now.
+            if let Err(e) = self.flush() {
+                events.push(WsEvent::Lost(format!("write to relay: {e}")));
+                self.state = State::Done;
+                return;
+            }
+        }
         loop {
             if matches!(self.state, State::Done) {
                 return;
             }
-            let room = self.inbuf.len() - self.in_len;
-            let (n, eof, drained) = match self.sock.read(&mut self.inbuf[self.in_len..]) {
-                Ok(0) if room > 0 => (0, true, true),
-                Ok(n) => (n, false, n < room && !hup),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => (0, false, true),
+            let (n, eof, drained) = match self.sock.read(&mut self.inbuf[self.in_len..], hup) {
+                Ok(Got::Eof) => (0, true, true),
+                Ok(Got::Bytes { n, drained }) => (n, false, drained),
+                Err(e) if link_error(&e).is_some_and(|f| f.is_permanent()) => {
+                    events.push(WsEvent::Fatal(e.to_string()));
+                    self.state = State::Done;
+                    return;
+                }
                 Err(e) => {
                     events.push(WsEvent::Lost(format!("read from relay: {e}")));
                     self.state = State::Done;
