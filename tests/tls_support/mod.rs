@@ -143,14 +143,36 @@ fn find_sbin(name: &str) -> String {
     name.to_string()
 }
 
+/// tinyproxy's log file (it logs CONNECT requests at `LogLevel Connect`).
+pub struct ProxyLog(PathBuf);
+
+impl ProxyLog {
+    pub fn text(&self) -> String {
+        std::fs::read_to_string(&self.0).unwrap_or_default()
+    }
+}
+
+impl Drop for ProxyLog {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// A real tinyproxy on loopback, with Basic auth when `auth` is given.
-pub fn tinyproxy(
-    dir: &TempDir,
-    auth: Option<(&str, &str)>,
-) -> (Daemon, u16, std::sync::Arc<std::sync::Mutex<String>>) {
+pub fn tinyproxy(dir: &TempDir, auth: Option<(&str, &str)>) -> (Daemon, u16, ProxyLog) {
+    use std::os::unix::fs::PermissionsExt;
     let port = free_port();
+    // The log lives where tinyproxy, once it dropped root, can still write.
+    let log_path = std::env::temp_dir().join(format!(
+        "sockrelay-tinyproxy-{}-{}.log",
+        std::process::id(),
+        unique()
+    ));
+    std::fs::write(&log_path, b"").unwrap();
+    std::fs::set_permissions(&log_path, std::fs::Permissions::from_mode(0o666)).unwrap();
     let mut cfg = format!(
-        "Port {port}\nListen 127.0.0.1\nTimeout 60\nMaxClients 50\nLogLevel Connect\nAllow 127.0.0.1\n"
+        "Port {port}\nListen 127.0.0.1\nTimeout 60\nMaxClients 50\nLogLevel Connect\nAllow 127.0.0.1\nLogFile \"{}\"\n",
+        log_path.display()
     );
     // tinyproxy drops root privileges only when told to whom.
     if unsafe { libc::geteuid() } == 0 {
@@ -168,9 +190,9 @@ pub fn tinyproxy(
         .stderr(Stdio::piped())
         .spawn()
         .expect("tinyproxy is missing: run `bash .ci/setup` (it installs it)");
-    let log = echo_stderr(&mut child, "tinyproxy");
+    echo_stderr(&mut child, "tinyproxy");
     wait_listening(port, "tinyproxy");
-    (Daemon(child), port, log)
+    (Daemon(child), port, ProxyLog(log_path))
 }
 
 fn spawn(bin: &str, args: &[&str], env: &[(&str, &str)], log: PathBuf, stdout: Stdio) -> Child {
