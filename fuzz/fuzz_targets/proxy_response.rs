@@ -30,7 +30,8 @@ fuzz_target!(|data: &[u8]| {
         if let Ok(u) = ProxyUrl::parse(s) {
             assert!(!u.host.is_empty() && u.port != 0);
         }
-        let (a, b) = s.split_at(s.len() / 2);
+        let mid = s.char_indices().nth(s.chars().count() / 2).map_or(s.len(), |(i, _)| i);
+        let (a, b) = s.split_at(mid);
         let _ = no_proxy_matches(a, b);
     }
 });
