@@ -178,3 +178,49 @@ fn wrong_ca_name_mismatch_and_pin_mismatch_fail_promptly_and_clearly() {
     assert!(var(&vars, "SOCKRELAY_JOIN").starts_with("sockrelays://127.0.0.1:"));
     drop(origin_proc);
 }
+
+#[test]
+fn nginx_terminates_tls_and_routes_by_session_id_to_two_relays() {
+    let dir = TempDir::new("tls-nginx");
+    let p = pki(&dir);
+    let relays = [Relay::start(&dir, 0), Relay::start(&dir, 0)];
+    let ports: Vec<u16> = relays.iter().map(|r| r.port).collect();
+    let (_nginx, port) = nginx_tls(&dir, &p.cert, &p.key, &ports);
+    let url = format!("wss://localhost:{port}");
+    let ca = p.ca.to_str().unwrap();
+    let echo = EchoServer::start(&dir.path("echo.sock"));
+    // Twelve origins: with consistent hashing on random ids both relays
+    // get some (all on one: probability 2 * 2^-12).
+    let mut origins = Vec::new();
+    for _ in 0..12 {
+        let (o, vars) = origin(
+            &dir,
+            &["--ca-file", ca, &url, echo.path.to_str().unwrap()],
+            &[],
+        )
+        .unwrap_or_else(|log| panic!("origin via nginx failed: {log}"));
+        origins.push((o, var(&vars, "SOCKRELAY_JOIN").to_string()));
+    }
+    let (a, b) = (
+        metric(ports[0], "sockrelay_sessions"),
+        metric(ports[1], "sockrelay_sessions"),
+    );
+    assert_eq!(a + b, 12, "sessions per relay: {a} + {b}");
+    assert!(a > 0 && b > 0, "nginx spread the sessions: {a} + {b}");
+    // Dests joining through nginx meet their origins on the same relay.
+    for (i, (_, join)) in origins.iter().take(3).enumerate() {
+        let dsock = dir.path(&format!("nginx-dest-{i}.sock"));
+        let d = dest(
+            &dir,
+            &["--ca-file", ca, dsock.to_str().unwrap()],
+            &[("SOCKRELAY_JOIN", join)],
+        );
+        assert!(
+            wait_log(&d, "end-to-end encryption established", 15),
+            "{}",
+            d.log_text()
+        );
+        let data = pattern(i as u64, 50_000);
+        assert!(echo_roundtrip(&dsock, data.clone()) == data);
+    }
+}

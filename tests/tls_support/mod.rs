@@ -279,3 +279,62 @@ pub fn must_fail(mut p: Proc, within: Duration) -> (Option<i32>, String, Duratio
 pub fn wait_log(p: &Proc, needle: &str, secs: u64) -> bool {
     wait_for(Duration::from_secs(secs), || p.log_text().contains(needle))
 }
+
+/// nginx terminating TLS and routing by session id (`hash $arg_id
+/// consistent;`) to `relays`: the shape of docs/nginx-tls.conf.
+pub fn nginx_tls(dir: &TempDir, cert: &Path, key: &Path, relays: &[u16]) -> (Daemon, u16) {
+    let port = free_port();
+    let prefix = dir.path(&format!("nginx-{}", unique()));
+    std::fs::create_dir_all(prefix.join("logs")).unwrap();
+    let servers: String = relays
+        .iter()
+        .map(|p| format!("        server 127.0.0.1:{p};\n"))
+        .collect();
+    let cfg = format!(
+        "daemon off;\nmaster_process off;\nworker_processes 1;\npid {pfx}/nginx.pid;\nerror_log stderr warn;\n\
+         events {{ worker_connections 512; }}\n\
+         http {{\n    access_log off;\n\
+             client_body_temp_path {pfx}/body;\n    proxy_temp_path {pfx}/proxy;\n    fastcgi_temp_path {pfx}/fcgi;\n    \
+             uwsgi_temp_path {pfx}/uwsgi;\n    scgi_temp_path {pfx}/scgi;\n\
+             map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}\n\
+             upstream relays {{\n        hash $arg_id consistent;\n{servers}    }}\n\
+             server {{\n        listen 127.0.0.1:{port} ssl;\n        ssl_certificate {cert};\n        ssl_certificate_key {key};\n\
+                 location / {{\n            proxy_pass http://relays;\n            proxy_http_version 1.1;\n\
+                     proxy_set_header Upgrade $http_upgrade;\n            proxy_set_header Connection $connection_upgrade;\n\
+                     proxy_set_header Host $host;\n            proxy_read_timeout 1h;\n            proxy_send_timeout 1h;\n        }}\n    }}\n}}\n",
+        pfx = prefix.display(),
+        cert = cert.display(),
+        key = key.display(),
+    );
+    let path = prefix.join("nginx.conf");
+    std::fs::write(&path, cfg).unwrap();
+    let mut child = Command::new(find_sbin("nginx"))
+        .arg("-p")
+        .arg(&prefix)
+        .arg("-c")
+        .arg(&path)
+        .args(["-e", "stderr"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("nginx is missing: run `bash .ci/setup` (it installs it)");
+    echo_stderr(&mut child, "nginx");
+    wait_listening(port, "nginx");
+    (Daemon(child), port)
+}
+
+/// One Prometheus sample of a relay's /metrics (plain HTTP).
+pub fn metric(port: u16, name: &str) -> u64 {
+    use std::io::{Read, Write};
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return 0;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n");
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
