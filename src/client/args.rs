@@ -168,20 +168,21 @@ fn getopts_for(side: Side) -> getopts::Options {
 pub fn usage(side: Side) -> String {
     let brief = match side {
         Side::Origin => "Usage: sockrelay-origin [options] HOST PORT [TOKEN] SOCKET\n       \
-             sockrelay-origin [options] ws://HOST:PORT [TOKEN] SOCKET\n\n\
+             sockrelay-origin [options] ws://HOST:PORT or wss://HOST[:PORT] [TOKEN] SOCKET\n\n\
              Offers the unix socket SOCKET (e.g. $SSH_AUTH_SOCK) through the relay.\n\
              Prints SOCKRELAY_SESSION=<id>; export SOCKRELAY_SESSION; on stdout.\n\
              Without a token it generates one and also prints SOCKRELAY_TOKEN and\n\
-             SOCKRELAY_JOIN (sockrelay://HOST:PORT/SESSION#TOKEN, for the dest).\n\
+             SOCKRELAY_JOIN (sockrelay://HOST:PORT/SESSION#TOKEN, for the dest;\n\
+             sockrelays:// when the relay is wss://).\n\
              A token should come from $SOCKRELAY_TOKEN or --token-file, not the\n\
              command line (where `ps` shows it)."
             .to_string(),
         Side::Dest => {
             "Usage: sockrelay-dest [options] SOCKET                  (join string in $SOCKRELAY_JOIN)\n       \
              sockrelay-dest [options] --join-file PATH SOCKET\n       \
-             sockrelay-dest [options] sockrelay://HOST:PORT/SESSION_ID#TOKEN SOCKET\n       \
+             sockrelay-dest [options] sockrelay[s]://HOST:PORT/SESSION_ID#TOKEN SOCKET\n       \
              sockrelay-dest [options] HOST PORT SESSION_ID [TOKEN] SOCKET\n       \
-             sockrelay-dest [options] ws://HOST:PORT SESSION_ID [TOKEN] SOCKET\n\n\
+             sockrelay-dest [options] ws://HOST:PORT or wss://HOST[:PORT] SESSION_ID [TOKEN] SOCKET\n\n\
              Creates the unix socket SOCKET (mode 0600); each connection to it reaches\n\
              the origin's socket. Use it as SSH_AUTH_SOCK.\n\
              The join string (which carries the token) and the token should come from\n\
