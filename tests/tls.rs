@@ -100,13 +100,16 @@ fn failing_dest(
     port: u16,
     extra: &[&str],
     host: &str,
+    env: &[(&str, &str)],
 ) -> (Option<i32>, String, Duration) {
     let url = format!("wss://{host}:{port}");
     let sock = dir.path(&format!("fail-{}.sock", unique()));
     let mut args: Vec<&str> = extra.to_vec();
     let s = sock.to_str().unwrap().to_string();
     args.extend([url.as_str(), SOME_SESSION, s.as_str()]);
-    let d = dest(dir, &args, &[("SOCKRELAY_TOKEN", TOKEN)]);
+    let mut envs = vec![("SOCKRELAY_TOKEN", TOKEN)];
+    envs.extend_from_slice(env);
+    let d = dest(dir, &args, &envs);
     must_fail(d, Duration::from_secs(15))
 }
 
@@ -141,8 +144,8 @@ fn wrong_ca_name_mismatch_and_pin_mismatch_fail_promptly_and_clearly() {
             "localhost",
             "certificate verify failed: pin mismatch",
         ),
-        // No --ca-file: the system's roots (here: an empty SSL_CERT_DIR
-        // would do too) do not know the test CA.
+        // No --ca-file: the "system" roots, here $SSL_CERT_FILE naming
+        // another CA (so the test does not depend on the machine's bundle).
         (
             vec![],
             "localhost",
@@ -150,7 +153,8 @@ fn wrong_ca_name_mismatch_and_pin_mismatch_fail_promptly_and_clearly() {
         ),
     ];
     for (extra, host, want) in cases {
-        let (code, log, took) = failing_dest(&dir, port, &extra, host);
+        let env = [("SSL_CERT_FILE", p.other_ca.to_str().unwrap())];
+        let (code, log, took) = failing_dest(&dir, port, &extra, host, &env);
         assert_eq!(code, Some(1), "{extra:?}: exit code; log:\n{log}");
         assert!(log.contains(want), "{extra:?}: want {want:?} in:\n{log}");
         assert!(
