@@ -228,3 +228,46 @@ fn nginx_terminates_tls_and_routes_by_session_id_to_two_relays() {
         assert!(echo_roundtrip(&dsock, data.clone()) == data);
     }
 }
+
+#[test]
+fn client_certificates_through_haproxy_requiring_them() {
+    let dir = TempDir::new("tls-mtls");
+    let p = pki(&dir);
+    let (ccert, ckey) = sockrelay::tls::testcerts::make_leaf(
+        &dir.0,
+        "ca",
+        "client",
+        &["DNS:client.test"],
+        sockrelay::tls::testcerts::KeyKind::Ed25519,
+        30,
+    );
+    let relay = Relay::start(&dir, 0);
+    let opts = format!("ca-file {} verify required", p.ca.display());
+    let (_haproxy, port) = haproxy_tls_opts(&dir, &p.combined, relay.port, &opts);
+    let url = format!("wss://localhost:{port}");
+    let ca = p.ca.to_str().unwrap();
+    let echo = EchoServer::start(&dir.path("echo.sock"));
+    let (_o, vars) = origin(
+        &dir,
+        &[
+            "--ca-file",
+            ca,
+            "--tls-cert",
+            ccert.to_str().unwrap(),
+            "--tls-key",
+            ckey.to_str().unwrap(),
+            &url,
+            echo.path.to_str().unwrap(),
+        ],
+        &[],
+    )
+    .unwrap_or_else(|log| panic!("origin with a client certificate failed: {log}"));
+    assert!(var(&vars, "SOCKRELAY_JOIN").starts_with("sockrelays://"));
+    // Without a certificate the terminator refuses the handshake: a clear
+    // error, exit 1, no retry.
+    let (code, log, took) = failing_dest(&dir, port, &["--ca-file", ca], "localhost", &[]);
+    assert_eq!(code, Some(1), "{log}");
+    assert!(log.contains("TLS handshake refused by the peer"), "{log}");
+    assert!(!log.contains("reconnecting"), "{log}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+}

@@ -110,12 +110,17 @@ fn wait_listening(port: u16, what: &str) {
 
 /// HAProxy terminating TLS (`bind … ssl crt …`) in front of `backend`.
 pub fn haproxy_tls(dir: &TempDir, pem: &Path, backend: u16) -> (Daemon, u16) {
+    haproxy_tls_opts(dir, pem, backend, "")
+}
+
+/// Same, with more `bind` options (e.g. `ca-file … verify required`).
+pub fn haproxy_tls_opts(dir: &TempDir, pem: &Path, backend: u16, bind_opts: &str) -> (Daemon, u16) {
     let port = free_port();
     let cfg = format!(
         "global\n    maxconn 200\n\
          defaults\n    mode http\n    timeout connect 5s\n    timeout client 30s\n    \
          timeout server 30s\n    timeout tunnel 1h\n\
-         frontend tls\n    bind 127.0.0.1:{port} ssl crt {} alpn http/1.1\n    default_backend relay\n\
+         frontend tls\n    bind 127.0.0.1:{port} ssl crt {} alpn http/1.1 {bind_opts}\n    default_backend relay\n\
          backend relay\n    server relay0 127.0.0.1:{backend}\n",
         pem.display()
     );
