@@ -4,6 +4,7 @@
 //! Layers (see README "Architecture"):
 //! - sans-IO protocol cores: [`ws::handshake`], [`ws::frame`], [`mux`], [`secure`], [`control`]
 //! - event loops that own the sockets: [`relay`], [`client`]
+//! - the byte stream under the WebSocket: [`transport`]
 //! - support: [`sys`], [`timer`], [`cli`]
 
 pub mod cli;
@@ -18,4 +19,5 @@ pub mod sys;
 pub mod timer;
 #[cfg(feature = "tls")]
 pub mod tls;
+pub mod transport;
 pub mod ws;

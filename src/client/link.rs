@@ -397,6 +397,15 @@ impl Route {
         self.proxy.is_some()
     }
 
+    /// What `connect_host` is, for messages.
+    pub fn what(&self) -> &'static str {
+        if self.via_proxy() {
+            "proxy"
+        } else {
+            "relay"
+        }
+    }
+
     /// A fresh plan for one connection attempt.
     pub fn plan(&self) -> io::Result<LinkPlan> {
         Ok(LinkPlan {
@@ -411,5 +420,30 @@ impl Route {
                 None => None,
             },
         })
+    }
+}
+
+/// The transport seam (`crate::transport`): the WebSocket reads and writes
+/// through the link as through a TCP socket.
+impl crate::transport::Transport for Link {
+    fn socket_read(&mut self, buf: &mut [u8], hup: bool) -> io::Result<crate::transport::Received> {
+        Ok(match self.read(buf, hup)? {
+            Got::Bytes { n, drained } => crate::transport::Received::Bytes { n, drained },
+            Got::Eof => crate::transport::Received::Eof,
+        })
+    }
+
+    fn socket_write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<crate::transport::Wrote> {
+        let (n, full) = self.write_vectored(bufs)?;
+        Ok(crate::transport::Wrote { n, full })
+    }
+
+    fn shutdown_write(&mut self) -> io::Result<()> {
+        Link::shutdown_write(self)
+    }
+
+    fn unacked_bytes(&self) -> usize {
+        use std::os::unix::io::AsRawFd;
+        crate::sys::tcp_unacked_bytes(self.tcp().as_raw_fd()).unwrap_or(0)
     }
 }

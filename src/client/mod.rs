@@ -2,14 +2,17 @@
 //! channel per unix connection multiplexed over it (see docs/CLIENTS.md).
 //!
 //! - [`ws`]: the client end of one WebSocket (connect, upgrade, frames).
-//! - [`engine`]: the loop shared by both sides: relay control messages,
-//!   the end-to-end layer, the [`crate::mux`] state machine, unix sockets.
+//! - [`engine`]: the loop shared by both sides: the relay link, the
+//!   end-to-end layer and [`crate::mux`] glue per epoch, the unix channels,
+//!   daemonizing (one file each under `engine/`; see LIFECYCLE.md).
 //! - [`listen`]: the dest's private listening socket.
 
 pub mod args;
+pub mod e2e;
 pub mod engine;
 pub mod link;
 pub mod listen;
+pub mod pairing;
 pub mod ws;
 
 use std::fmt;
@@ -21,9 +24,10 @@ use uuid::Uuid;
 
 pub use crate::mux::Side;
 
-/// Idle time after which we ping the relay.
-pub const PING_INTERVAL: Duration = Duration::from_secs(20);
-/// No data or pong from the relay for this long: the connection is dead.
+/// Default `--keepalive`: silence after which we ping the relay.
+pub const KEEPALIVE: Duration = Duration::from_secs(20);
+/// Default `--dead-after`: no data or pong from the relay (or none of our
+/// output taken by it) for this long, and the connection is dead.
 pub const DEAD_AFTER: Duration = Duration::from_secs(40);
 /// TCP connect + HTTP upgrade must finish within this.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -355,8 +359,29 @@ pub struct Options {
     pub token_generated: bool,
     /// Origin: limits on dests and channels.
     pub limits: Limits,
+    /// Keepalive and dead-link detection.
+    pub liveness: Liveness,
     /// How to reach the relay: TLS options and the HTTP proxy.
     pub net: NetOptions,
+}
+
+/// When to ping the relay and when to give the link up
+/// (`--keepalive`, `--dead-after`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Liveness {
+    /// Ping after this much silence from the relay.
+    pub keepalive: Duration,
+    /// Silent (or not reading) this long: dead. Longer than `keepalive`.
+    pub dead_after: Duration,
+}
+
+impl Default for Liveness {
+    fn default() -> Liveness {
+        Liveness {
+            keepalive: KEEPALIVE,
+            dead_after: DEAD_AFTER,
+        }
+    }
 }
 
 /// `--ca-file`, `--tls-server-name`, `--tls-pin`, `--tls-cert/--tls-key`
@@ -401,9 +426,27 @@ impl NetOptions {
 /// Why a run ended with a failure (the binaries exit 1 with this text).
 #[derive(Debug)]
 pub enum Error {
-    /// The relay refused us for good (e.g. 403, 409 for an origin).
+    /// The relay refused us for good (e.g. 403, 409 for an origin); the
+    /// text is the relay's answer.
     Refused(String),
-    /// Our own socket could not be set up (dest), or another local failure.
+    /// An origin could not get its first session from the relay (the
+    /// user is waiting for the eval lines, so it does not retry).
+    Unreachable { relay: String, why: String },
+    /// A system call failed: what we were doing, and the OS error.
+    Os {
+        what: &'static str,
+        err: std::io::Error,
+    },
+    /// The dest's private socket could not be set up.
+    Socket(listen::ListenError),
+    /// The end-to-end layer failed locally (not a peer's bad message).
+    E2e {
+        stage: &'static str,
+        err: e2e::E2eError,
+    },
+    /// The origin refused this dest (`--allow-dest`); its reason.
+    RefusedByOrigin(String),
+    /// Any other local failure, said in words.
     Local(String),
 }
 
@@ -411,6 +454,11 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Refused(s) => write!(f, "relay refused: {s}"),
+            Error::Unreachable { relay, why } => write!(f, "relay {relay}: {why}"),
+            Error::Os { what, err } => write!(f, "{what}: {err}"),
+            Error::Socket(e) => e.fmt(f),
+            Error::E2e { stage, err } => write!(f, "end-to-end {stage}: {err}"),
+            Error::RefusedByOrigin(why) => write!(f, "origin refused this dest: {why}"),
             Error::Local(s) => f.write_str(s),
         }
     }
@@ -466,6 +514,11 @@ impl Prng {
             s = t ^ ((std::process::id() as u64) << 32) | 1;
         }
         Prng(s)
+    }
+
+    /// A second generator seeded from this one (for a connection's masks).
+    pub fn fork(&mut self) -> Prng {
+        Prng(self.next_u64() | 1)
     }
 
     pub fn next_u64(&mut self) -> u64 {
