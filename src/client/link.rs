@@ -433,7 +433,10 @@ impl crate::transport::Transport for Link {
         })
     }
 
-    fn socket_write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<crate::transport::Wrote> {
+    fn socket_write_vectored(
+        &mut self,
+        bufs: &[IoSlice<'_>],
+    ) -> io::Result<crate::transport::Wrote> {
         let (n, full) = self.write_vectored(bufs)?;
         Ok(crate::transport::Wrote { n, full })
     }

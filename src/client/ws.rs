@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 
+use super::link::{link_error, Link, LinkPlan};
 use super::{Prng, MAX_WS_MESSAGE_BYTES};
 use crate::control;
-use super::link::{link_error, Link, LinkPlan};
 use crate::transport::{Received, Transport};
 use crate::ws::endpoint::{Endpoint, Limits, Verdict};
 use crate::ws::frame::{self, Decoder, Event as FrameEvent, FrameHeader, OpCode, Role};

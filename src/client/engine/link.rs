@@ -72,8 +72,15 @@ impl Engine {
                 return;
             }
         };
-        let mut ws = match WsConn::connect(addr, &authority, &path, &headers, &mut self.rng, stall, plan)
-        {
+        let mut ws = match WsConn::connect(
+            addr,
+            &authority,
+            &path,
+            &headers,
+            &mut self.rng,
+            stall,
+            plan,
+        ) {
             Ok(ws) => ws,
             Err(e) => {
                 self.link_failed(format!("connect to {what} {addr}: {e}"), None);
