@@ -162,6 +162,7 @@ fn getopts_for(side: Side) -> getopts::Options {
         ),
         "SECS",
     );
+    super::agent_glue::getopts(&mut o, side);
     o.optflag(
         "",
         "background",
@@ -195,7 +196,9 @@ pub fn usage(side: Side) -> String {
              SOCKRELAY_JOIN (sockrelay://HOST:PORT/SESSION#TOKEN, for the dest;\n\
              sockrelays:// when the relay is wss://).\n\
              A token should come from $SOCKRELAY_TOKEN or --token-file, not the\n\
-             command line (where `ps` shows it)."
+             command line (where `ps` shows it).\n\
+             For an ssh-agent, --ssh-agent and the --agent-* options make the origin\n\
+             decide what the dest may ask of it (README \"ssh-agent guard\")."
             .to_string(),
         Side::Dest => {
             "Usage: sockrelay-dest [options] SOCKET                  (join string in $SOCKRELAY_JOIN)\n       \
@@ -203,8 +206,11 @@ pub fn usage(side: Side) -> String {
              sockrelay-dest [options] sockrelay[s]://HOST:PORT/SESSION_ID#TOKEN SOCKET\n       \
              sockrelay-dest [options] HOST PORT SESSION_ID [TOKEN] SOCKET\n       \
              sockrelay-dest [options] ws://HOST:PORT or wss://HOST[:PORT] SESSION_ID [TOKEN] SOCKET\n\n\
+             sockrelay-dest [options] ... SOCKET -- COMMAND [ARGS...]\n\n\
              Creates the unix socket SOCKET (mode 0600); each connection to it reaches\n\
              the origin's socket. Use it as SSH_AUTH_SOCK.\n\
+             With -- COMMAND: runs COMMAND with SSH_AUTH_SOCK=SOCKET once the session is\n\
+             ready, then leaves the session and exits with COMMAND's status.\n\
              The join string (which carries the token) and the token should come from\n\
              $SOCKRELAY_JOIN, $SOCKRELAY_TOKEN, --join-file or --token-file, not the\n\
              command line (where `ps` shows them)."
@@ -285,7 +291,8 @@ pub fn parse(
     env: Env,
     stdin: &mut dyn Read,
 ) -> Result<Parsed, String> {
-    let m = getopts_for(side).parse(args).map_err(|e| e.to_string())?;
+    let (args, command) = super::agent_glue::split_command(side, args);
+    let m = getopts_for(side).parse(&args).map_err(|e| e.to_string())?;
     if m.opt_present("help") {
         return Ok(Parsed::Help(usage(side)));
     }
@@ -457,6 +464,10 @@ pub fn parse(
                 .into(),
         );
     }
+    let agent = super::agent_glue::parse(&m, side, command)?;
+    if !agent.command.is_empty() && m.opt_present("background") {
+        return Err("-- COMMAND and --background do not go together".into());
+    }
     let limits = if side == Side::Origin {
         limits(&m)?
     } else {
@@ -496,6 +507,7 @@ pub fn parse(
             token_generated,
             limits,
             liveness: liveness(&m)?,
+            agent: Box::new(agent),
             net,
         },
         log_level,
@@ -582,7 +594,7 @@ pub fn main(side: Side, name: &str) -> i32 {
                 log::warn!("--insecure-plaintext: the relay can read and alter all traffic");
             }
             match super::engine::run(opts) {
-                Ok(()) => 0,
+                Ok(()) => super::agent_glue::exit_status(),
                 Err(e) => {
                     eprintln!("{name}: {e}");
                     1

@@ -6,7 +6,10 @@
 //!   end-to-end layer and [`crate::mux`] glue per epoch, the unix channels,
 //!   daemonizing (one file each under `engine/`; see LIFECYCLE.md).
 //! - [`listen`]: the dest's private listening socket.
+//! - [`agent_glue`]: the origin's ssh-agent guard, `--lifetime`, and the
+//!   dest's `-- COMMAND` and socket mode/group (issue 11).
 
+pub mod agent_glue;
 pub mod args;
 pub mod e2e;
 pub mod engine;
@@ -361,6 +364,8 @@ pub struct Options {
     pub limits: Limits,
     /// Keepalive and dead-link detection.
     pub liveness: Liveness,
+    /// Issue 11: the agent guard, --lifetime, -- COMMAND, socket mode.
+    pub agent: Box<agent_glue::AgentOptions>,
     /// How to reach the relay: TLS options and the HTTP proxy.
     pub net: NetOptions,
 }

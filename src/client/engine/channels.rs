@@ -31,6 +31,9 @@ impl Engine {
                 log::debug!("channel {ch}: connected to {}", path.display());
                 self.channels_accepted += 1;
                 m.accept_open(ch);
+                if let Some(g) = &mut self.agent {
+                    g.opened(generation, ch);
+                }
                 self.conns.insert(ch, Conn::new(sock));
                 self.dirty.push(ch);
             }
@@ -124,6 +127,19 @@ impl Engine {
         };
         if !m.contains(ch) {
             self.conns.remove(&ch);
+            if let Some(g) = &mut self.agent {
+                g.closed(ch);
+            }
+            return;
+        }
+        if let Some(g) = self.agent.as_mut().filter(|g| g.is_guarded(ch)) {
+            g.service(ch, m, conn, &mut self.scratch);
+            if !m.contains(ch) {
+                log::debug!("channel {ch}: finished");
+                self.conns.remove(&ch);
+                g.closed(ch);
+            }
+            self.agent_sync();
             return;
         }
         // Peer → socket.

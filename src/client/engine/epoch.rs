@@ -64,12 +64,25 @@ impl Engine {
         self.conns.clear();
         self.dirty.clear();
         self.again.clear();
+        if let Some(g) = &mut self.agent {
+            g.end_epoch();
+        }
     }
 
     /// The mux exists: the dest opens channels for waiting connections.
     pub(super) fn on_mux_ready(&mut self) {
         while let Some((sock, _)) = self.waiting.pop_front() {
             self.open_channel(sock);
+        }
+        if let Some(c) = &mut self.command {
+            if !c.started() {
+                match c.start(&self.opts.socket) {
+                    Ok(()) => self
+                        .timers
+                        .schedule(Instant::now() + agent_glue::CHILD_POLL, Timer::Agent),
+                    Err(e) => self.stop = Some(Err(Error::Local(e))),
+                }
+            }
         }
     }
 
@@ -149,6 +162,9 @@ impl Engine {
                 mux::Event::OpenOk(ch) => log::debug!("channel {ch} open"),
                 mux::Event::Closed(ch, reason) => {
                     log::debug!("channel {ch} closed by peer: {reason}");
+                    if let Some(g) = &mut self.agent {
+                        g.closed(ch);
+                    }
                     if self.conns.remove(&ch).is_some() && self.side() == Side::Dest {
                         log::warn!("connection closed: {reason}");
                     }

@@ -132,6 +132,12 @@ impl Engine {
         if self.try_next_address(&why) {
             return;
         }
+        if self.command.as_ref().is_some_and(|c| !c.started()) {
+            let why = format!("cannot join the session ({why}); not running COMMAND");
+            self.stop = Some(Err(Error::Local(why)));
+            self.link = None;
+            return;
+        }
         self.addrs_left.clear();
         self.lookup = None;
         if self.side() == Side::Origin && !self.upgraded_once {
@@ -344,6 +350,9 @@ impl Engine {
                 match self.side() {
                     Side::Origin => log::info!("dest joined from {addr}"),
                     Side::Dest => log::info!("paired with origin at {addr}"),
+                }
+                if let Some(g) = &mut self.agent {
+                    g.set_dest(addr);
                 }
                 if self.side() == Side::Origin {
                     if let Some(why) = self.opts.limits.refuse_dest(addr) {

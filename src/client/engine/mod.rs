@@ -26,7 +26,8 @@ use mio::net::{UnixListener, UnixStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use uuid::Uuid;
 
-use super::listen::{listen_private, PrivateSocket};
+use super::agent_glue;
+use super::listen::PrivateSocket;
 use super::ws::{FlushError, ReadOutcome, WsConn, WsEvent};
 use super::*;
 use crate::control::{close, header, path, Control};
@@ -67,6 +68,10 @@ enum Timer {
     Tick(u64),
     E2eDeadline(u32),
     PendingExpiry,
+    /// Origin: `--lifetime` is over.
+    Lifetime,
+    /// The agent glue's wake-up (confirmation helpers, the dest's COMMAND).
+    Agent,
 }
 
 mod channels;
@@ -80,14 +85,14 @@ use super::pairing::{Pairing, PairingError};
 
 /// One unix connection carrying one channel. Readiness is remembered
 /// because polling is edge-triggered and we stop reading for flow control.
-struct Conn {
-    sock: UnixStream,
-    readable: bool,
-    writable: bool,
-    read_eof: bool,
+pub(super) struct Conn {
+    pub(super) sock: UnixStream,
+    pub(super) readable: bool,
+    pub(super) writable: bool,
+    pub(super) read_eof: bool,
     /// The last event reported the peer's FIN or an error: read until EOF
     /// or EAGAIN instead of trusting a short read to mean "drained".
-    hup: bool,
+    pub(super) hup: bool,
 }
 
 impl Conn {
@@ -164,6 +169,10 @@ pub struct Engine {
     /// are expected and dropped. Otherwise a message with no pairing means
     /// the relay is out of step with us (see `on_message`).
     dest_refused: bool,
+    /// Origin: the ssh-agent guard (agent_glue), when an agent option is given.
+    agent: Option<agent_glue::Glue>,
+    /// Dest: `-- COMMAND`, run once the session is ready.
+    command: Option<agent_glue::Command>,
 }
 
 /// Run origin or dest until a signal (Ok) or a fatal error.
@@ -192,7 +201,12 @@ impl Engine {
             .map_err(|e| local("register signals", e))?;
         let waker = Waker::new(poll.registry(), RESOLVER).map_err(|e| local("waker", e))?;
         let listener = if opts.side == Side::Dest {
-            let sock = listen_private(&opts.socket).map_err(Error::Socket)?;
+            let sock = super::listen::listen_with(
+                &opts.socket,
+                opts.agent.socket_mode,
+                opts.agent.socket_group,
+            )
+            .map_err(Error::Socket)?;
             let std_l = sock
                 .listener
                 .try_clone()
@@ -212,6 +226,8 @@ impl Engine {
             }
             None
         };
+        let agent = agent_glue::Glue::new(&opts.agent).map_err(Error::Local)?;
+        let command = agent_glue::Command::new(&opts.agent);
         Ok(Engine {
             opts,
             session,
@@ -244,6 +260,8 @@ impl Engine {
             channels_accepted: 0,
             refusal: None,
             dest_refused: false,
+            agent,
+            command,
         })
     }
 
@@ -259,6 +277,9 @@ impl Engine {
 
     fn run(&mut self) -> Result<(), Error> {
         let mut events = Events::with_capacity(256);
+        if let Some(d) = self.opts.agent.lifetime {
+            self.timers.schedule(Instant::now() + d, Timer::Lifetime);
+        }
         self.connect();
         loop {
             if let Some(stop) = self.stop.take() {
@@ -315,6 +336,19 @@ impl Engine {
     fn on_event(&mut self, token: Token, readable: bool, writable: bool, hup: bool) {
         match token {
             SIGNALS => match self.signals.drain() {
+                Some(Signal::Terminate)
+                    if self
+                        .command
+                        .as_mut()
+                        .is_some_and(|c| c.signal(libc::SIGTERM)) =>
+                {
+                    log::info!("signal passed on to COMMAND");
+                }
+                Some(Signal::Reload)
+                    if self
+                        .command
+                        .as_mut()
+                        .is_some_and(|c| c.signal(libc::SIGHUP)) => {}
                 Some(Signal::Terminate) => {
                     log::info!("terminating on signal");
                     self.stop = Some(Ok(()));
@@ -334,6 +368,12 @@ impl Engine {
                         self.read_ws(hup);
                     }
                 }
+            }
+            Token(t) if t & agent_glue::TOKEN_BIT != 0 => {
+                if let Some(g) = &mut self.agent {
+                    g.on_event(token, self.poll.registry());
+                }
+                self.agent_sync();
             }
             Token(t) => {
                 let (gen, ch) = ((t >> 32) as u32, t as u32);
@@ -414,9 +454,61 @@ impl Engine {
                         self.waiting.pop_front();
                     }
                 }
+                Timer::Lifetime => self.lifetime_over(),
+                Timer::Agent => {
+                    if let Some(g) = &mut self.agent {
+                        g.on_timer(now);
+                    }
+                    self.agent_sync();
+                    if let Some(c) = &mut self.command {
+                        match c.poll() {
+                            Some(code) => {
+                                log::info!(
+                                    "COMMAND exited with status {code}; leaving the session"
+                                );
+                                self.stop = Some(Ok(()));
+                            }
+                            None if c.started() => self
+                                .timers
+                                .schedule(now + agent_glue::CHILD_POLL, Timer::Agent),
+                            None => {}
+                        }
+                    }
+                }
                 Timer::Reconnect(_) => {}
             }
         }
+    }
+
+    /// After the glue ran: its wake-ups, channels to service, helpers to
+    /// start.
+    fn agent_sync(&mut self) {
+        if let Some(g) = &mut self.agent {
+            g.start_prompts(self.poll.registry());
+            for at in g.take_wakeups() {
+                self.timers.schedule(at, Timer::Agent);
+            }
+            self.dirty.extend(g.take_dirty());
+        }
+    }
+
+    /// `--lifetime` is over: close every channel with the reason, then
+    /// leave the session (the relay tells the dest the origin left).
+    fn lifetime_over(&mut self) {
+        let d = self.opts.agent.lifetime.unwrap_or_default();
+        let why = format!("origin's --lifetime of {} s is over", d.as_secs_f64());
+        log::warn!("{why}: ending the session");
+        if let Some(m) = self.epoch.as_mut().and_then(Pairing::mux) {
+            for ch in m.channel_ids() {
+                m.close(ch, &why);
+            }
+        }
+        self.flush();
+        if let Some(link) = &mut self.link {
+            link.ws.close(close::NORMAL, &why);
+            let _ = link.ws.flush(Instant::now());
+        }
+        self.stop = Some(Ok(()));
     }
 
     /// Heartbeat: ping when idle, give up when silent too long.
