@@ -32,9 +32,9 @@ const KEEP_MSG_BYTES: usize = 128 * 1024;
 
 /// The connect path in stages: the engine resolves the name (off the
 /// loop, `transport::resolve`) and picks each address in turn; here TCP
-/// connects, then the WebSocket upgrade runs. A proxy CONNECT or a TLS
-/// handshake will be stages between `Connecting` and `Upgrading`, on a
-/// [`Transport`] that wraps the TCP one.
+/// connects, then the [`Link`] stages (proxy CONNECT, TLS handshake) run,
+/// then the WebSocket upgrade. `Link` is the [`Transport`] over TCP (and
+/// TLS) that every read and write goes through.
 #[derive(Debug)]
 enum State {
     /// TCP connect in progress; the upgrade request is queued in `out`.
