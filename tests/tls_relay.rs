@@ -245,3 +245,43 @@ fn relay_requires_client_certificates_with_tls_client_ca() {
         relay.log_text()
     );
 }
+
+#[test]
+fn a_stalled_tls_handshake_is_bounded_by_handshake_timeout() {
+    let dir = TempDir::new("tls-relay-stall");
+    let p = pki(&dir);
+    let (relay, port) = tls_relay(
+        &dir,
+        &[
+            "--tls-cert",
+            p.cert.to_str().unwrap(),
+            "--tls-key",
+            p.key.to_str().unwrap(),
+            "--handshake-timeout",
+            "1",
+        ],
+    );
+    // Half a ClientHello record header, then silence.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(&[0x16, 0x03, 0x01]).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let t0 = std::time::Instant::now();
+    let mut b = [0u8; 64];
+    let r = s.read(&mut b);
+    assert!(matches!(r, Ok(0) | Err(_)), "closed, not answered: {r:?}");
+    let took = t0.elapsed();
+    assert!(took < Duration::from_secs(5), "closed after {took:?}");
+    // The relay still serves TLS clients.
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            "--cacert",
+            p.ca.to_str().unwrap(),
+        ])
+        .arg(format!("https://127.0.0.1:{port}/healthz"))
+        .output()
+        .expect("curl");
+    assert!(out.status.success(), "{out:?}\n{}", relay.log_text());
+}
