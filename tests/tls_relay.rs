@@ -285,3 +285,46 @@ fn a_stalled_tls_handshake_is_bounded_by_handshake_timeout() {
         .expect("curl");
     assert!(out.status.success(), "{out:?}\n{}", relay.log_text());
 }
+
+#[test]
+fn a_third_party_tls_websocket_client_node_ws_reaches_the_tls_relay() {
+    let dir = TempDir::new("tls-relay-node");
+    let p = pki(&dir);
+    let (relay, port) = tls_relay(
+        &dir,
+        &[
+            "--tls-cert",
+            p.cert.to_str().unwrap(),
+            "--tls-key",
+            p.key.to_str().unwrap(),
+        ],
+    );
+    let modules =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/compat/node_modules");
+    assert!(
+        modules.exists(),
+        "run `bash .ci/setup` (npm ci in tests/compat)"
+    );
+    // Node's TLS is OpenSSL: an independent stack. The original clients'
+    // API (?mode=origin) answers the upgrade with a binary start message.
+    let script = format!(
+        "const WebSocket = require('ws'); const fs = require('fs');\n\
+         const ws = new WebSocket('wss://localhost:{port}/?mode=origin&token=node-tls', {{ ca: fs.readFileSync({ca:?}) }});\n\
+         const t = setTimeout(() => {{ console.log('timeout'); process.exit(3); }}, 10000);\n\
+         ws.on('message', (m) => {{ console.log('start ' + Buffer.from(m).length); clearTimeout(t); ws.close(); process.exit(0); }});\n\
+         ws.on('error', (e) => {{ console.log('error ' + e.message); process.exit(2); }});\n",
+        ca = p.ca.to_str().unwrap()
+    );
+    let out = Command::new(std::env::var("COMPAT_NODE").unwrap_or_else(|_| "node".into()))
+        .arg("-e")
+        .arg(&script)
+        .env("NODE_PATH", &modules)
+        .output()
+        .expect("node (bash .ci/setup installs it)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.starts_with("start "),
+        "{out:?}\n{}",
+        relay.log_text()
+    );
+}
