@@ -6,6 +6,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 
+use sockrelay::tls::session::pool_bytes;
 use sockrelay::tls::testcerts::{make_ca, make_leaf, KeyKind};
 use sockrelay::tls::{ClientTlsOptions, Read, ServerTls, ServerTlsFiles, TlsSession};
 
@@ -105,7 +106,7 @@ fn idle_tls_connection_holds_at_most_4_kib_per_side() {
     let per_side = (after - before) as f64 / (2 * PAIRS) as f64;
     // Buffers the pool keeps for reuse are shared, not per connection; at
     // most POOL_KEEP (64) of them, ~18 KiB each, count in the difference.
-    let pool_share = (64.0 * 18.5 * 1024.0) / (2 * PAIRS) as f64;
+    let pool_share = pool_bytes() as f64 / (2 * PAIRS) as f64;
     println!(
         "idle TLS connection: {per_side:.0} heap bytes per side (client+server average), {:.0} without the shared pool",
         per_side - pool_share
@@ -114,6 +115,15 @@ fn idle_tls_connection_holds_at_most_4_kib_per_side() {
         per_side - pool_share <= 4096.0,
         "{per_side:.0} bytes per idle side"
     );
-    drop(pairs);
+    // The relay's side alone: drop the clients, count what the servers hold.
+    let servers: Vec<TlsSession> = pairs.into_iter().map(|(_, s)| s).collect();
+    let server_only = LIVE.load(Ordering::Relaxed) - before;
+    let per_server = (server_only as f64 - pool_bytes() as f64) / PAIRS as f64;
+    println!("idle TLS server connection (the relay's side): {per_server:.0} heap bytes, without the shared pool");
+    assert!(
+        per_server <= 4096.0,
+        "{per_server:.0} bytes per idle server side"
+    );
+    drop(servers);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -37,6 +37,12 @@ thread_local! {
     static POOL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Bytes the calling thread's buffer pool holds for reuse (shared by every
+/// connection of the thread, not owned by any).
+pub fn pool_bytes() -> usize {
+    POOL.with(|p| p.borrow().iter().map(|v| v.capacity()).sum())
+}
+
 fn pool_take() -> Vec<u8> {
     POOL.with(|p| p.borrow_mut().pop())
         .unwrap_or_else(|| Vec::with_capacity(POOL_BUF_BYTES))
