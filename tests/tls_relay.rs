@@ -328,3 +328,37 @@ fn a_third_party_tls_websocket_client_node_ws_reaches_the_tls_relay() {
         relay.log_text()
     );
 }
+
+#[test]
+fn bulk_data_through_the_tls_relay_both_ways() {
+    let dir = TempDir::new("tls-relay-bulk");
+    let p = pki(&dir);
+    let (_relay, port) = tls_relay(
+        &dir,
+        &[
+            "--tls-cert",
+            p.cert.to_str().unwrap(),
+            "--tls-key",
+            p.key.to_str().unwrap(),
+        ],
+    );
+    let echo = EchoServer::start(&dir.path("echo.sock"));
+    let (_o, _d, dsock) = chain(&dir, port, p.ca.to_str().unwrap(), &echo, "bulk", &[]);
+    // 8 MiB out and back: the relay decrypts and re-encrypts every byte,
+    // under backpressure from the echo's reads.
+    let data = pattern(9, 8 << 20);
+    let d2 = dsock.clone();
+    let dc = data.clone();
+    let h = std::thread::spawn(move || echo_roundtrip(&d2, dc));
+    let back = match h.join() {
+        Ok(b) => b,
+        Err(_) => panic!(
+            "roundtrip failed\nrelay:\n{}\norigin:\n{}\ndest:\n{}",
+            _relay.log_text(),
+            _o.log_text(),
+            _d.log_text()
+        ),
+    };
+    assert_eq!(back.len(), data.len());
+    assert!(back == data);
+}

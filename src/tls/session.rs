@@ -496,7 +496,10 @@ fn handle<D>(st: ConnectionState<'_, '_, D>, f: &mut Fields<'_, '_, '_>) -> Resu
             loop {
                 // Stop decrypting once the caller's buffer is full and one
                 // record is parked in `plain`: the rest stays ciphertext.
-                if *f.out_n >= f.out.len() && !f.plain.is_empty() {
+                // A write (no buffer given) parks every record received so
+                // far (bounded by what `rx` holds) so that it reaches the
+                // encryption state behind them.
+                if !f.out.is_empty() && *f.out_n >= f.out.len() && !f.plain.is_empty() {
                     return Ok(Next::Stop(Stop::OutFull));
                 }
                 let Some(rec) = rt.next_record() else { break };

@@ -190,25 +190,36 @@ impl<S: io::Read + io::Write> TlsStream<S> {
     }
 
     /// Encrypts from `bufs` and sends. `full`: the socket did not take all
-    /// the ciphertext (it stays queued; see the module notes).
+    /// the ciphertext (it stays queued; see the module notes), so the next
+    /// writable edge says when to go on. Plaintext is encrypted a queue's
+    /// worth at a time and sent before more is taken, so a short count
+    /// means the socket is full, never that only the queue was.
     pub fn write_plain(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<(usize, bool)> {
         if !self.flush_tls()? {
             return Ok((0, true));
         }
+        let offered: usize = bufs.iter().map(|b| b.len()).sum();
         let mut accepted = 0;
-        for b in bufs {
-            let n = self.tls.write(b).map_err(to_io)?;
-            accepted += n;
-            if n < b.len() {
-                break;
+        let mut socket_full = false;
+        'bufs: for b in bufs {
+            let mut off = 0;
+            while off < b.len() {
+                let n = self.tls.write(&b[off..]).map_err(to_io)?;
+                off += n;
+                accepted += n;
+                if !self.flush_tls()? {
+                    socket_full = true;
+                    break 'bufs;
+                }
+                if n == 0 {
+                    break 'bufs; // handshaking or closed
+                }
             }
         }
-        let all_sent = self.flush_tls()?;
-        let offered: usize = bufs.iter().map(|b| b.len()).sum();
-        if accepted == 0 && offered > 0 && all_sent && !self.tls.is_handshaking() {
+        if accepted == 0 && offered > 0 && !socket_full && !self.tls.is_handshaking() {
             return Err(io::ErrorKind::WriteZero.into());
         }
-        Ok((accepted, !all_sent || accepted < offered))
+        Ok((accepted, socket_full || accepted < offered))
     }
 
     /// Sends close_notify (best effort), then the caller shuts TCP down.

@@ -413,3 +413,30 @@ fn system_roots_honour_ssl_cert_file_and_dir() {
     std::env::remove_var("SSL_CERT_DIR");
     let _ = std::fs::remove_dir_all(&p.dir);
 }
+
+#[test]
+fn write_goes_on_while_received_data_waits_unread() {
+    // Regression: a write used to stop at the first undelivered record and
+    // encrypt nothing, which the transport reported as "write zero".
+    let p = pki("bidir", KeyKind::EcdsaP256);
+    let opts = ClientTlsOptions {
+        ca_file: Some(p.ca.clone()),
+        ..Default::default()
+    };
+    let mut c = client(&opts, "relay.test");
+    let mut s = server(&p, None);
+    drive(&mut c, &mut s).unwrap();
+    assert_eq!(c.write(&[1u8; 40_000]).unwrap(), 40_000);
+    let b = c.send_buf().to_vec();
+    c.send_consume(b.len());
+    s.recv(&b);
+    // The server has not read anything yet, and writes.
+    assert_eq!(s.write(b"answer").unwrap(), 6);
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Read::Data(n) = s.read(&mut buf).unwrap() {
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(got.len(), 40_000);
+    let _ = std::fs::remove_dir_all(&p.dir);
+}
