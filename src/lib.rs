@@ -13,10 +13,13 @@ pub mod cli;
 pub mod client;
 pub mod control;
 pub mod mux;
+pub mod proxy;
 pub mod relay;
 #[cfg(feature = "e2e")]
 pub mod secure;
 pub mod sys;
 pub mod timer;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod transport;
 pub mod ws;

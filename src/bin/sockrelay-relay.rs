@@ -11,7 +11,8 @@ fn usage(opts: &getopts::Options) -> String {
          forwards WebSocket frames between them. Endpoints: /origin, /dest,\n\
          /healthz, /metrics, and the original clients' ?mode= API.\n\
          Logs go to stderr. SIGINT/SIGTERM: close all sessions (1001) and exit;\n\
-         SIGHUP: re-read --origin-keys.\n\n\
+         SIGHUP: re-read --origin-keys and the --tls-* files (broken files keep\n\
+         the old ones, logged).\n\n\
          Under systemd socket activation (LISTEN_PID/LISTEN_FDS) the relay\n\
          serves the listening sockets it is handed instead of -p/-b/\n\
          --origin-listen/--dest-listen; a socket named origin or dest\n\
@@ -47,6 +48,9 @@ fn main() {
         "serve only dests on ADDR:PORT (repeatable; replaces -p/-b for dests)",
         "ADDR:PORT",
     );
+    opts.optopt("", "tls-cert", "speak TLS on every listener (wss://, https:// for /healthz and /metrics) with the certificate chain in FILE (PEM; ECDSA, Ed25519 or RSA key) (default: plain)", "FILE");
+    opts.optopt("", "tls-key", "the private key of --tls-cert (PEM)", "FILE");
+    opts.optopt("", "tls-client-ca", "with --tls-cert: require client certificates signed by a CA in FILE (PEM); connections without one are refused in the handshake (default: none asked)", "FILE");
     opts.optopt("", "origin-keys", "file of accepted origin keys, one per line; origins must send one in the Sockrelay-Origin-Key header (default: anyone may open sessions)", "FILE");
     opts.optopt(
         "",
@@ -238,6 +242,23 @@ fn main() {
         }
     }
     cfg.origin_keys = m.opt_str("origin-keys").map(Into::into);
+    match (m.opt_str("tls-cert"), m.opt_str("tls-key")) {
+        #[cfg(feature = "tls")]
+        (Some(cert), Some(key)) => {
+            cfg.tls = Some(sockrelay::tls::ServerTlsFiles {
+                cert: cert.into(),
+                key: key.into(),
+                client_ca: m.opt_str("tls-client-ca").map(Into::into),
+            })
+        }
+        #[cfg(not(feature = "tls"))]
+        (Some(_), Some(_)) => fail("this build has no TLS (feature tls)".to_string()),
+        (None, None) if m.opt_present("tls-client-ca") => {
+            fail("--tls-client-ca needs --tls-cert and --tls-key".to_string())
+        }
+        (None, None) => {}
+        _ => fail("--tls-cert and --tls-key go together".to_string()),
+    }
     cli::init_logging(level);
     match sockrelay::sys::raise_nofile_limit() {
         Ok(n) => log::debug!("open-file limit {n}"),

@@ -7,8 +7,8 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use super::{
-    Cidr, Join, Limits, Liveness, Options, RelayAddr, Side, Token, DEAD_AFTER, JOIN_SCHEME,
-    KEEPALIVE,
+    is_join_string, Cidr, Join, Limits, Liveness, NetOptions, Options, RelayAddr, Side, Token,
+    DEAD_AFTER, JOIN_SCHEME, KEEPALIVE,
 };
 
 /// Environment variable holding the token.
@@ -43,6 +43,8 @@ pub enum OnArgv {
 
 /// What the command line asks for.
 #[derive(Debug)]
+// Built once per run; boxing the large variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Parsed {
     Run {
         opts: Options,
@@ -108,6 +110,42 @@ fn getopts_for(side: Side) -> getopts::Options {
     }
     o.optopt(
         "",
+        "ca-file",
+        "wss: trust the CA certificates in FILE (PEM) instead of the system's (default: the system's roots; $SSL_CERT_FILE / $SSL_CERT_DIR as OpenSSL reads them)",
+        "FILE",
+    );
+    o.optopt(
+        "",
+        "tls-server-name",
+        "wss: verify the relay's certificate for NAME (and send it as SNI) instead of the host in the URL",
+        "NAME",
+    );
+    o.optopt(
+        "",
+        "tls-pin",
+        "wss: accept the relay's certificate by its public key alone: sha256/BASE64 of its SPKI, as curl's --pinnedpubkey ('openssl x509 -pubkey -noout | openssl pkey -pubin -outform der | openssl dgst -sha256 -binary | base64'; several separated by ';'); chain and name are then not checked, a mismatch always fails",
+        "PIN",
+    );
+    o.optopt(
+        "",
+        "tls-cert",
+        "wss: client certificate chain (PEM), for relays that require one",
+        "FILE",
+    );
+    o.optopt(
+        "",
+        "tls-key",
+        "wss: the private key of --tls-cert (PEM)",
+        "FILE",
+    );
+    o.optopt(
+        "",
+        "proxy",
+        "reach the relay through this HTTP proxy (CONNECT), Basic auth from USER:PASS (default: $https_proxy/$HTTPS_PROXY for wss, $http_proxy for ws, else $all_proxy/$ALL_PROXY; $no_proxy/$NO_PROXY exempt hosts, as curl)",
+        "http://[USER:PASS@]HOST:PORT",
+    );
+    o.optopt(
+        "",
         "keepalive",
         &format!(
             "ping the relay after SECS of silence (default: {})",
@@ -151,11 +189,12 @@ fn getopts_for(side: Side) -> getopts::Options {
 pub fn usage(side: Side) -> String {
     let brief = match side {
         Side::Origin => "Usage: sockrelay-origin [options] HOST PORT [TOKEN] SOCKET\n       \
-             sockrelay-origin [options] ws://HOST:PORT [TOKEN] SOCKET\n\n\
+             sockrelay-origin [options] ws://HOST:PORT or wss://HOST[:PORT] [TOKEN] SOCKET\n\n\
              Offers the unix socket SOCKET (e.g. $SSH_AUTH_SOCK) through the relay.\n\
              Prints SOCKRELAY_SESSION=<id>; export SOCKRELAY_SESSION; on stdout.\n\
              Without a token it generates one and also prints SOCKRELAY_TOKEN and\n\
-             SOCKRELAY_JOIN (sockrelay://HOST:PORT/SESSION#TOKEN, for the dest).\n\
+             SOCKRELAY_JOIN (sockrelay://HOST:PORT/SESSION#TOKEN, for the dest;\n\
+             sockrelays:// when the relay is wss://).\n\
              A token should come from $SOCKRELAY_TOKEN or --token-file, not the\n\
              command line (where `ps` shows it).\n\
              For an ssh-agent, --ssh-agent and the --agent-* options make the origin\n\
@@ -164,9 +203,9 @@ pub fn usage(side: Side) -> String {
         Side::Dest => {
             "Usage: sockrelay-dest [options] SOCKET                  (join string in $SOCKRELAY_JOIN)\n       \
              sockrelay-dest [options] --join-file PATH SOCKET\n       \
-             sockrelay-dest [options] sockrelay://HOST:PORT/SESSION_ID#TOKEN SOCKET\n       \
+             sockrelay-dest [options] sockrelay[s]://HOST:PORT/SESSION_ID#TOKEN SOCKET\n       \
              sockrelay-dest [options] HOST PORT SESSION_ID [TOKEN] SOCKET\n       \
-             sockrelay-dest [options] ws://HOST:PORT SESSION_ID [TOKEN] SOCKET\n       \
+             sockrelay-dest [options] ws://HOST:PORT or wss://HOST[:PORT] SESSION_ID [TOKEN] SOCKET\n       \
              sockrelay-dest [options] ... SOCKET -- COMMAND [ARGS...]\n\n\
              Creates the unix socket SOCKET (mode 0600); each connection to it reaches\n\
              the origin's socket. Use it as SSH_AUTH_SOCK.\n\
@@ -278,7 +317,7 @@ pub fn parse(
     // Dest: a join string (argument, --join-file, or $SOCKRELAY_JOIN when
     // only SOCKET is given) stands for HOST PORT SESSION_ID [TOKEN].
     let join = if side == Side::Dest {
-        let join_on_argv = pos.first().is_some_and(|a| a.starts_with(JOIN_SCHEME));
+        let join_on_argv = pos.first().is_some_and(|a| is_join_string(a));
         let text = match (join_on_argv, &join_file) {
             (true, Some(_)) => {
                 return Err(
@@ -331,7 +370,11 @@ pub fn parse(
                 }
                 let host = pos.remove(0);
                 let port = super::parse_port(&pos.remove(0))?;
-                RelayAddr { host, port }
+                RelayAddr {
+                    host,
+                    port,
+                    tls: false,
+                }
             };
             let session = match side {
                 Side::Dest => {
@@ -430,6 +473,27 @@ pub fn parse(
     } else {
         Limits::default()
     };
+    let net = NetOptions {
+        ca_file: m.opt_str("ca-file").map(PathBuf::from),
+        tls_server_name: m.opt_str("tls-server-name"),
+        tls_pin: m.opt_str("tls-pin"),
+        tls_cert: m.opt_str("tls-cert").map(PathBuf::from),
+        tls_key: m.opt_str("tls-key").map(PathBuf::from),
+        proxy: m.opt_str("proxy"),
+    };
+    if net.tls_cert.is_some() != net.tls_key.is_some() {
+        return Err("--tls-cert and --tls-key go together".into());
+    }
+    if relay.tls && !cfg!(feature = "tls") {
+        return Err("this build has no TLS (feature tls): wss:// relays need it".into());
+    }
+    #[cfg(feature = "tls")]
+    if relay.tls {
+        net.tls_options()?;
+    }
+    if let Some(p) = &net.proxy {
+        crate::proxy::ProxyUrl::parse(p).map_err(|e| format!("--proxy: {e}"))?;
+    }
     Ok(Parsed::Run {
         opts: Options {
             side,
@@ -444,6 +508,7 @@ pub fn parse(
             limits,
             liveness: liveness(&m)?,
             agent: Box::new(agent),
+            net,
         },
         log_level,
         secret_on_argv,

@@ -13,6 +13,7 @@ pub mod agent_glue;
 pub mod args;
 pub mod e2e;
 pub mod engine;
+pub mod link;
 pub mod listen;
 pub mod pairing;
 pub mod ws;
@@ -56,6 +57,8 @@ pub const READ_CHUNK_BYTES: usize = crate::mux::MAX_BATCH_BYTES;
 pub struct RelayAddr {
     pub host: String,
     pub port: u16,
+    /// `wss://` (or a `sockrelays://` join string): TLS to the relay.
+    pub tls: bool,
 }
 
 impl RelayAddr {
@@ -68,15 +71,30 @@ impl RelayAddr {
         }
     }
 
-    /// Parse `ws://host[:port][/]`.
+    /// `ws://HOST:PORT` or `wss://HOST:PORT`, as a user would write it.
+    pub fn url(&self) -> String {
+        format!(
+            "{}://{}",
+            if self.tls { "wss" } else { "ws" },
+            self.authority()
+        )
+    }
+
+    /// Parse `ws://host[:port][/]` (default port 80) or `wss://…` (443).
     pub fn from_url(url: &str) -> Result<RelayAddr, String> {
-        let rest = url
-            .strip_prefix("ws://")
-            .ok_or_else(|| format!("{url:?}: only ws:// URLs are supported"))?;
+        let (rest, tls) = if let Some(r) = url.strip_prefix("ws://") {
+            (r, false)
+        } else if let Some(r) = url.strip_prefix("wss://") {
+            (r, true)
+        } else {
+            return Err(format!(
+                "{url:?}: give the relay as ws://HOST:PORT or wss://HOST:PORT"
+            ));
+        };
         let rest = rest.trim_end_matches('/');
         if rest.contains('/') || rest.contains('?') {
             return Err(format!(
-                "{url:?}: give the relay as ws://HOST:PORT, no path"
+                "{url:?}: give the relay as ws://HOST:PORT or wss://HOST:PORT, no path"
             ));
         }
         let (host, port) = if let Some(h) = rest.strip_prefix('[') {
@@ -95,9 +113,10 @@ impl RelayAddr {
         }
         let port = match port {
             Some(p) => parse_port(p)?,
+            None if tls => 443,
             None => 80,
         };
-        Ok(RelayAddr { host, port })
+        Ok(RelayAddr { host, port, tls })
     }
 }
 
@@ -252,7 +271,8 @@ impl Limits {
 pub const REFUSED_PREFIX: &[u8] = b"sockrelay refused: ";
 
 /// What a dest joins: relay, session and, usually, the token, from one
-/// `sockrelay://HOST:PORT/SESSION#TOKEN` string.
+/// `sockrelay://HOST:PORT/SESSION#TOKEN` string (`sockrelays://` when the
+/// relay is reached over TLS, as `wss://`).
 #[derive(Debug, Clone)]
 pub struct Join {
     pub relay: RelayAddr,
@@ -263,14 +283,27 @@ pub struct Join {
 
 /// Scheme of the join string.
 pub const JOIN_SCHEME: &str = "sockrelay://";
+/// Scheme of the join string for a relay reached over TLS (`wss://`).
+pub const JOIN_SCHEME_TLS: &str = "sockrelays://";
+
+/// True when `s` looks like a join string (either scheme).
+pub fn is_join_string(s: &str) -> bool {
+    s.starts_with(JOIN_SCHEME) || s.starts_with(JOIN_SCHEME_TLS)
+}
 
 impl Join {
     /// Parse a join string. Errors never quote the token.
     pub fn parse(s: &str) -> Result<Join, String> {
         let s = s.trim();
-        let rest = s
-            .strip_prefix(JOIN_SCHEME)
-            .ok_or_else(|| format!("a join string starts with {JOIN_SCHEME}"))?;
+        let (rest, tls) = if let Some(r) = s.strip_prefix(JOIN_SCHEME) {
+            (r, false)
+        } else if let Some(r) = s.strip_prefix(JOIN_SCHEME_TLS) {
+            (r, true)
+        } else {
+            return Err(format!(
+                "a join string starts with {JOIN_SCHEME} (or {JOIN_SCHEME_TLS} over TLS)"
+            ));
+        };
         let (rest, token) = match rest.split_once('#') {
             Some((r, "")) => (r, None),
             Some((r, t)) => (r, Some(Token::new(t.as_bytes().to_vec()))),
@@ -279,7 +312,8 @@ impl Join {
         let (authority, session) = rest.split_once('/').ok_or_else(|| {
             format!("join string: no session id ({JOIN_SCHEME}HOST:PORT/SESSION#TOKEN)")
         })?;
-        let relay = RelayAddr::from_url(&format!("ws://{authority}"))
+        let scheme = if tls { "wss" } else { "ws" };
+        let relay = RelayAddr::from_url(&format!("{scheme}://{authority}"))
             .map_err(|e| format!("join string: {e}"))?;
         // Not quoted: a token put in the path by mistake must not be echoed.
         let session = Uuid::parse_str(session.trim_end_matches('/'))
@@ -291,10 +325,16 @@ impl Join {
         })
     }
 
-    /// `sockrelay://HOST:PORT/SESSION#TOKEN` (the token as given).
+    /// `sockrelay://HOST:PORT/SESSION#TOKEN` (the token as given), or
+    /// `sockrelays://…` for a TLS relay.
     pub fn format(relay: &RelayAddr, session: &Uuid, token: &Token) -> String {
+        let scheme = if relay.tls {
+            JOIN_SCHEME_TLS
+        } else {
+            JOIN_SCHEME
+        };
         format!(
-            "{JOIN_SCHEME}{}/{session}#{}",
+            "{scheme}{}/{session}#{}",
             relay.authority(),
             String::from_utf8_lossy(token.expose())
         )
@@ -326,6 +366,8 @@ pub struct Options {
     pub liveness: Liveness,
     /// Issue 11: the agent guard, --lifetime, -- COMMAND, socket mode.
     pub agent: Box<agent_glue::AgentOptions>,
+    /// How to reach the relay: TLS options and the HTTP proxy.
+    pub net: NetOptions,
 }
 
 /// When to ping the relay and when to give the link up
@@ -344,6 +386,45 @@ impl Default for Liveness {
             keepalive: KEEPALIVE,
             dead_after: DEAD_AFTER,
         }
+    }
+}
+
+/// `--ca-file`, `--tls-server-name`, `--tls-pin`, `--tls-cert/--tls-key`
+/// and `--proxy`, as given (files are read when the client starts).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetOptions {
+    pub ca_file: Option<PathBuf>,
+    pub tls_server_name: Option<String>,
+    pub tls_pin: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// `--proxy http://[USER:PASS@]HOST:PORT` (else the environment).
+    pub proxy: Option<String>,
+}
+
+impl NetOptions {
+    pub fn any_tls(&self) -> bool {
+        self.ca_file.is_some()
+            || self.tls_server_name.is_some()
+            || self.tls_pin.is_some()
+            || self.tls_cert.is_some()
+            || self.tls_key.is_some()
+    }
+
+    /// The TLS client options (pins parsed).
+    #[cfg(feature = "tls")]
+    pub fn tls_options(&self) -> Result<crate::tls::ClientTlsOptions, String> {
+        let pins = match &self.tls_pin {
+            Some(p) => crate::tls::pin::parse_pins(p).map_err(|e| format!("--tls-pin: {e}"))?,
+            None => Vec::new(),
+        };
+        Ok(crate::tls::ClientTlsOptions {
+            ca_file: self.ca_file.clone(),
+            server_name: self.tls_server_name.clone(),
+            pins,
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+        })
     }
 }
 
@@ -493,7 +574,15 @@ mod tests {
         assert_eq!((a.host.as_str(), a.port), ("::1", 9));
         assert_eq!(a.authority(), "[::1]:9");
         assert_eq!(RelayAddr::from_url("ws://h").unwrap().port, 80);
-        assert!(RelayAddr::from_url("wss://h:1").is_err());
+        let a = RelayAddr::from_url("wss://relay.example").unwrap();
+        assert_eq!(
+            (a.host.as_str(), a.port, a.tls),
+            ("relay.example", 443, true)
+        );
+        assert_eq!(a.url(), "wss://relay.example:443");
+        assert!(!RelayAddr::from_url("ws://h:1").unwrap().tls);
+        assert!(RelayAddr::from_url("http://h:1").is_err());
+        assert!(RelayAddr::from_url("wss://h:1/x").is_err());
         assert!(RelayAddr::from_url("ws://h:0").is_err());
         assert!(RelayAddr::from_url("ws://h:1/x").is_err());
         assert!(RelayAddr::from_url("ws://:1").is_err());
@@ -592,6 +681,7 @@ mod tests {
         let relay = RelayAddr {
             host: "::1".into(),
             port: 8080,
+            tls: false,
         };
         let s = Join::format(&relay, &id, &Token::new(b"Tok-en_1".to_vec()));
         assert_eq!(
@@ -604,7 +694,19 @@ mod tests {
         assert_eq!(j.token.unwrap().expose(), b"Tok-en_1");
         let j = Join::parse(&format!("sockrelay://h:1/{id}")).unwrap();
         assert!(j.token.is_none());
+        assert!(!j.relay.tls);
         assert_eq!(j.relay.host, "h");
+        // Over TLS the scheme says so, and round-trips.
+        let tls_relay = RelayAddr {
+            host: "relay.example".into(),
+            port: 443,
+            tls: true,
+        };
+        let s = Join::format(&tls_relay, &id, &Token::new(b"t".to_vec()));
+        assert_eq!(s, format!("sockrelays://relay.example:443/{id}#t"));
+        let j = Join::parse(&s).unwrap();
+        assert_eq!(j.relay, tls_relay);
+        assert!(is_join_string(&s));
         assert!(Join::parse(&format!("sockrelay://h:1/{id}#"))
             .unwrap()
             .token

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 
+use super::link::{link_error, Link, LinkPlan};
 use super::{Prng, MAX_WS_MESSAGE_BYTES};
 use crate::control;
 use crate::transport::{Received, Transport};
@@ -34,9 +35,9 @@ const ACK_CHECK_EVERY: Duration = Duration::from_millis(50);
 
 /// The connect path in stages: the engine resolves the name (off the
 /// loop, `transport::resolve`) and picks each address in turn; here TCP
-/// connects, then the WebSocket upgrade runs. A proxy CONNECT or a TLS
-/// handshake will be stages between `Connecting` and `Upgrading`, on a
-/// [`Transport`] that wraps the TCP one.
+/// connects, then the [`Link`] stages (proxy CONNECT, TLS handshake) run,
+/// then the WebSocket upgrade. `Link` is the [`Transport`] over TCP (and
+/// TLS) that every read and write goes through.
 #[derive(Debug)]
 enum State {
     /// TCP connect in progress; the upgrade request is queued in `out`.
@@ -70,6 +71,9 @@ pub enum WsEvent {
     Closed(Option<u16>, String),
     /// The TCP connection ended or failed.
     Lost(String),
+    /// The proxy or TLS stage failed for good (a refused password, a
+    /// certificate that does not verify): retrying cannot help.
+    Fatal(String),
     /// The relay violated RFC 6455; we sent a close with the matching code.
     ProtocolError(String),
 }
@@ -108,7 +112,8 @@ pub enum ReadOutcome {
 }
 
 pub struct WsConn {
-    sock: TcpStream,
+    /// The TCP socket and the stages on it (proxy CONNECT, TLS).
+    sock: Link,
     peer: SocketAddr,
     state: State,
     /// Sec-WebSocket-Accept to expect, until the request goes out.
@@ -159,8 +164,9 @@ impl WsConn {
         headers: &[(&str, &str)],
         rng: &mut Prng,
         stall_timeout: Duration,
+        plan: LinkPlan,
     ) -> io::Result<WsConn> {
-        let sock = TcpStream::connect(addr)?;
+        let sock = Link::new(TcpStream::connect(addr)?, plan);
         let (req, accept) = handshake::client_request(host, path_and_query, headers, rng.key16());
         Ok(WsConn {
             sock,
@@ -190,7 +196,24 @@ impl WsConn {
     }
 
     pub fn source(&mut self) -> &mut TcpStream {
-        &mut self.sock
+        self.sock.tcp_mut()
+    }
+
+    /// Runs the link stages (proxy CONNECT, TLS handshake); a failure
+    /// becomes the event that explains it. True once the upgrade can go.
+    fn advance_link(&mut self, events: &mut Vec<WsEvent>, hup: bool) -> bool {
+        match self.sock.advance(hup) {
+            Ok(ready) => ready,
+            Err(e) => {
+                let ev = match link_error(&e) {
+                    Some(f) if f.is_permanent() => WsEvent::Fatal(e.to_string()),
+                    _ => WsEvent::Lost(format!("connect to relay via {}: {e}", self.peer)),
+                };
+                events.push(ev);
+                self.state = State::Done;
+                false
+            }
+        }
     }
 
     pub fn peer(&self) -> SocketAddr {
@@ -322,13 +345,13 @@ impl WsConn {
     /// connecting this first checks whether the connect finished.
     pub fn flush(&mut self, now: Instant) -> Result<(), FlushError> {
         if !self.tcp_connected {
-            if let Some(e) = self.sock.take_error()? {
+            if let Some(e) = self.sock.tcp().take_error()? {
                 return Err(e.into());
             }
-            match self.sock.peer_addr() {
+            match self.sock.tcp().peer_addr() {
                 Ok(_) => {
                     self.tcp_connected = true;
-                    let _ = self.sock.set_nodelay(true);
+                    let _ = self.sock.tcp().set_nodelay(true);
                     if matches!(self.state, State::Connecting) {
                         let accept = std::mem::take(&mut self.pending_accept);
                         self.state = State::Upgrading { accept };
@@ -337,6 +360,16 @@ impl WsConn {
                 Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(()),
                 Err(e) => return Err(e.into()),
             }
+        }
+        if !self.sock.is_ready() {
+            // Proxy CONNECT / TLS handshake first; the upgrade waits.
+            if !self.sock.advance(false)? {
+                return Ok(());
+            }
+        }
+        // Ciphertext the socket did not take last time goes first.
+        if !self.sock.flush_pending()? {
+            return Ok(());
         }
         let mut wrote = 0;
         while self.out_pos < self.out.len() {
@@ -415,6 +448,17 @@ impl WsConn {
                 return ReadOutcome::Drained;
             }
         }
+        if !self.sock.is_ready() {
+            if !self.advance_link(events, hup) {
+                return ReadOutcome::Drained;
+            }
+            // Ready: the upgrade request can go out now.
+            if let Err(e) = self.flush(Instant::now()) {
+                events.push(WsEvent::Lost(format!("write to relay: {e}")));
+                self.state = State::Done;
+                return ReadOutcome::Drained;
+            }
+        }
         let mut budget = self.endpoint.limits().read_budget_bytes;
         loop {
             if matches!(self.state, State::Done) {
@@ -433,6 +477,11 @@ impl WsConn {
             {
                 Ok(Received::Eof) => (0, true, true),
                 Ok(Received::Bytes { n, drained }) => (n, false, drained),
+                Err(e) if link_error(&e).is_some_and(|f| f.is_permanent()) => {
+                    events.push(WsEvent::Fatal(e.to_string()));
+                    self.state = State::Done;
+                    return ReadOutcome::Drained;
+                }
                 Err(e) => {
                     events.push(WsEvent::Lost(format!("read from relay: {e}")));
                     self.state = State::Done;

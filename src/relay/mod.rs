@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod pool;
 mod server;
 pub mod session;
+mod sock;
 
 pub use server::{ConnToken, Server};
 
@@ -41,6 +42,9 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// File of accepted origin keys, one per line; `None`: anyone may open sessions.
     pub origin_keys: Option<PathBuf>,
+    /// `--tls-cert`, `--tls-key`, `--tls-client-ca`: TLS on every listener.
+    #[cfg(feature = "tls")]
+    pub tls: Option<crate::tls::ServerTlsFiles>,
 }
 
 pub const DEFAULT_PORT: u16 = 8080;
@@ -65,6 +69,8 @@ impl Default for Config {
             pong_timeout: Duration::from_secs(15),
             handshake_timeout: Duration::from_secs(10),
             origin_keys: None,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }

@@ -1,8 +1,8 @@
 //! The byte stream under the WebSocket (and under each unix channel):
 //! [`Transport`], a small trait over a non-blocking stream socket —
 //! read, vectored write, shutdown, and the hints a readiness loop needs —
-//! implemented for TCP and unix sockets. TLS or an HTTP CONNECT hop will
-//! be further implementations, so the WebSocket code never names
+//! implemented for TCP and unix sockets, and by `client::link::Link` (an HTTP
+//! CONNECT hop and TLS over TCP), so the WebSocket code never names
 //! `TcpStream` in its I/O (sozu's `SocketHandler`, `lib/src/socket.rs`,
 //! is the model).
 //!

@@ -9,11 +9,14 @@ impl Engine {
     pub(super) fn connect(&mut self) {
         self.link_generation += 1;
         let generation = self.link_generation;
-        let host = &self.opts.relay.host;
-        match Lookup::start(host, self.opts.relay.port, self.waker.clone()) {
+        // Through a proxy, the proxy's name is looked up here and the
+        // relay's by the proxy (CONNECT host:port).
+        let host = &self.route.connect_host;
+        let what = self.route.what();
+        match Lookup::start(host, self.route.connect_port, self.waker.clone()) {
             Ok(lookup) => self.lookup = Some((generation, lookup)),
             Err(e) => {
-                self.link_failed(format!("cannot resolve relay host {host:?}: {e}"), None);
+                self.link_failed(format!("cannot resolve {what} host {host:?}: {e}"), None);
                 return;
             }
         }
@@ -31,15 +34,16 @@ impl Engine {
         };
         let Some(answer) = lookup.poll() else { return };
         self.lookup = None;
-        let host = &self.opts.relay.host;
+        let host = &self.route.connect_host;
+        let what = self.route.what();
         match answer {
             Ok(addrs) if !addrs.is_empty() => {
-                log::debug!("relay host {host:?} is {addrs:?}");
+                log::debug!("{what} host {host:?} is {addrs:?}");
                 self.addrs_left = addrs.into();
                 self.connect_next();
             }
-            Ok(_) => self.link_failed(format!("relay host {host:?} has no address"), None),
-            Err(e) => self.link_failed(format!("cannot resolve relay host {host:?}: {e}"), None),
+            Ok(_) => self.link_failed(format!("{what} host {host:?} has no address"), None),
+            Err(e) => self.link_failed(format!("cannot resolve {what} host {host:?}: {e}"), None),
         }
     }
 
@@ -60,11 +64,26 @@ impl Engine {
         let headers = [(header::ADMISSION, self.admission.as_str())];
         let authority = self.opts.relay.authority();
         let stall = self.dead_after();
-        let mut ws = match WsConn::connect(addr, &authority, &path, &headers, &mut self.rng, stall)
-        {
+        let what = self.route.what();
+        let plan = match self.route.plan() {
+            Ok(p) => p,
+            Err(e) => {
+                self.stop = Some(Err(Error::Local(e.to_string())));
+                return;
+            }
+        };
+        let mut ws = match WsConn::connect(
+            addr,
+            &authority,
+            &path,
+            &headers,
+            &mut self.rng,
+            stall,
+            plan,
+        ) {
             Ok(ws) => ws,
             Err(e) => {
-                self.link_failed(format!("connect to relay {addr}: {e}"), None);
+                self.link_failed(format!("connect to {what} {addr}: {e}"), None);
                 return;
             }
         };
@@ -76,7 +95,7 @@ impl Engine {
             self.link_failed(format!("register relay socket: {e}"), None);
             return;
         }
-        log::debug!("connecting to relay {addr}");
+        log::debug!("connecting to {what} {addr}");
         let now = Instant::now();
         self.link = Some(Link {
             ws,
@@ -168,6 +187,15 @@ impl Engine {
         self.queue_link_control();
         let Some(link) = &mut self.link else { return };
         if let Err(e) = link.ws.flush(Instant::now()) {
+            if let FlushError::Io(io) = &e {
+                if super::super::link::link_error(io).is_some_and(|f| f.is_permanent()) {
+                    // A wrong certificate or a refused proxy password will
+                    // not fix itself: exit 1 instead of retrying.
+                    let why = io.to_string();
+                    self.on_ws_event(WsEvent::Fatal(why));
+                    return;
+                }
+            }
             if let FlushError::NotReading(_) = e {
                 let (pings, pongs) = link.ws.ping_counts();
                 log::debug!("relay sent {pings} pings; we queued {pongs} pongs");
@@ -217,6 +245,12 @@ impl Engine {
             }
             WsEvent::Closed(code, reason) => self.on_closed(code, &reason),
             WsEvent::Lost(why) => self.link_failed(why, None),
+            WsEvent::Fatal(why) => {
+                // A wrong certificate or a refused proxy password will not
+                // fix itself: exit 1 instead of retrying.
+                let relay = self.opts.relay.url();
+                self.stop = Some(Err(Error::Local(format!("relay {relay}: {why}"))));
+            }
             WsEvent::ProtocolError(why) => self.link_failed(why, None),
         }
     }

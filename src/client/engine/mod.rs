@@ -129,6 +129,9 @@ pub struct Engine {
     listener: Option<(PrivateSocket, UnixListener)>,
     link: Option<Link>,
     link_generation: u64,
+    /// Where to connect (the proxy's address, when one is used) and the
+    /// proxy/TLS stages of each connection.
+    route: super::link::Route,
     /// Wakes the loop when a name lookup is answered.
     waker: Arc<Waker>,
     /// The relay's name being resolved, for the attempt `link_generation`.
@@ -187,6 +190,10 @@ impl Engine {
             (Side::Dest, None) => return Err(Error::Local("dest needs a session id".into())),
         };
         let admission = admission(&opts.token, &session);
+        // Proxy choice and TLS files first: a bad CA file fails before the
+        // dest creates its socket.
+        let route = super::link::Route::new(&opts.relay, &opts.net, &crate::proxy::process_env)
+            .map_err(Error::Local)?;
         let poll = Poll::new().map_err(|e| local("epoll", e))?;
         let mut signals = Signals::install().map_err(|e| local("signal handlers", e))?;
         poll.registry()
@@ -232,6 +239,7 @@ impl Engine {
             listener,
             link: None,
             link_generation: 0,
+            route,
             waker: Arc::new(waker),
             lookup: None,
             addrs_left: VecDeque::new(),

@@ -90,6 +90,20 @@ impl Server {
             log::warn!("cannot register connection from {addr}: {e}");
             return None;
         }
+        #[cfg(feature = "tls")]
+        let sock = match &self.tls {
+            Some(tls) => match crate::tls::TlsSession::server(tls.config()) {
+                Ok(session) => RelaySock::Tls(Box::new(crate::tls::TlsStream::new(sock, session))),
+                Err(e) => {
+                    log::warn!("TLS for {addr}: {e}");
+                    let _ = self.poll.registry().deregister(&mut sock);
+                    return None;
+                }
+            },
+            None => RelaySock::Plain(sock),
+        };
+        #[cfg(not(feature = "tls"))]
+        let sock = RelaySock::Plain(sock);
         entry.insert(Conn {
             sock,
             generation,

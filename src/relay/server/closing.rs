@@ -222,7 +222,7 @@ impl Server {
         };
         if conn.ctrl.is_empty() && !*fin_sent {
             *fin_sent = true;
-            let _ = conn.sock.shutdown(Shutdown::Write);
+            let _ = conn.sock.shutdown_write();
         }
         if *fin_sent {
             // Discard whatever the client still sends until its FIN.

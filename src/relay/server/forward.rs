@@ -69,10 +69,12 @@ impl Server {
                     // read that would only say EAGAIN; the next arrival
                     // raises a new edge. Unless the peer's FIN is already
                     // in: no edge will follow it, so read on to EOF.
-                    if n < room && !conn.peer_fin {
+                    // Under TLS a short read says nothing about the socket.
+                    let tls = conn.sock.is_tls();
+                    if n < room && !conn.peer_fin && !tls {
                         conn.readable = false;
                     }
-                    if n < room && conn.peer_fin {
+                    if n < room && (conn.peer_fin || tls) {
                         continue;
                     }
                     return Ok(true);

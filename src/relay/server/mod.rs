@@ -16,6 +16,7 @@ use super::liveness::{Liveness, Policy, Verdict};
 use super::metrics::{Gauges, Metrics, Reject};
 use super::pool::{Buf, Pool, Seg, MAX_SEGS};
 use super::session::{Action, Departure, Forwarding, Leaving, Member, Registry, SessionKey};
+use super::sock::RelaySock;
 use super::{Config, ListenRole};
 use crate::control::{self, close, Control};
 use crate::sys::{self, Signal, Signals};
@@ -27,7 +28,7 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 use std::collections::HashSet;
 use std::io::{self, IoSlice, Read, Write};
-use std::net::{Shutdown, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
@@ -127,7 +128,7 @@ struct Inbound {
 }
 
 struct Conn {
-    sock: TcpStream,
+    sock: RelaySock,
     generation: u32,
     addr: SocketAddr,
     listener_role: ListenRole,
@@ -170,6 +171,10 @@ pub struct Server {
     /// Connections refused at accept, still draining.
     refusing: usize,
     origin_keys: Option<HashSet<Vec<u8>>>,
+    /// `--tls-cert/--tls-key`: every connection speaks TLS (reloaded on
+    /// SIGHUP; connections keep the configuration they started with).
+    #[cfg(feature = "tls")]
+    tls: Option<crate::tls::ServerTls>,
     shutting_down: Option<Instant>,
     /// Connections whose removal is deferred to the end of the event batch.
     dead: Vec<usize>,
@@ -223,6 +228,25 @@ impl Server {
             Some(path) => Some(load_origin_keys(path)?),
             None => None,
         };
+        #[cfg(feature = "tls")]
+        let tls = match &cfg.tls {
+            Some(files) => Some(
+                crate::tls::ServerTls::load(files.clone())
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?,
+            ),
+            None => None,
+        };
+        #[cfg(feature = "tls")]
+        if let Some(f) = &cfg.tls {
+            let mtls = match &f.client_ca {
+                Some(ca) => format!(", client certificates required ({})", ca.display()),
+                None => String::new(),
+            };
+            log::info!(
+                "TLS on every listener: certificate {}{mtls}",
+                f.cert.display()
+            );
+        }
         // Whatever a client sends right behind its request (up to the
         // header cap) must fit a buffer at the upgrade.
         let mut cfg = cfg;
@@ -245,6 +269,8 @@ impl Server {
             pending_count: 0,
             refusing: 0,
             origin_keys,
+            #[cfg(feature = "tls")]
+            tls,
             shutting_down: None,
             dead: Vec::new(),
             wake: Vec::new(),
@@ -312,6 +338,8 @@ impl Server {
                     }
                     if event.is_writable() || event.is_write_closed() || event.is_error() {
                         self.conns[t.key].writable = true;
+                        // TLS: ciphertext the socket did not take before.
+                        let _ = self.conns[t.key].sock.flush_pending();
                     }
                     self.service(t.key);
                 }
@@ -349,6 +377,12 @@ impl Server {
             State::Closing { .. } => self.pump_closing(key),
         };
         if let Err(e) = result {
+            #[cfg(feature = "tls")]
+            if crate::tls::tls_error(&e).is_some() {
+                // A TLS alert, garbage before the handshake, a client
+                // certificate refused: say why, once per connection.
+                log::info!("connection {} closed: {e}", self.conns[key].addr);
+            }
             log::debug!("connection {} dropped: {e}", self.conns[key].addr);
             self.drop_conn(key, &format!("i/o error: {e}"));
             return;
@@ -387,7 +421,7 @@ impl Server {
         }
         while let Some(key) = self.dead.pop() {
             if let Some(mut conn) = self.conns.try_remove(key) {
-                let _ = self.poll.registry().deregister(&mut conn.sock);
+                let _ = self.poll.registry().deregister(conn.sock.tcp_mut());
                 if conn.refused {
                     self.refusing -= 1;
                 }
@@ -419,7 +453,7 @@ impl Server {
                 }
                 State::Closing { .. } => self.drop_conn(key, "close timed out"),
                 State::Open { .. } => {
-                    let unacked = unacked_bytes(&conn.sock);
+                    let unacked = unacked_bytes(conn.sock.tcp());
                     let backlogged = conn.readable && conn.ending.is_none();
                     let policy = Policy {
                         ping_interval: self.cfg.ping_interval,
@@ -466,8 +500,19 @@ impl Server {
     }
 
     fn reload(&mut self) {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &mut self.tls {
+            let f = tls.files().clone();
+            match tls.reload() {
+                Ok(()) => log::info!(
+                    "SIGHUP: reloaded the TLS certificate from {} (new connections use it)",
+                    f.cert.display()
+                ),
+                Err(e) => log::error!("SIGHUP: keeping the old TLS certificate: {e}"),
+            }
+        }
         let Some(path) = self.cfg.origin_keys.clone() else {
-            log::info!("SIGHUP: nothing to reload");
+            log::info!("SIGHUP: no origin keys to reload");
             return;
         };
         match load_origin_keys(&path) {
