@@ -1390,12 +1390,16 @@ impl Mux {
                 None => "relay link lost (channel resume not negotiated)".to_string(),
             };
             self.close_all(&why);
+            // Spent: the loop makes a new Mux for the next link.
+            self.failed
+                .get_or_insert(Error::Resume("link lost without resume"));
             return false;
         }
         let mut ids: Vec<_> = self.channels.keys().copied().collect();
-        if ids.len() > resume::MAX_RESUME_CHANNELS {
+        let max = resume::max_channels(self.cfg.max_batch);
+        if ids.len() > max {
             ids.sort_unstable();
-            for id in ids.split_off(resume::MAX_RESUME_CHANNELS) {
+            for id in ids.split_off(max) {
                 self.channels.remove(&id);
                 self.events
                     .push_back(Event::Closed(id, "too many channels to resume".into()));

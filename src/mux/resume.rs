@@ -27,6 +27,11 @@ const LIST_AT: usize = 1 + PROOF_LEN;
 pub const MAX_RESUME_CHANNELS: usize = 3000;
 const _: () =
     assert!(LIST_AT + 8 + MAX_RESUME_CHANNELS * ENTRY_LEN <= super::record::MAX_PAYLOAD_LEN);
+/// Most channels a RESUME fits in one record of a `max_batch` batch.
+pub fn max_channels(max_batch: usize) -> usize {
+    let room = max_batch.saturating_sub(super::record::HEADER_LEN + LIST_AT + 8);
+    (room / ENTRY_LEN).min(MAX_RESUME_CHANNELS)
+}
 const PROOF_LABEL: &[u8] = b"sockrelay mux v2 resume";
 const ROTATE_LABEL: &[u8] = b"sockrelay mux v2 rotate";
 
