@@ -13,6 +13,9 @@
 //!   medians (default 3, 1 with `--quick`);
 //! - `--only a,b`: phases among `up,down,rtt,conns,par`;
 //! - `--e2e`, `--plaintext`: measure only that chain;
+//! - `--cipher LIST`: one encrypted chain per cipher in the comma-separated
+//!   LIST of `aes`, `chacha`, `auto` (`SOCKRELAY_CIPHER` for origin and
+//!   dest), e.g. `--cipher aes,chacha`; default one `auto` chain;
 //! - `--base DIR`: also run both chains with `DIR/sockrelay-origin` and
 //!   `DIR/sockrelay-dest` (an older build), interleaved: before and after
 //!   under the same load;
@@ -397,6 +400,7 @@ fn start_chain(
     plaintext: bool,
     bins: (&str, &str),
     label: &str,
+    env: &[(&str, &str)],
 ) -> Chain {
     let extra: &[&str] = if plaintext {
         &["--insecure-plaintext"]
@@ -410,6 +414,7 @@ fn start_chain(
             .args(extra)
             .args(["-q", "127.0.0.1", &p, srv.to_str().unwrap()])
             .env("SOCKRELAY_TOKEN", TOKEN)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -429,6 +434,7 @@ fn start_chain(
             .args(extra)
             .args(["-q", "127.0.0.1", &p, &session, sock.to_str().unwrap()])
             .env("SOCKRELAY_TOKEN", TOKEN)
+            .envs(env.iter().copied())
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
@@ -535,16 +541,38 @@ fn main() {
     };
     let ours = (ORIGIN, DEST);
     let mut chains: Vec<(String, Chain)> = Vec::new();
-    if want_e2e {
-        chains.push((
-            "chain e2e".into(),
-            start_chain(&dir, port, &srv, false, ours, "e2e"),
-        ));
+    let ciphers: Vec<String> =
+        value("--cipher").map_or(Vec::new(), |v| v.split(',').map(String::from).collect());
+    for c in &ciphers {
+        assert!(
+            ["aes", "chacha", "auto"].contains(&c.as_str()),
+            "--cipher takes aes, chacha, auto"
+        );
     }
     if want_plain {
         chains.push((
             "chain plain".into(),
-            start_chain(&dir, port, &srv, true, ours, "plain"),
+            start_chain(&dir, port, &srv, true, ours, "plain", &[]),
+        ));
+    }
+    if want_e2e && ciphers.is_empty() {
+        chains.push((
+            "chain e2e".into(),
+            start_chain(&dir, port, &srv, false, ours, "e2e", &[]),
+        ));
+    }
+    for c in ciphers.iter().filter(|_| want_e2e) {
+        chains.push((
+            format!("e2e {c}"),
+            start_chain(
+                &dir,
+                port,
+                &srv,
+                false,
+                ours,
+                &format!("e2e-{c}"),
+                &[("SOCKRELAY_CIPHER", c.as_str())],
+            ),
         ));
     }
     // --base DIR: the same chains with origin and dest binaries from DIR (an
@@ -558,13 +586,13 @@ fn main() {
         if want_e2e {
             chains.push((
                 "base e2e".into(),
-                start_chain(&dir, port, &srv, false, bins, "be2e"),
+                start_chain(&dir, port, &srv, false, bins, "be2e", &[]),
             ));
         }
         if want_plain {
             chains.push((
                 "base plain".into(),
-                start_chain(&dir, port, &srv, true, bins, "bplain"),
+                start_chain(&dir, port, &srv, true, bins, "bplain", &[]),
             ));
         }
     }
@@ -615,7 +643,7 @@ fn main() {
         let i = match metrics.iter().position(|m| m.0 == name) {
             Some(i) => i,
             None => {
-                metrics.push((name, hib, vec![Vec::new(); 8]));
+                metrics.push((name, hib, vec![Vec::new(); 16]));
                 metrics.len() - 1
             }
         };
@@ -789,6 +817,53 @@ fn main() {
         format!("{o} / {d}")
     });
     println!("| stripped relay binary (KiB) | {} | |", size_kib(RELAY));
+    // Against the floor (naive 3-hop) and, for encrypted chains, what
+    // encryption costs against the plaintext chain of the same run.
+    let floor = targets.iter().position(|t| t.0 == "naive 3-hop");
+    let plain = targets.iter().position(|t| t.0 == "chain plain");
+    if let Some(f) = floor {
+        println!();
+        print!("| metric (ratio to naive 3-hop) |");
+        for t in targets.iter().skip(2) {
+            print!(" {} |", t.0);
+        }
+        if plain.is_some() {
+            for t in targets
+                .iter()
+                .skip(2)
+                .filter(|t| t.0.starts_with("e2e") || t.0 == "chain e2e")
+            {
+                print!(" {} vs plain |", t.0);
+            }
+        }
+        println!();
+        let n = targets.len() - 2
+            + if plain.is_some() {
+                targets
+                    .iter()
+                    .filter(|t| t.0.starts_with("e2e") || t.0 == "chain e2e")
+                    .count()
+            } else {
+                0
+            };
+        println!("|---|{}", "---|".repeat(n));
+        for (name, v) in &med {
+            print!("| {name} |");
+            for x in v.iter().skip(2) {
+                print!(" {:.2} |", x / v[f]);
+            }
+            if let Some(pi) = plain {
+                for (ti, _) in targets
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, t)| t.0.starts_with("e2e") || t.0 == "chain e2e")
+                {
+                    print!(" {:.2} |", v[ti] / v[pi]);
+                }
+            }
+            println!();
+        }
+    }
     drop(chains);
     drop(relay);
     let _ = std::fs::remove_dir_all(&dir);

@@ -2,10 +2,12 @@
 //! through a WebSocket relay that both hosts can reach.
 //!
 //! Layers (see README "Architecture"):
-//! - sans-IO protocol cores: [`ws::handshake`], [`ws::frame`], [`mux`], [`secure`], [`control`]
+//! - sans-IO protocol cores: [`ws::handshake`], [`ws::frame`], [`mux`], [`secure`], [`control`],
+//!   [`agent`] (the ssh-agent guard)
 //! - event loops that own the sockets: [`relay`], [`client`]
 //! - support: [`sys`], [`timer`], [`cli`]
 
+pub mod agent;
 pub mod cli;
 pub mod client;
 pub mod control;

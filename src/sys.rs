@@ -171,3 +171,25 @@ pub fn rss_bytes() -> Option<u64> {
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }
+
+/// Bytes written to a TCP socket that the peer has not acknowledged yet
+/// (SIOCOUTQ, tcp(7)): what sits in the kernel's send queue. A peer that
+/// stops reading closes its window, and this stops going down.
+#[cfg(target_os = "linux")]
+pub fn tcp_unacked_bytes(fd: std::os::unix::io::RawFd) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ (= TIOCOUTQ) writes one c_int through the pointer,
+    // which points at `n` on this stack frame; a bad fd is reported as an
+    // error, never undefined behaviour.
+    let rc = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut n as *mut libc::c_int) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n.max(0) as usize)
+}
+
+/// Elsewhere the kernel queue is not visible: report it as empty.
+#[cfg(not(target_os = "linux"))]
+pub fn tcp_unacked_bytes(_fd: std::os::unix::io::RawFd) -> io::Result<usize> {
+    Ok(0)
+}

@@ -1286,3 +1286,178 @@ fn spoofed_peer_joined_to_the_origin_does_not_wedge_the_session() {
         w.logs()
     );
 }
+
+// ---- a relay that floods and never reads (issue 8, bug 1) -----------
+
+/// A stand-alone evil relay on a loopback port: it answers the first
+/// client's upgrade with a 101, then writes control frames as fast as the
+/// client takes them and never reads another byte. `frames` is one burst
+/// of frames, repeated. The writer stops after `for_` (bounded); the
+/// returned handle says how many bytes it got out.
+fn flooding_relay(frames: Vec<u8>, for_: Duration) -> (u16, std::thread::JoinHandle<u64>) {
+    use std::net::TcpListener;
+    use std::os::unix::io::AsRawFd;
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    // A small receive buffer (inherited by the accepted socket) so that the
+    // client's unread output fills the window in milliseconds rather than
+    // after megabytes: what the client must notice is the closed window.
+    let rcvbuf: libc::c_int = 4096;
+    // SAFETY: setsockopt reads one c_int from a pointer to a live local.
+    unsafe {
+        libc::setsockopt(
+            l.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            &rcvbuf as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+    let port = l.local_addr().unwrap().port();
+    let h = std::thread::spawn(move || {
+        let (mut s, _) = match l.accept() {
+            Ok(x) => x,
+            Err(_) => return 0,
+        };
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.set_write_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut req = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !contains(&req, b"\r\n\r\n") && req.len() < 64 * 1024 {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return 0,
+                Ok(n) => req.extend_from_slice(&buf[..n]),
+            }
+        }
+        let text = String::from_utf8_lossy(&req).to_string();
+        let key = text
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("sec-websocket-key")
+                    .then(|| v.trim().to_string())
+            })
+            .unwrap_or_default();
+        let resp = sockrelay::ws::handshake::response_101(&key, &[]);
+        if s.write_all(&resp).is_err() {
+            return 0;
+        }
+        // Keep the listener open (the client's reconnects wait in its
+        // backlog, unanswered) while flooding.
+        let _keep = &l;
+        let mut burst = Vec::with_capacity(64 * 1024);
+        while burst.len() < 60 * 1024 {
+            burst.extend_from_slice(&frames);
+        }
+        let mut sent = 0u64;
+        let end = Instant::now() + for_;
+        while Instant::now() < end {
+            match s.write(&burst) {
+                Ok(n) => sent += n as u64,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(_) => break,
+            }
+        }
+        sent
+    });
+    (port, h)
+}
+
+fn ping_frame(payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::new();
+    sockrelay::ws::frame::encode_frame(&mut f, true, OpCode::Ping, None, payload);
+    f
+}
+
+/// Watch `pid` for `for_`: the highest RSS seen. Stops early (and kills
+/// the process) once it passes `limit`, so a regression cannot eat the
+/// machine's memory.
+fn watch_rss(proc: &mut support::Proc, for_: Duration, limit: u64) -> u64 {
+    let end = Instant::now() + for_;
+    let mut peak = 0;
+    while Instant::now() < end {
+        let rss = proc.rss();
+        peak = peak.max(rss);
+        if rss > limit {
+            let _ = proc.child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    peak
+}
+
+const FLOOD_RSS_LIMIT: u64 = 64 << 20;
+const NOT_READING: &str = "relay is not reading";
+/// Ping after 1 s of silence, dead after 2 s.
+const FLOOD_TIMING: [(&str, &str); 1] = [("SOCKRELAY_TEST_PING_MS", "1000")];
+
+/// Bug 1: empty pings (and forged `peer-joined` pings) as fast as the
+/// origin takes them, while the relay reads nothing. Before the fix every
+/// ping queued a pong without bound (GBs in seconds). Now the origin keeps
+/// one pending pong, caps what it queues, and drops the link with a logged
+/// reason once nothing it writes is read.
+#[test]
+fn relay_that_floods_pings_and_never_reads_cannot_exhaust_the_origin() {
+    let mut frames = ping_frame(b"");
+    frames.extend(ping_frame(b"").repeat(4000));
+    frames.extend(ping_frame(b"sockrelay peer-joined 7 127.0.0.1:4242"));
+    let (port, relay) = flooding_relay(frames, Duration::from_secs(6));
+    let dir = TempDir::new("flood-o");
+    let sock = dir.path("agent.sock");
+    let mut origin = support::Origin::try_start_env(&dir, port, &sock, &[], TOKEN, &FLOOD_TIMING)
+        .unwrap_or_else(|(code, log)| panic!("origin exited ({code:?}): {log}"));
+    let peak = watch_rss(&mut origin.proc, Duration::from_secs(5), FLOOD_RSS_LIMIT);
+    let sent = relay.join().unwrap();
+    eprintln!(
+        "[flood-o] relay wrote {} MB of pings; origin peak RSS {} KB",
+        sent >> 20,
+        peak >> 10
+    );
+    assert!(
+        peak < FLOOD_RSS_LIMIT,
+        "origin RSS reached {peak} bytes\n{}",
+        origin.proc.log_text()
+    );
+    assert!(
+        origin.proc.wait_log(NOT_READING, Duration::from_secs(5)),
+        "the origin did not log why it dropped the link\n{}",
+        origin.proc.log_text()
+    );
+}
+
+/// The same against a dest, whose answer to each forged `peer-joined` is a
+/// fresh Noise handshake message.
+#[test]
+fn relay_that_floods_peer_joined_and_never_reads_cannot_exhaust_the_dest() {
+    let frames = ping_frame(b"sockrelay peer-joined 7 127.0.0.1:4242");
+    let (port, relay) = flooding_relay(frames, Duration::from_secs(6));
+    let dir = TempDir::new("flood-d");
+    let sock = dir.path("dest.sock");
+    let mut dest = support::Dest::spawn_env(
+        &dir,
+        port,
+        &Uuid::new_v4().to_string(),
+        &sock,
+        &[],
+        TOKEN,
+        &FLOOD_TIMING,
+    );
+    let peak = watch_rss(&mut dest.proc, Duration::from_secs(5), FLOOD_RSS_LIMIT);
+    let sent = relay.join().unwrap();
+    eprintln!(
+        "[flood-d] relay wrote {} MB of peer-joined pings; dest peak RSS {} KB",
+        sent >> 20,
+        peak >> 10
+    );
+    assert!(
+        peak < FLOOD_RSS_LIMIT,
+        "dest RSS reached {peak} bytes\n{}",
+        dest.proc.log_text()
+    );
+    assert!(
+        dest.proc.wait_log(NOT_READING, Duration::from_secs(5)),
+        "the dest did not log why it dropped the link\n{}",
+        dest.proc.log_text()
+    );
+}

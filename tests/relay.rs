@@ -1068,3 +1068,122 @@ fn a_partial_frame_header_does_not_pin_a_buffer() {
     s.write_all(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe8]).unwrap(); // close 1000
     assert_eq!(raw_read_close(s), 1000);
 }
+
+/// Issue 8, bug 3: what health checkers do (`printf 'GET /healthz …' | nc -N`):
+/// the whole request, then FIN at once. The request must still be answered.
+#[test]
+fn complete_request_then_fin_is_answered() {
+    let relay = Relay::start(&[]);
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(relay.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET /healthz HTTP/1.0\r\n\r\n").unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut resp = String::new();
+        let _ = s.read_to_string(&mut resp);
+        assert!(resp.starts_with("HTTP/1.1 200"), "{resp:?}");
+        assert!(resp.ends_with("ok\n"), "{resp:?}");
+    }
+    // An incomplete request then FIN is still just dropped.
+    let mut s = TcpStream::connect(relay.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /healthz HTTP/1.0\r\n").unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    assert!(resp.is_empty(), "{:?}", String::from_utf8_lossy(&resp));
+}
+
+/// Issue 8, bug 5: a 503 at the pending limit is a graceful close (FIN,
+/// the client's bytes drained), not a reset that may destroy the answer.
+#[test]
+fn refusal_at_the_pending_limit_is_a_clean_close_not_a_reset() {
+    let relay = Relay::start(&["--max-pending", "1"]);
+    let _idle = TcpStream::connect(relay.addr).unwrap();
+    let end = Instant::now() + Duration::from_secs(10);
+    while !relay.log().contains("connection from") {
+        assert!(
+            Instant::now() < end,
+            "relay did not accept the idle connection"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut s = TcpStream::connect(relay.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // Request bytes the relay has not read when it answers: closing over
+    // them at once would make the kernel send RST.
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let second = s.write_all(format!("X-Pad: {}\r\n\r\n", "a".repeat(2000)).as_bytes());
+    std::thread::sleep(Duration::from_millis(100));
+    let mut resp = Vec::new();
+    let read = s.read_to_end(&mut resp);
+    let text = String::from_utf8_lossy(&resp);
+    assert!(text.starts_with("HTTP/1.1 503"), "{text:?} ({read:?})");
+    assert!(
+        second.is_ok(),
+        "the rest of the request hit a reset: {second:?}"
+    );
+    assert!(read.is_ok(), "reset instead of a clean close: {read:?}");
+}
+
+/// Issue 8, bug 2: a receiver that keeps accepting the bytes of one long
+/// frame is alive, though it sends nothing and the relay's ping to it
+/// must wait for the frame's end.
+#[test]
+fn dest_reading_a_long_frame_slowly_is_not_dropped() {
+    let relay = Relay::start(&["--ping-interval", "300ms", "--pong-timeout", "300ms"]);
+    let (mut origin, id) = connect(relay.addr, "/origin", Some("raw")).expect("origin");
+    let id = id.expect("session header");
+    wait_ping(&mut origin, "sockrelay session ");
+    let mut dest = raw_upgrade(&relay, &format!("/dest?id={id}"));
+    wait_ping(&mut origin, "sockrelay peer-joined ");
+    let (op, _) = raw_read_frame(&mut dest);
+    assert_eq!(op, 0x9, "peer-joined ping first");
+    const LEN: usize = 8 << 20;
+    let writer = std::thread::spawn(move || {
+        origin.send(Message::binary(pattern(5, 0, LEN))).unwrap();
+        origin
+    });
+    // Keepalive pings may come before the data frame; skip them.
+    let mut head = [0u8; 10];
+    loop {
+        dest.read_exact(&mut head[..2]).unwrap();
+        if head[0] != 0x89 {
+            break;
+        }
+        let mut ping = vec![0u8; usize::from(head[1] & 0x7f)];
+        dest.read_exact(&mut ping).unwrap();
+    }
+    dest.read_exact(&mut head[2..]).unwrap();
+    assert_eq!(head[0], 0x82, "one final binary frame");
+    assert_eq!(head[1], 127);
+    assert_eq!(
+        u64::from_be_bytes(head[2..10].try_into().unwrap()),
+        LEN as u64
+    );
+    // About 3 MB/s: the whole frame takes far longer than ping interval +
+    // pong timeout, and the dest sends nothing meanwhile.
+    let mut got = Vec::with_capacity(LEN);
+    let mut chunk = vec![0u8; 32 << 10];
+    let started = Instant::now();
+    while got.len() < LEN {
+        let want = chunk.len().min(LEN - got.len());
+        match dest.read(&mut chunk[..want]) {
+            Ok(0) => panic!("dropped after {} bytes, {:?}", got.len(), started.elapsed()),
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+            Err(e) => panic!("dropped after {} bytes: {e}", got.len()),
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(got == pattern(5, 0, LEN), "message corrupted");
+    let _origin = writer.join().unwrap();
+    // (The origin, silent once its send is done, may time out by now.)
+    let dest_addr = dest.local_addr().unwrap();
+    let log = relay.log();
+    assert!(
+        !log.contains(&format!("{dest_addr}: no answer")),
+        "dest was dropped:\n{log}"
+    );
+}

@@ -102,6 +102,7 @@ fn getopts_for(side: Side) -> getopts::Options {
             "print SSH_AUTH_SOCK=<socket>; export SSH_AUTH_SOCK; once joined (default: off)",
         );
     }
+    super::agent_glue::getopts(&mut o, side);
     o.optflag(
         "",
         "background",
@@ -134,7 +135,9 @@ pub fn usage(side: Side) -> String {
              Without a token it generates one and also prints SOCKRELAY_TOKEN and\n\
              SOCKRELAY_JOIN (sockrelay://HOST:PORT/SESSION#TOKEN, for the dest).\n\
              A token should come from $SOCKRELAY_TOKEN or --token-file, not the\n\
-             command line (where `ps` shows it)."
+             command line (where `ps` shows it).\n\
+             For an ssh-agent, --ssh-agent and the --agent-* options make the origin\n\
+             decide what the dest may ask of it (README \"ssh-agent guard\")."
             .to_string(),
         Side::Dest => {
             "Usage: sockrelay-dest [options] SOCKET                  (join string in $SOCKRELAY_JOIN)\n       \
@@ -142,8 +145,11 @@ pub fn usage(side: Side) -> String {
              sockrelay-dest [options] sockrelay://HOST:PORT/SESSION_ID#TOKEN SOCKET\n       \
              sockrelay-dest [options] HOST PORT SESSION_ID [TOKEN] SOCKET\n       \
              sockrelay-dest [options] ws://HOST:PORT SESSION_ID [TOKEN] SOCKET\n\n\
+             sockrelay-dest [options] ... SOCKET -- COMMAND [ARGS...]\n\n\
              Creates the unix socket SOCKET (mode 0600); each connection to it reaches\n\
              the origin's socket. Use it as SSH_AUTH_SOCK.\n\
+             With -- COMMAND: runs COMMAND with SSH_AUTH_SOCK=SOCKET once the session is\n\
+             ready, then leaves the session and exits with COMMAND's status.\n\
              The join string (which carries the token) and the token should come from\n\
              $SOCKRELAY_JOIN, $SOCKRELAY_TOKEN, --join-file or --token-file, not the\n\
              command line (where `ps` shows them)."
@@ -193,7 +199,8 @@ pub fn parse(
     env: Env,
     stdin: &mut dyn Read,
 ) -> Result<Parsed, String> {
-    let m = getopts_for(side).parse(args).map_err(|e| e.to_string())?;
+    let (args, command) = super::agent_glue::split_command(side, args);
+    let m = getopts_for(side).parse(&args).map_err(|e| e.to_string())?;
     if m.opt_present("help") {
         return Ok(Parsed::Help(usage(side)));
     }
@@ -361,6 +368,10 @@ pub fn parse(
                 .into(),
         );
     }
+    let agent = super::agent_glue::parse(&m, side, command)?;
+    if !agent.command.is_empty() && m.opt_present("background") {
+        return Err("-- COMMAND and --background do not go together".into());
+    }
     let limits = if side == Side::Origin {
         limits(&m)?
     } else {
@@ -378,6 +389,7 @@ pub fn parse(
             print_env: side == Side::Dest && m.opt_present("print-env"),
             token_generated,
             limits,
+            agent: Box::new(agent),
         },
         log_level,
         secret_on_argv,
@@ -463,7 +475,7 @@ pub fn main(side: Side, name: &str) -> i32 {
                 log::warn!("--insecure-plaintext: the relay can read and alter all traffic");
             }
             match super::engine::run(opts) {
-                Ok(()) => 0,
+                Ok(()) => super::agent_glue::exit_status(),
                 Err(e) => {
                     eprintln!("{name}: {e}");
                     1

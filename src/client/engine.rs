@@ -16,9 +16,11 @@ use mio::net::{UnixListener, UnixStream};
 use mio::{Events, Interest, Poll, Token};
 use uuid::Uuid;
 
-use super::listen::{listen_private, PrivateSocket};
-use super::ws::{WsConn, WsEvent};
+use super::agent_glue;
+use super::listen::PrivateSocket;
+use super::ws::{FlushError, ReadOutcome, WsConn, WsEvent};
 use super::*;
+use crate::control::{close, header, path, Control};
 use crate::mux::{self, ChannelId, Mux};
 use crate::sys::{self, Signal, Signals};
 use crate::timer::Timers;
@@ -33,8 +35,6 @@ const TICKS_PER_INTERVAL: u32 = 4;
 /// Hidden knob for tests: the ping interval in milliseconds (the dead-after
 /// time stays twice that). Not in `--help`: nobody should need it.
 const PING_ENV: &str = "SOCKRELAY_TEST_PING_MS";
-/// Close code we use when the peer's end-to-end stream fails.
-const CLOSE_E2E: u16 = 4401;
 
 /// Channel tokens: epoch generation in the high half, channel id in the
 /// low 32 bits. Ids are never reused within an epoch and the generation
@@ -50,6 +50,10 @@ enum Timer {
     Tick(u64),
     E2eDeadline(u32),
     PendingExpiry,
+    /// Origin: `--lifetime` is over.
+    Lifetime,
+    /// The agent glue's wake-up (confirmation helpers, the dest's COMMAND).
+    Agent,
 }
 
 /// End-to-end layer with one API whether or not the feature is built in.
@@ -141,14 +145,14 @@ struct Epoch {
 
 /// One unix connection carrying one channel. Readiness is remembered
 /// because polling is edge-triggered and we stop reading for flow control.
-struct Conn {
-    sock: UnixStream,
-    readable: bool,
-    writable: bool,
-    read_eof: bool,
+pub(super) struct Conn {
+    pub(super) sock: UnixStream,
+    pub(super) readable: bool,
+    pub(super) writable: bool,
+    pub(super) read_eof: bool,
     /// The last event reported the peer's FIN or an error: read until EOF
     /// or EAGAIN instead of trusting a short read to mean "drained".
-    hup: bool,
+    pub(super) hup: bool,
 }
 
 impl Conn {
@@ -204,6 +208,8 @@ pub struct Engine {
     ws_events: Vec<WsEvent>,
     stop: Option<Stop>,
     ping_interval: Duration,
+    /// The relay's socket may hold more input than one turn's read budget.
+    link_read_again: bool,
     /// Origin: channels accepted so far in this run (`--max-channels`).
     channels_accepted: u64,
     /// Origin: a refusal for a dest not in `--allow-dest`, sent right after
@@ -214,6 +220,10 @@ pub struct Engine {
     /// are expected and dropped. Otherwise a message with no pairing means
     /// the relay is out of step with us (see `on_message`).
     dest_refused: bool,
+    /// Origin: the ssh-agent guard (agent_glue), when an agent option is given.
+    agent: Option<agent_glue::Glue>,
+    /// Dest: `-- COMMAND`, run once the session is ready.
+    command: Option<agent_glue::Command>,
 }
 
 /// Run origin or dest until a signal (Ok) or a fatal error.
@@ -237,7 +247,12 @@ impl Engine {
             .register(signals.source(), SIGNALS, Interest::READABLE)
             .map_err(|e| local("register signals", e))?;
         let listener = if opts.side == Side::Dest {
-            let sock = listen_private(&opts.socket).map_err(|e| Error::Local(e.to_string()))?;
+            let sock = super::listen::listen_with(
+                &opts.socket,
+                opts.agent.socket_mode,
+                opts.agent.socket_group,
+            )
+            .map_err(|e| Error::Local(e.to_string()))?;
             let std_l = sock
                 .listener
                 .try_clone()
@@ -257,6 +272,8 @@ impl Engine {
             }
             None
         };
+        let agent = agent_glue::Glue::new(&opts.agent).map_err(Error::Local)?;
+        let command = agent_glue::Command::new(&opts.agent);
         Ok(Engine {
             opts,
             session,
@@ -285,9 +302,12 @@ impl Engine {
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .map_or(PING_INTERVAL, Duration::from_millis),
+            link_read_again: false,
             channels_accepted: 0,
             refusal: None,
             dest_refused: false,
+            agent,
+            command,
         })
     }
 
@@ -295,8 +315,17 @@ impl Engine {
         self.opts.side
     }
 
+    /// No byte from the relay (or none of ours read by it) for this long:
+    /// the link is dead.
+    fn dead_after(&self) -> Duration {
+        self.ping_interval * (DEAD_AFTER.as_millis() / PING_INTERVAL.as_millis()) as u32
+    }
+
     fn run(&mut self) -> Result<(), Error> {
         let mut events = Events::with_capacity(256);
+        if let Some(d) = self.opts.agent.lifetime {
+            self.timers.schedule(Instant::now() + d, Timer::Lifetime);
+        }
         self.connect();
         loop {
             if let Some(stop) = self.stop.take() {
@@ -304,7 +333,7 @@ impl Engine {
                 return stop;
             }
             let now = Instant::now();
-            let timeout = if self.again.is_empty() {
+            let timeout = if self.again.is_empty() && !self.link_read_again {
                 self.timers.timeout(now)
             } else {
                 Some(Duration::ZERO)
@@ -316,6 +345,9 @@ impl Engine {
                 return Err(Error::Local(format!("poll: {e}")));
             }
             self.dirty.append(&mut self.again);
+            if std::mem::take(&mut self.link_read_again) {
+                self.read_ws(false);
+            }
             for ev in events.iter() {
                 let hup = ev.is_read_closed() || ev.is_error();
                 self.on_event(
@@ -338,8 +370,8 @@ impl Engine {
                 Side::Origin => "origin exiting",
                 Side::Dest => "dest exiting",
             };
-            link.ws.close(1000, why, &mut self.rng);
-            let _ = link.ws.flush();
+            link.ws.close(close::NORMAL, why);
+            let _ = link.ws.flush(Instant::now());
         }
         self.end_epoch("exiting");
     }
@@ -347,6 +379,19 @@ impl Engine {
     fn on_event(&mut self, token: Token, readable: bool, writable: bool, hup: bool) {
         match token {
             SIGNALS => match self.signals.drain() {
+                Some(Signal::Terminate)
+                    if self
+                        .command
+                        .as_mut()
+                        .is_some_and(|c| c.signal(libc::SIGTERM)) =>
+                {
+                    log::info!("signal passed on to COMMAND");
+                }
+                Some(Signal::Reload)
+                    if self
+                        .command
+                        .as_mut()
+                        .is_some_and(|c| c.signal(libc::SIGHUP)) => {}
                 Some(Signal::Terminate) => {
                     log::info!("terminating on signal");
                     self.stop = Some(Ok(()));
@@ -365,6 +410,12 @@ impl Engine {
                         self.read_ws(hup);
                     }
                 }
+            }
+            Token(t) if t & agent_glue::TOKEN_BIT != 0 => {
+                if let Some(g) = &mut self.agent {
+                    g.on_event(token, self.poll.registry());
+                }
+                self.agent_sync();
             }
             Token(t) => {
                 let (gen, ch) = ((t >> 32) as u32, t as u32);
@@ -397,12 +448,14 @@ impl Engine {
             return;
         };
         let path = match self.side() {
-            Side::Origin => format!("/origin?id={}", self.session),
-            Side::Dest => format!("/dest?id={}", self.session),
+            Side::Origin => format!("{}?id={}", path::ORIGIN, self.session),
+            Side::Dest => format!("{}?id={}", path::DEST, self.session),
         };
-        let headers = [("Sockrelay-Admission", self.admission.as_str())];
+        let headers = [(header::ADMISSION, self.admission.as_str())];
         let authority = self.opts.relay.authority();
-        let mut ws = match WsConn::connect(addr, &authority, &path, &headers, &mut self.rng) {
+        let stall = self.dead_after();
+        let mut ws = match WsConn::connect(addr, &authority, &path, &headers, &mut self.rng, stall)
+        {
             Ok(ws) => ws,
             Err(e) => {
                 self.link_failed(format!("connect to relay {addr}: {e}"), None);
@@ -432,6 +485,12 @@ impl Engine {
     /// `delay` (None: the next backoff step). An origin that never got a
     /// session stops instead: its user is waiting for the eval lines.
     fn link_failed(&mut self, why: String, delay: Option<Duration>) {
+        if self.command.as_ref().is_some_and(|c| !c.started()) {
+            let why = format!("cannot join the session ({why}); not running COMMAND");
+            self.stop = Some(Err(Error::Local(why)));
+            self.link = None;
+            return;
+        }
         if self.side() == Side::Origin && !self.upgraded_once {
             let relay = self.opts.relay.authority();
             self.stop = Some(Err(Error::Local(format!("relay {relay}: {why}"))));
@@ -447,7 +506,8 @@ impl Engine {
 
     fn drop_link(&mut self) {
         if let Some(mut link) = self.link.take() {
-            let _ = link.ws.flush();
+            link.ws.queue_control();
+            let _ = link.ws.flush(Instant::now());
             let _ = self.poll.registry().deregister(link.ws.source());
         }
         self.end_epoch("relay connection lost");
@@ -456,23 +516,40 @@ impl Engine {
     /// Close the WebSocket ourselves (protocol failure) and reconnect.
     fn abort_link(&mut self, code: u16, why: String) {
         if let Some(link) = &mut self.link {
-            link.ws.close(code, &why, &mut self.rng);
+            link.ws.close(code, &why);
         }
         self.link_failed(why, None);
     }
 
-    fn flush_ws(&mut self) {
+    /// Queue the pong (or close echo) the relay is owed; the origin's
+    /// refusal of a dest follows the pong that acknowledges its pairing.
+    fn queue_link_control(&mut self) {
         let Some(link) = &mut self.link else { return };
-        if let Err(e) = link.ws.flush() {
-            let why = format!("relay connection: {e}");
-            self.link_failed(why, None);
+        if link.ws.queue_control() {
+            if let Some(refusal) = self.refusal.take() {
+                link.ws.send(OpCode::Binary, &refusal);
+            }
+        }
+    }
+
+    fn flush_ws(&mut self) {
+        self.queue_link_control();
+        let Some(link) = &mut self.link else { return };
+        if let Err(e) = link.ws.flush(Instant::now()) {
+            if let FlushError::NotReading(_) = e {
+                let (pings, pongs) = link.ws.ping_counts();
+                log::debug!("relay sent {pings} pings; we queued {pongs} pongs");
+            }
+            self.link_failed(e.to_string(), None);
         }
     }
 
     fn read_ws(&mut self, hup: bool) {
         let Some(link) = &mut self.link else { return };
         let mut events = std::mem::take(&mut self.ws_events);
-        link.ws.read(&mut events, &mut self.rng, hup);
+        if link.ws.read(&mut events, hup) == ReadOutcome::Budget {
+            self.link_read_again = true;
+        }
         let gen = link.gen;
         for ev in events.drain(..) {
             // A handler may have replaced the link: stale events are moot.
@@ -495,18 +572,10 @@ impl Engine {
                     link.ws.recycle(msg);
                 }
             }
-            WsEvent::Ping(payload) => {
-                self.on_control(&payload);
-                // Answer after acting on it: the relay takes the echoed
-                // peer-joined/peer-left as "anything after this is for the
-                // new peer".
-                if let Some(link) = &mut self.link {
-                    link.ws.send(OpCode::Pong, &payload, &mut self.rng);
-                    if let Some(refusal) = self.refusal.take() {
-                        link.ws.send(OpCode::Binary, &refusal, &mut self.rng);
-                    }
-                }
-            }
+            // Its pong goes out with the next flush, after we acted on
+            // it: the relay takes the echoed peer-joined/peer-left as
+            // "anything after this is for the new peer".
+            WsEvent::Control(payload) => self.on_control(&payload),
             WsEvent::Closed(code, reason) => self.on_closed(code, &reason),
             WsEvent::Lost(why) => self.link_failed(why, None),
             WsEvent::ProtocolError(why) => self.link_failed(why, None),
@@ -514,7 +583,7 @@ impl Engine {
     }
 
     fn on_upgraded(&mut self, resp: crate::ws::handshake::Response) {
-        if let Some(id) = resp.header("sockrelay-session") {
+        if let Some(id) = resp.header(&header::SESSION.to_ascii_lowercase()) {
             if id != self.session.to_string().as_bytes() {
                 let why = format!(
                     "relay assigned session {} instead of {}",
@@ -583,15 +652,15 @@ impl Engine {
     fn on_closed(&mut self, code: Option<u16>, reason: &str) {
         let c = code.map_or("no code".to_string(), |c| c.to_string());
         match (self.side(), code) {
-            (Side::Dest, Some(4003)) => {
+            (Side::Dest, Some(close::ORIGIN_RECONNECTED)) => {
                 log::info!("origin reconnected; joining again");
                 self.link_failed(format!("relay closed ({c} {reason})"), Some(Duration::ZERO));
             }
-            (Side::Dest, Some(4001)) => {
+            (Side::Dest, Some(close::ORIGIN_GONE)) => {
                 log::warn!("origin left ({reason})");
                 self.link_failed(format!("relay closed ({c} {reason})"), None);
             }
-            (Side::Origin, Some(4002)) => {
+            (Side::Origin, Some(close::REPLACED)) => {
                 self.stop = Some(Err(Error::Refused(format!(
                     "another origin took over session {} ({reason})",
                     self.session
@@ -603,27 +672,26 @@ impl Engine {
 
     /// Relay control pings (README "Relay control messages").
     fn on_control(&mut self, payload: &[u8]) {
-        let Ok(text) = std::str::from_utf8(payload) else {
-            return;
+        let msg = match Control::parse(payload) {
+            Ok(Some(msg)) => msg,
+            Ok(None) => return,
+            Err(e) => {
+                log::debug!("ignoring relay control message: {e}");
+                return;
+            }
         };
-        let Some(rest) = text.strip_prefix("sockrelay ") else {
-            return;
-        };
-        let (kind, args) = rest.split_once(' ').unwrap_or((rest, ""));
-        // Newer relays put a sequence number first; skip it if present.
-        let args = match args.split_once(' ') {
-            Some((seq, more)) if seq.parse::<u32>().is_ok() => more,
-            _ => args,
-        };
-        match kind {
-            "session" => log::debug!("relay confirms session {args}"),
-            "peer-joined" => {
+        match msg {
+            Control::Session { id } => log::debug!("relay confirms session {id}"),
+            Control::PeerJoined { addr, .. } => {
                 match self.side() {
-                    Side::Origin => log::info!("dest joined from {args}"),
-                    Side::Dest => log::info!("paired with origin at {args}"),
+                    Side::Origin => log::info!("dest joined from {addr}"),
+                    Side::Dest => log::info!("paired with origin at {addr}"),
+                }
+                if let Some(g) = &mut self.agent {
+                    g.set_dest(addr);
                 }
                 if self.side() == Side::Origin {
-                    if let Some(why) = self.opts.limits.refuse_dest(args) {
+                    if let Some(why) = self.opts.limits.refuse_dest(addr) {
                         // No epoch: no handshake, and whatever it sends is dropped.
                         log::warn!("refusing this dest: {why}");
                         self.end_epoch("dest refused");
@@ -635,12 +703,11 @@ impl Engine {
                 self.dest_refused = false;
                 self.start_epoch();
             }
-            "peer-left" => {
-                log::info!("dest left ({args})");
+            Control::PeerLeft { code, reason, .. } => {
+                log::info!("dest left ({code} {reason})");
                 self.dest_refused = false;
                 self.end_epoch("dest left");
             }
-            other => log::debug!("ignoring relay control message {other:?}"),
         }
     }
 
@@ -676,7 +743,7 @@ impl Engine {
                 return;
             }
             if let Some(link) = &mut self.link {
-                link.ws.send(OpCode::Binary, &msg, &mut self.rng);
+                link.ws.send(OpCode::Binary, &msg);
             }
         }
         if self.side() == Side::Dest {
@@ -696,12 +763,25 @@ impl Engine {
         self.conns.clear();
         self.dirty.clear();
         self.again.clear();
+        if let Some(g) = &mut self.agent {
+            g.end_epoch();
+        }
     }
 
     /// The mux exists: the dest opens channels for waiting connections.
     fn on_mux_ready(&mut self) {
         while let Some((sock, _)) = self.waiting.pop_front() {
             self.open_channel(sock);
+        }
+        if let Some(c) = &mut self.command {
+            if !c.started() {
+                match c.start(&self.opts.socket) {
+                    Ok(()) => self
+                        .timers
+                        .schedule(Instant::now() + agent_glue::CHILD_POLL, Timer::Agent),
+                    Err(e) => self.stop = Some(Err(Error::Local(e))),
+                }
+            }
         }
     }
 
@@ -729,7 +809,7 @@ impl Engine {
             // the relay and we disagree about the pairing (e.g. a forged
             // control ping). Waiting would hang the session; start over.
             self.abort_link(
-                CLOSE_E2E,
+                close::E2E_FAILED,
                 "a message arrived while no peer is paired (relay out of step); re-pairing".into(),
             );
             return;
@@ -748,7 +828,7 @@ impl Engine {
                     Ok(reply) => {
                         if !reply.is_empty() {
                             if let Some(link) = &mut self.link {
-                                link.ws.send(OpCode::Binary, &reply, &mut self.rng);
+                                link.ws.send(OpCode::Binary, &reply);
                             }
                         }
                         if e2e.is_established() {
@@ -766,14 +846,14 @@ impl Engine {
                     // state. (Waiting for a fresh handshake would hang when
                     // the relay, not the dest, got out of step: the dest then
                     // believes it is established and never sends one.)
-                    Err(e) => self.abort_link(CLOSE_E2E, e),
+                    Err(e) => self.abort_link(close::E2E_FAILED, e),
                 }
                 return;
             }
             Some(e2e) => {
                 self.plain.clear();
                 if let Err(e) = e2e.open(msg, &mut self.plain) {
-                    self.abort_link(CLOSE_E2E, e);
+                    self.abort_link(close::E2E_FAILED, e);
                     return;
                 }
                 if !epoch.confirmed {
@@ -810,6 +890,9 @@ impl Engine {
                 mux::Event::OpenOk(ch) => log::debug!("channel {ch} open"),
                 mux::Event::Closed(ch, reason) => {
                     log::debug!("channel {ch} closed by peer: {reason}");
+                    if let Some(g) = &mut self.agent {
+                        g.closed(ch);
+                    }
                     if self.conns.remove(&ch).is_some() && self.side() == Side::Dest {
                         log::warn!("connection closed: {reason}");
                     }
@@ -845,6 +928,9 @@ impl Engine {
                 log::debug!("channel {ch}: connected to {}", path.display());
                 self.channels_accepted += 1;
                 m.accept_open(ch);
+                if let Some(g) = &mut self.agent {
+                    g.opened(epoch.gen, ch);
+                }
                 self.conns.insert(ch, Conn::new(sock));
                 self.dirty.push(ch);
             }
@@ -937,6 +1023,19 @@ impl Engine {
         };
         if !m.contains(ch) {
             self.conns.remove(&ch);
+            if let Some(g) = &mut self.agent {
+                g.closed(ch);
+            }
+            return;
+        }
+        if let Some(g) = self.agent.as_mut().filter(|g| g.is_guarded(ch)) {
+            g.service(ch, m, conn, &mut self.scratch);
+            if !m.contains(ch) {
+                log::debug!("channel {ch}: finished");
+                self.conns.remove(&ch);
+                g.closed(ch);
+            }
+            self.agent_sync();
             return;
         }
         // Peer → socket.
@@ -1026,28 +1125,30 @@ impl Engine {
 
     /// Turn queued mux batches into WebSocket messages and write.
     fn flush(&mut self) {
+        // Pongs first: the relay forwards what the origin sends after the
+        // pong that acknowledges a pairing change, and drops what comes
+        // before it.
+        self.queue_link_control();
         if let (Some(epoch), Some(link)) = (&mut self.epoch, &mut self.link) {
             if let Some(m) = &mut epoch.mux {
                 if link.ws.is_open() {
                     while let Some(batch) = m.pop_batch() {
                         match &mut epoch.e2e {
-                            None => link.ws.send(OpCode::Binary, &batch, &mut self.rng),
+                            None => link.ws.send(OpCode::Binary, &batch),
                             Some(e2e) => {
                                 // Sealed straight into the WebSocket output
                                 // buffer, then masked there: no copy between.
                                 let len = batch.len() + SEAL_OVERHEAD;
                                 let mut err = None;
-                                let ok =
-                                    link.ws
-                                        .send_with(OpCode::Binary, len, &mut self.rng, |out| {
-                                            match e2e.seal(&batch, out) {
-                                                Ok(()) => true,
-                                                Err(e) => {
-                                                    err = Some(e);
-                                                    false
-                                                }
-                                            }
-                                        });
+                                let ok = link.ws.send_with(OpCode::Binary, len, |out| {
+                                    match e2e.seal(&batch, out) {
+                                        Ok(()) => true,
+                                        Err(e) => {
+                                            err = Some(e);
+                                            false
+                                        }
+                                    }
+                                });
                                 if !ok {
                                     let e = err.unwrap_or_else(|| "sealed length".into());
                                     self.stop =
@@ -1109,7 +1210,7 @@ impl Engine {
                         .is_some_and(|e| e.gen == gen && e.mux.is_none());
                     if stuck {
                         self.abort_link(
-                            CLOSE_E2E,
+                            close::E2E_FAILED,
                             format!(
                                 "end-to-end handshake did not complete within {} s",
                                 E2E_TIMEOUT.as_secs()
@@ -1129,26 +1230,90 @@ impl Engine {
                         self.waiting.pop_front();
                     }
                 }
+                Timer::Lifetime => self.lifetime_over(),
+                Timer::Agent => {
+                    if let Some(g) = &mut self.agent {
+                        g.on_timer(now);
+                    }
+                    self.agent_sync();
+                    if let Some(c) = &mut self.command {
+                        match c.poll() {
+                            Some(code) => {
+                                log::info!(
+                                    "COMMAND exited with status {code}; leaving the session"
+                                );
+                                self.stop = Some(Ok(()));
+                            }
+                            None if c.started() => self
+                                .timers
+                                .schedule(now + agent_glue::CHILD_POLL, Timer::Agent),
+                            None => {}
+                        }
+                    }
+                }
                 Timer::Reconnect(_) => {}
             }
         }
     }
 
+    /// After the glue ran: its wake-ups, channels to service, helpers to
+    /// start.
+    fn agent_sync(&mut self) {
+        if let Some(g) = &mut self.agent {
+            g.start_prompts(self.poll.registry());
+            for at in g.take_wakeups() {
+                self.timers.schedule(at, Timer::Agent);
+            }
+            self.dirty.extend(g.take_dirty());
+        }
+    }
+
+    /// `--lifetime` is over: close every channel with the reason, then
+    /// leave the session (the relay tells the dest the origin left).
+    fn lifetime_over(&mut self) {
+        let d = self.opts.agent.lifetime.unwrap_or_default();
+        let why = format!("origin's --lifetime of {} s is over", d.as_secs_f64());
+        log::warn!("{why}: ending the session");
+        if let Some(m) = self.epoch.as_mut().and_then(|e| e.mux.as_mut()) {
+            for ch in m.channel_ids() {
+                m.close(ch, &why);
+            }
+        }
+        self.flush();
+        if let Some(link) = &mut self.link {
+            link.ws.close(close::NORMAL, &why);
+            let _ = link.ws.flush(Instant::now());
+        }
+        self.stop = Some(Ok(()));
+    }
+
     /// Heartbeat: ping when idle, give up when silent too long.
     fn tick(&mut self, gen: u64, now: Instant) {
+        let dead_after = self.dead_after();
         let Some(link) = &mut self.link else { return };
         if link.gen != gen {
             return;
         }
         let silent = now.duration_since(link.ws.last_rx());
         let interval = self.ping_interval;
-        if silent >= interval * (DEAD_AFTER.as_millis() / PING_INTERVAL.as_millis()) as u32 {
-            let why = format!("relay silent for {} s", silent.as_secs());
+        if silent >= dead_after {
+            let pinged = link
+                .ws
+                .last_ping_rx()
+                .is_some_and(|at| at > link.ws.last_rx());
+            let why = if pinged {
+                format!(
+                    "relay is not reading: it sends pings but has answered nothing of ours for {} s",
+                    silent.as_secs()
+                )
+            } else {
+                format!("relay silent for {} s", silent.as_secs())
+            };
             self.link_failed(why, None);
             return;
         }
         if silent >= interval && now.duration_since(link.last_ping) >= interval {
-            link.ws.send(OpCode::Ping, b"", &mut self.rng);
+            link.ws.send(OpCode::Ping, b"");
             link.last_ping = now;
         }
         self.timers

@@ -71,6 +71,14 @@ impl Drop for Umask {
 /// live (refuse), "connection refused" means stale (remove and replace).
 /// Anything that is not a socket is left alone (refuse).
 pub fn listen_private(path: &Path) -> Result<PrivateSocket, ListenError> {
+    listen_with(path, 0o600, None)
+}
+
+/// Like [`listen_private`], with mode `mode` and, if given, group `gid`.
+/// The socket is bound at `mode & 0600`, then given its group, then its
+/// mode: at no moment can anyone connect whom the final mode and group
+/// would not let in.
+pub fn listen_with(path: &Path, mode: u32, gid: Option<u32>) -> Result<PrivateSocket, ListenError> {
     let io_err = |what, e| ListenError::Io(path.to_path_buf(), what, e);
     match fs::symlink_metadata(path) {
         Ok(meta) => {
@@ -93,11 +101,14 @@ pub fn listen_private(path: &Path) -> Result<PrivateSocket, ListenError> {
         // bind(2) creates the file with 0777 & ~umask: narrow the umask
         // first so the socket is never reachable by others, not even
         // between bind and a later chmod.
-        let _mask = Umask::set(0o177);
+        let _mask = Umask::set(0o777 & !(mode & 0o600) as libc::mode_t);
         UnixListener::bind(path).map_err(|e| io_err("bind", e))?
     };
-    // Belt and braces (and documents intent): explicit 0600.
-    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(|e| io_err("chmod", e))?;
+    if let Some(gid) = gid {
+        std::os::unix::fs::chown(path, None, Some(gid)).map_err(|e| io_err("chgrp", e))?;
+    }
+    // Belt and braces (and documents intent): the explicit mode.
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|e| io_err("chmod", e))?;
     listener
         .set_nonblocking(true)
         .map_err(|e| io_err("set non-blocking", e))?;

@@ -5,7 +5,10 @@
 //! - [`engine`]: the loop shared by both sides: relay control messages,
 //!   the end-to-end layer, the [`crate::mux`] state machine, unix sockets.
 //! - [`listen`]: the dest's private listening socket.
+//! - [`agent_glue`]: the origin's ssh-agent guard, `--lifetime`, and the
+//!   dest's `-- COMMAND` and socket mode/group (issue 11).
 
+pub mod agent_glue;
 pub mod args;
 pub mod engine;
 pub mod listen;
@@ -315,6 +318,8 @@ pub struct Options {
     pub token_generated: bool,
     /// Origin: limits on dests and channels.
     pub limits: Limits,
+    /// Issue 11: the agent guard, --lifetime, -- COMMAND, socket mode.
+    pub agent: Box<agent_glue::AgentOptions>,
 }
 
 /// Why a run ended with a failure (the binaries exit 1 with this text).
@@ -418,6 +423,11 @@ impl Prng {
             s = t ^ ((std::process::id() as u64) << 32) | 1;
         }
         Prng(s)
+    }
+
+    /// A second generator seeded from this one (for a connection's masks).
+    pub fn fork(&mut self) -> Prng {
+        Prng(self.next_u64() | 1)
     }
 
     pub fn next_u64(&mut self) -> u64 {

@@ -3,14 +3,22 @@
 //! control frames, and an output buffer of masked frames.
 //!
 //! Like the sans-IO cores it reports what happened as [`WsEvent`]s and never
-//! decides policy (reconnect, what a ping means): that is the engine's job.
+//! decides policy (reconnect, what a control message means): that is the
+//! engine's job. What a WebSocket endpoint owes its peer (pongs, the close
+//! echo) and how much it queues for a relay that does not read is
+//! [`crate::ws::endpoint`]'s.
 
+use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
+use std::os::unix::io::AsRawFd;
+use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 
 use super::{Prng, MAX_WS_MESSAGE_BYTES};
+use crate::control;
+use crate::ws::endpoint::{Endpoint, Limits, Verdict};
 use crate::ws::frame::{self, Decoder, Event as FrameEvent, FrameHeader, OpCode, Role};
 use crate::ws::handshake::{self, ClientError, Response};
 use crate::ws::mask::apply_mask;
@@ -43,14 +51,51 @@ pub enum WsEvent {
     Refused(ClientError),
     /// A complete binary message.
     Binary(Vec<u8>),
-    /// A ping; the engine answers it (after acting on it).
-    Ping(Vec<u8>),
-    /// The relay closed the WebSocket (code, reason); we already answered.
+    /// A relay control message (a ping payload that starts with
+    /// [`control::PREFIX`]). Its pong is queued by the next
+    /// [`WsConn::queue_control`], after the engine has acted on it. A run
+    /// of control pings with no message between them arrives as the last
+    /// one alone: only the latest pairing change matters.
+    Control(Vec<u8>),
+    /// The relay closed the WebSocket (code, reason); the echo is queued.
     Closed(Option<u16>, String),
     /// The TCP connection ended or failed.
     Lost(String),
     /// The relay violated RFC 6455; we sent a close with the matching code.
     ProtocolError(String),
+}
+
+/// Why writing to the relay failed.
+#[derive(Debug)]
+pub enum FlushError {
+    Io(io::Error),
+    /// The relay does not read what we send ([`Verdict`]).
+    NotReading(Verdict),
+}
+
+impl fmt::Display for FlushError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FlushError::Io(e) => write!(f, "relay connection: {e}"),
+            FlushError::NotReading(v) => write!(f, "relay is {v}; dropping the connection"),
+        }
+    }
+}
+
+impl From<io::Error> for FlushError {
+    fn from(e: io::Error) -> FlushError {
+        FlushError::Io(e)
+    }
+}
+
+/// What [`WsConn::read`] left behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadOutcome {
+    /// The socket is drained (or the connection is over).
+    Drained,
+    /// The per-turn budget ran out with input perhaps still there: call
+    /// again next turn (no new readiness edge will come for it).
+    Budget,
 }
 
 pub struct WsConn {
@@ -70,8 +115,27 @@ pub struct WsConn {
     out: Vec<u8>,
     out_pos: usize,
     tcp_connected: bool,
-    /// Last time any byte arrived (pongs included): the liveness signal.
-    last_rx: std::time::Instant,
+    /// Last time a frame other than a ping arrived (a pong, data, a close,
+    /// or the upgrade response): the liveness signal. Pings do not count:
+    /// they prove that the relay writes, not that it reads, and a relay
+    /// that only pings must still answer ours (issue 8, bug 1).
+    last_rx: Instant,
+    /// Last time a ping arrived (for the reason logged on a dead link).
+    last_ping_rx: Option<Instant>,
+    /// When the bytes being decoded were read.
+    read_at: Instant,
+    /// Pongs, the close echo, output caps, the read budget.
+    endpoint: Endpoint,
+    /// Masking keys (RFC 6455 §5.3), forked from the engine's generator.
+    masks: Prng,
+    /// A read event reported FIN or an error, and a budget cut the read
+    /// short: the next read must go on until EOF or EAGAIN.
+    hup_pending: bool,
+    /// Bytes handed to the kernel so far, and how many of them the relay
+    /// had acknowledged at the last flush (written minus SIOCOUTQ): the
+    /// relay reads while this grows.
+    written_total: u64,
+    acked_total: u64,
 }
 
 impl WsConn {
@@ -83,6 +147,7 @@ impl WsConn {
         path_and_query: &str,
         headers: &[(&str, &str)],
         rng: &mut Prng,
+        stall_timeout: Duration,
     ) -> io::Result<WsConn> {
         let sock = TcpStream::connect(addr)?;
         let (req, accept) = handshake::client_request(host, path_and_query, headers, rng.key16());
@@ -101,7 +166,14 @@ impl WsConn {
             out: req,
             out_pos: 0,
             tcp_connected: false,
-            last_rx: std::time::Instant::now(),
+            last_rx: Instant::now(),
+            last_ping_rx: None,
+            read_at: Instant::now(),
+            endpoint: Endpoint::new(Limits::client(stall_timeout)),
+            masks: rng.fork(),
+            hup_pending: false,
+            written_total: 0,
+            acked_total: 0,
         })
     }
 
@@ -114,8 +186,13 @@ impl WsConn {
     }
 
     /// When bytes last arrived from the relay.
-    pub fn last_rx(&self) -> std::time::Instant {
+    pub fn last_rx(&self) -> Instant {
         self.last_rx
+    }
+
+    /// When the relay last pinged us.
+    pub fn last_ping_rx(&self) -> Option<Instant> {
+        self.last_ping_rx
     }
 
     pub fn is_open(&self) -> bool {
@@ -128,12 +205,18 @@ impl WsConn {
     }
 
     /// Queue one unfragmented frame, masked (we are the client).
-    pub fn send(&mut self, opcode: OpCode, payload: &[u8], rng: &mut Prng) {
-        if matches!(self.state, State::Done) {
+    pub fn send(&mut self, opcode: OpCode, payload: &[u8]) {
+        if matches!(self.state, State::Done) || self.endpoint.is_closing() {
             return;
         }
         self.compact_out();
-        frame::encode_frame(&mut self.out, true, opcode, Some(rng.mask()), payload);
+        frame::encode_frame(
+            &mut self.out,
+            true,
+            opcode,
+            Some(self.masks.mask()),
+            payload,
+        );
     }
 
     /// Queue one unfragmented binary-or-other frame whose `len`-byte payload
@@ -145,14 +228,13 @@ impl WsConn {
         &mut self,
         opcode: OpCode,
         len: usize,
-        rng: &mut Prng,
         fill: impl FnOnce(&mut Vec<u8>) -> bool,
     ) -> bool {
-        if matches!(self.state, State::Done) {
+        if matches!(self.state, State::Done) || self.endpoint.is_closing() {
             return true;
         }
         self.compact_out();
-        let key = rng.mask();
+        let key = self.masks.mask();
         let header = FrameHeader {
             fin: true,
             opcode,
@@ -183,12 +265,30 @@ impl WsConn {
     }
 
     /// Queue a close frame; nothing more will be decoded.
-    pub fn close(&mut self, code: u16, reason: &str, rng: &mut Prng) {
-        if matches!(self.state, State::Open) {
+    pub fn close(&mut self, code: u16, reason: &str) {
+        if matches!(self.state, State::Open) && !self.endpoint.is_closing() {
             self.compact_out();
-            frame::encode_close(&mut self.out, Some(rng.mask()), code, reason);
+            frame::encode_close(&mut self.out, Some(self.masks.mask()), code, reason);
+            self.endpoint.on_close_sent();
         }
         self.state = State::Done;
+    }
+
+    /// Queue what the endpoint owes the relay (the close echo, the latest
+    /// pong). Returns whether a pong went out, after which the relay
+    /// counts what we send as meant for the peer it announced.
+    pub fn queue_control(&mut self) -> bool {
+        self.compact_out();
+        let queued = self.out_len();
+        let masks = &mut self.masks;
+        self.endpoint
+            .encode_pending(&mut self.out, queued, || Some(masks.mask()))
+            .pong
+    }
+
+    /// Pings received and pongs queued on this connection.
+    pub fn ping_counts(&self) -> (u64, u64) {
+        self.endpoint.counts()
     }
 
     fn compact_out(&mut self) {
@@ -203,10 +303,10 @@ impl WsConn {
 
     /// Write queued bytes until done or `WouldBlock`. While TCP is still
     /// connecting this first checks whether the connect finished.
-    pub fn flush(&mut self) -> io::Result<()> {
+    pub fn flush(&mut self, now: Instant) -> Result<(), FlushError> {
         if !self.tcp_connected {
             if let Some(e) = self.sock.take_error()? {
-                return Err(e);
+                return Err(e.into());
             }
             match self.sock.peer_addr() {
                 Ok(_) => {
@@ -218,15 +318,17 @@ impl WsConn {
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(()),
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             }
         }
+        let mut wrote = 0;
         while self.out_pos < self.out.len() {
             let want = self.out.len() - self.out_pos;
             match self.sock.write(&self.out[self.out_pos..]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero).into()),
                 Ok(n) => {
                     self.out_pos += n;
+                    wrote += n;
                     // A short write on a stream socket means its buffer is
                     // full: the next EPOLLOUT edge says when to go on, so
                     // skip the write that would only return EAGAIN
@@ -237,7 +339,7 @@ impl WsConn {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             }
         }
         if self.out_pos == self.out.len() {
@@ -247,7 +349,21 @@ impl WsConn {
                 self.out = Vec::new();
             }
         }
-        Ok(())
+        // What counts is what the relay took, not what the kernel took:
+        // a relay that never reads lets the kernel's send queue fill
+        // first, at a pong a turn that can take long.
+        self.written_total += wrote as u64;
+        let unacked = crate::sys::tcp_unacked_bytes(self.sock.as_raw_fd()).unwrap_or(0);
+        let acked = self.written_total.saturating_sub(unacked as u64);
+        let progress = acked.saturating_sub(self.acked_total) as usize;
+        self.acked_total = self.acked_total.max(acked);
+        match self
+            .endpoint
+            .on_write(self.out_len(), unacked, progress, now)
+        {
+            Verdict::Fine => Ok(()),
+            v => Err(FlushError::NotReading(v)),
+        }
     }
 
     /// Read until the socket is drained, appending what it yields to
@@ -260,24 +376,35 @@ impl WsConn {
     /// `hup` when the readiness event reported the peer's FIN or an error:
     /// then reading goes on until EOF or EAGAIN, since no later edge would
     /// announce an EOF that is already there.
-    pub fn read(&mut self, events: &mut Vec<WsEvent>, rng: &mut Prng, hup: bool) {
+    ///
+    /// At most the endpoint's read budget is read per call
+    /// ([`ReadOutcome::Budget`]): a relay that sends without pause cannot
+    /// keep the loop from its timers, signals and other sockets.
+    pub fn read(&mut self, events: &mut Vec<WsEvent>, hup: bool) -> ReadOutcome {
+        let hup = hup || std::mem::take(&mut self.hup_pending);
         if !self.tcp_connected {
             // A readable event can mean a failed connect.
-            if let Err(e) = self.flush() {
+            if let Err(e) = self.flush(Instant::now()) {
                 events.push(WsEvent::Lost(format!("connect to {}: {e}", self.peer)));
                 self.state = State::Done;
-                return;
+                return ReadOutcome::Drained;
             }
             if !self.tcp_connected {
-                return;
+                return ReadOutcome::Drained;
             }
         }
+        let mut budget = self.endpoint.limits().read_budget_bytes;
         loop {
             if matches!(self.state, State::Done) {
-                return;
+                return ReadOutcome::Drained;
             }
-            let room = self.inbuf.len() - self.in_len;
-            let (n, eof, drained) = match self.sock.read(&mut self.inbuf[self.in_len..]) {
+            if budget == 0 {
+                self.hup_pending = hup;
+                return ReadOutcome::Budget;
+            }
+            let room = (self.inbuf.len() - self.in_len).min(budget);
+            let end = self.in_len + room;
+            let (n, eof, drained) = match self.sock.read(&mut self.inbuf[self.in_len..end]) {
                 Ok(0) if room > 0 => (0, true, true),
                 Ok(n) => (n, false, n < room && !hup),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -285,19 +412,20 @@ impl WsConn {
                 Err(e) => {
                     events.push(WsEvent::Lost(format!("read from relay: {e}")));
                     self.state = State::Done;
-                    return;
+                    return ReadOutcome::Drained;
                 }
             };
             if n > 0 {
-                self.last_rx = std::time::Instant::now();
+                self.read_at = Instant::now();
             }
+            budget -= n.min(budget);
             self.in_len += n;
             let was_full = self.in_len == self.inbuf.len();
             if n > 0 || was_full {
-                self.process(events, rng);
+                self.process(events);
             }
             if matches!(self.state, State::Done) {
-                return;
+                return ReadOutcome::Drained;
             }
             if eof {
                 let ev = match &self.state {
@@ -308,17 +436,19 @@ impl WsConn {
                 };
                 events.push(ev);
                 self.state = State::Done;
-                return;
+                return ReadOutcome::Drained;
             }
+            // A read that filled the budget's room is not short: the
+            // loop goes on and stops at the budget check above.
             if drained && !was_full {
-                return;
+                return ReadOutcome::Drained;
             }
         }
     }
 
     /// Decode everything complete in `inbuf[..in_len]`, then shift the rest
     /// to the front.
-    fn process(&mut self, events: &mut Vec<WsEvent>, rng: &mut Prng) {
+    fn process(&mut self, events: &mut Vec<WsEvent>) {
         let mut pos = 0;
         if let State::Upgrading { accept } = &self.state {
             match handshake::parse_response(&self.inbuf[..self.in_len], accept) {
@@ -331,6 +461,7 @@ impl WsConn {
                 }
                 Ok(Some((resp, consumed))) => {
                     pos = consumed;
+                    self.last_rx = self.read_at;
                     self.state = State::Open;
                     events.push(WsEvent::Upgraded(resp));
                 }
@@ -347,11 +478,19 @@ impl WsConn {
                 Ok(None) => break,
                 Err(e) => {
                     let text = format!("relay broke the WebSocket protocol: {e}");
-                    self.close(e.close_code(), "protocol error", rng);
+                    self.close(e.close_code(), "protocol error");
                     events.push(WsEvent::ProtocolError(text));
                     return;
                 }
             };
+            // Any frame but a ping shows the relay alive; a payload piece
+            // of a long frame counts too (a slow big message is no silence).
+            match ev {
+                FrameEvent::Control(h) if h.opcode == OpCode::Ping => {
+                    self.last_ping_rx = Some(self.read_at)
+                }
+                _ => self.last_rx = self.read_at,
+            }
             match ev {
                 FrameEvent::DataHeader(h) => {
                     if h.opcode != OpCode::Continuation {
@@ -381,21 +520,30 @@ impl WsConn {
                     let end = pos + used;
                     let payload = &self.inbuf[end - h.payload_len as usize..end];
                     match h.opcode {
-                        OpCode::Ping => events.push(WsEvent::Ping(payload.to_vec())),
+                        OpCode::Ping => {
+                            self.endpoint.on_ping(payload);
+                            if payload.starts_with(control::PREFIX.as_bytes()) {
+                                // Coalesce a run of control pings: acting
+                                // on each would cost a fresh end-to-end
+                                // handshake per forged `peer-joined`.
+                                match events.last_mut() {
+                                    Some(WsEvent::Control(last)) => {
+                                        last.clear();
+                                        last.extend_from_slice(payload);
+                                    }
+                                    _ => events.push(WsEvent::Control(payload.to_vec())),
+                                }
+                            }
+                        }
                         OpCode::Pong => {}
                         _ => {
                             let (code, reason) = match frame::parse_close(payload) {
                                 Ok(Some((c, r))) => (Some(c), r.to_string()),
                                 _ => (None, String::new()),
                             };
-                            // Answer the close (RFC 6455 §5.5.1) and stop.
-                            self.compact_out();
-                            frame::encode_close(
-                                &mut self.out,
-                                Some(rng.mask()),
-                                code.unwrap_or(1000),
-                                "",
-                            );
+                            // The echo (RFC 6455 §5.5.1) goes out with the
+                            // next queue_control; nothing more is decoded.
+                            self.endpoint.on_close(code);
                             self.state = State::Done;
                             events.push(WsEvent::Closed(code, reason));
                         }

@@ -2,15 +2,13 @@
 //! See README "Relay wire API".
 
 use super::metrics::Reject;
+use crate::control::{header, path};
 use crate::ws::handshake::Request;
 use uuid::Uuid;
 
 /// Longest admission value accepted (a derived value is 43 bytes; the
 /// original clients' tokens are user-chosen).
 pub const MAX_ADMISSION_BYTES: usize = 512;
-pub const ADMISSION_HEADER: &str = "sockrelay-admission";
-pub const ORIGIN_KEY_HEADER: &str = "sockrelay-origin-key";
-pub const SESSION_HEADER: &str = "Sockrelay-Session";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
@@ -50,7 +48,7 @@ fn admission(req: &Request, compat: bool) -> Result<Vec<u8>, Refusal> {
     let value: Option<&[u8]> = if compat {
         req.query_param("token").map(str::as_bytes)
     } else {
-        req.header(ADMISSION_HEADER)
+        header_value(req, header::ADMISSION)
             .or_else(|| req.query_param("admission").map(str::as_bytes))
     };
     match value {
@@ -69,6 +67,14 @@ fn admission(req: &Request, compat: bool) -> Result<Vec<u8>, Refusal> {
         }
         Some(v) => Ok(v.to_vec()),
     }
+}
+
+/// A header's value by its [`header`] name (the parser keeps names lower-cased).
+fn header_value<'r>(req: &'r Request, name: &str) -> Option<&'r [u8]> {
+    req.headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_slice())
 }
 
 fn session_id(s: &str) -> Result<Uuid, Refusal> {
@@ -113,15 +119,15 @@ pub fn route(req: &Request) -> Result<Route, Refusal> {
         };
     }
     match (req.path.as_str(), upgrade) {
-        ("/healthz", false) => Ok(Route::Health),
-        ("/metrics", false) => Ok(Route::Metrics),
-        ("/origin", true) => Ok(Route::Origin {
+        (path::HEALTH, false) => Ok(Route::Health),
+        (path::METRICS, false) => Ok(Route::Metrics),
+        (path::ORIGIN, true) => Ok(Route::Origin {
             proposed: req.query_param("id").map(session_id).transpose()?,
             admission: admission(req, false)?,
             compat: false,
-            origin_key: req.header(ORIGIN_KEY_HEADER).map(<[u8]>::to_vec),
+            origin_key: header_value(req, header::ORIGIN_KEY).map(<[u8]>::to_vec),
         }),
-        ("/dest", true) => {
+        (path::DEST, true) => {
             let id = req.query_param("id").ok_or(refuse(
                 400,
                 "missing session id (?id=)",
@@ -132,7 +138,7 @@ pub fn route(req: &Request) -> Result<Route, Refusal> {
                 admission: admission(req, false)?,
             })
         }
-        ("/origin" | "/dest", false) => Err(refuse(
+        (path::ORIGIN | path::DEST, false) => Err(refuse(
             426,
             "WebSocket upgrade required",
             Reject::BadRequest,

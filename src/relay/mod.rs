@@ -8,7 +8,7 @@ pub mod metrics;
 pub mod pool;
 mod server;
 
-pub use server::{Server, Token2};
+pub use server::{ConnToken, Server};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -12,6 +12,7 @@ use super::api::{self, Route};
 use super::metrics::{Gauges, Metrics, Reject};
 use super::pool::{Buf, Pool, Seg, MAX_SEGS};
 use super::{Config, ListenRole};
+use crate::control::{self, close, Control};
 use crate::sys::{self, Signal, Signals};
 use crate::timer::Timers;
 use crate::ws::frame::{self, Decoder, Event, FrameHeader, OpCode, Role};
@@ -30,6 +31,12 @@ const SIGNAL_TOKEN: Token = Token(usize::MAX);
 const LISTENER_TOKEN_BASE: usize = usize::MAX - 1;
 /// How long a closing connection may take to say goodbye.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
+/// How long a connection refused at accept (503 at the connection or
+/// pending limit) may take to read its answer while we drain its request.
+const REFUSE_LINGER: Duration = Duration::from_millis(500);
+/// Refused connections draining at once; past it a refusal is one
+/// best-effort write and a close (an accept flood must not pin sockets).
+const MAX_REFUSING: usize = 1024;
 /// After accept() fails for lack of file descriptors, wait this long.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Relay-originated bytes queued toward one connection (pongs, control
@@ -43,19 +50,23 @@ const READ_CHUNK: usize = 4096;
 /// connection that owns it, so an event for a dead connection is never
 /// applied to a new one that reused its slab slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Token2 {
+pub struct ConnToken {
     pub key: usize,
-    pub gen: u32,
+    pub generation: u32,
 }
 
-impl Token2 {
+// A token packs the generation in the high 32 bits of a `usize`; on a
+// 32-bit target the two would collide.
+const _: () = assert!(usize::BITS == 64, "ConnToken packing needs a 64-bit usize");
+
+impl ConnToken {
     pub fn to_token(self) -> Token {
-        Token(((self.gen as usize) << 32) | (self.key & 0xffff_ffff))
+        Token(((self.generation as usize) << 32) | (self.key & 0xffff_ffff))
     }
-    pub fn from_token(t: Token) -> Token2 {
-        Token2 {
+    pub fn from_token(t: Token) -> ConnToken {
+        ConnToken {
             key: t.0 & 0xffff_ffff,
-            gen: (t.0 >> 32) as u32,
+            generation: (t.0 >> 32) as u32,
         }
     }
 }
@@ -115,7 +126,7 @@ struct Inbound {
 
 struct Conn {
     sock: TcpStream,
-    gen: u32,
+    generation: u32,
     addr: SocketAddr,
     listener_role: ListenRole,
     state: State,
@@ -123,7 +134,12 @@ struct Conn {
     writable: bool,
     /// The last readiness event said the peer has sent FIN.
     peer_fin: bool,
-    last_rx: Instant,
+    /// The last sign of life: bytes read from it, or forwarded bytes it
+    /// accepted (a receiver busy with one long frame sends nothing, and
+    /// our ping to it waits for the frame's end). A peer that stops
+    /// reading stops accepting once its receive window and our send buffer
+    /// are full, so this cannot keep a dead peer alive for long.
+    alive_at: Instant,
     keepalive_sent: bool,
     /// The deadline of this connection's one live timer entry.
     next_check: Instant,
@@ -135,6 +151,11 @@ struct Conn {
     ctrl_pos: usize,
     /// The forwarded stream toward this connection stopped inside a frame.
     fwd_mid_frame: bool,
+    /// Refused at accept (counted in `Server::refusing` until removed).
+    refused: bool,
+    /// Bytes in its socket's send queue at the last liveness check: when
+    /// it shrinks, the peer accepted bytes, so it is alive.
+    unacked_seen: u32,
 }
 
 struct Session {
@@ -162,11 +183,13 @@ pub struct Server {
     timers: Timers<(Instant, usize, u32)>,
     pool: Pool,
     metrics: Metrics,
-    next_gen: u32,
+    next_generation: u32,
     now: Instant,
     accept_paused_until: Option<Instant>,
     last_accept_warning: Option<Instant>,
     pending_count: usize,
+    /// Connections refused at accept, still draining.
+    refusing: usize,
     origin_keys: Option<HashSet<Vec<u8>>>,
     shutting_down: Option<Instant>,
     /// Connections whose removal is deferred to the end of the event batch.
@@ -220,11 +243,12 @@ impl Server {
             timers: Timers::new(),
             pool,
             metrics: Metrics::default(),
-            next_gen: 1,
+            next_generation: 1,
             now: Instant::now(),
             accept_paused_until: None,
             last_accept_warning: None,
             pending_count: 0,
+            refusing: 0,
             origin_keys,
             shutting_down: None,
             dead: Vec::new(),
@@ -275,10 +299,13 @@ impl Server {
                 {
                     self.accept(LISTENER_TOKEN_BASE - token.0);
                 } else {
-                    let t = Token2::from_token(token);
+                    let t = ConnToken::from_token(token);
                     // A stale event for a connection that died (and maybe
                     // whose slot now holds another) is dropped here.
-                    let live = self.conns.get(t.key).is_some_and(|c| c.gen == t.gen);
+                    let live = self
+                        .conns
+                        .get(t.key)
+                        .is_some_and(|c| c.generation == t.generation);
                     if !live {
                         continue;
                     }
@@ -358,80 +385,111 @@ impl Server {
             if let Some((metric, reason)) = over {
                 self.metrics.reject(metric);
                 log::warn!("refusing {addr}: {reason}");
-                // Best effort: a fresh socket's send buffer is empty.
-                let _ = sock.write(&handshake::error_response(503, reason));
+                let answer = handshake::error_response(503, reason);
+                if self.refusing >= MAX_REFUSING {
+                    // Best effort: a fresh socket's send buffer is empty.
+                    let _ = sock.write(&answer);
+                    continue;
+                }
+                // Closing over unread request bytes would send RST, which
+                // may destroy the answer: shut down writing, drain, close.
+                if let Some(key) = self.insert_conn(sock, addr, index) {
+                    self.refusing += 1;
+                    self.conns[key].refused = true;
+                    self.close_with_bytes(key, &answer, REFUSE_LINGER);
+                }
                 continue;
             }
-            let _ = sock.set_nodelay(true);
-            let gen = self.next_gen;
-            self.next_gen = self.next_gen.wrapping_add(1).max(1);
-            let deadline = self.now + self.cfg.handshake_timeout;
-            let entry = self.conns.vacant_entry();
-            let key = entry.key();
-            let token = Token2 { key, gen }.to_token();
-            if let Err(e) = self.poll.registry().register(
-                &mut sock,
-                token,
-                Interest::READABLE | Interest::WRITABLE,
-            ) {
-                log::warn!("cannot register connection from {addr}: {e}");
+            let Some(key) = self.insert_conn(sock, addr, index) else {
                 continue;
-            }
-            entry.insert(Conn {
-                sock,
-                gen,
-                addr,
-                listener_role: self.listeners[index].role,
-                state: State::Pending { req: Vec::new() },
-                readable: false,
-                writable: false,
-                peer_fin: false,
-                last_rx: self.now,
-                keepalive_sent: false,
-                next_check: deadline,
-                inb: None,
-                ending: None,
-                ctrl: Vec::new(),
-                ctrl_pos: 0,
-                fwd_mid_frame: false,
-            });
-            self.pending_count += 1;
-            self.timers.schedule(deadline, (deadline, key, gen));
+            };
+            let deadline = self.conns[key].next_check;
+            self.timers
+                .schedule(deadline, (deadline, key, self.conns[key].generation));
             log::debug!("connection from {addr}");
         }
     }
 
+    /// Register an accepted socket as a pending connection.
+    fn insert_conn(
+        &mut self,
+        mut sock: TcpStream,
+        addr: SocketAddr,
+        index: usize,
+    ) -> Option<usize> {
+        let _ = sock.set_nodelay(true);
+        let generation = self.next_generation;
+        self.next_generation = self.next_generation.wrapping_add(1).max(1);
+        let deadline = self.now + self.cfg.handshake_timeout;
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        let token = ConnToken { key, generation }.to_token();
+        if let Err(e) =
+            self.poll
+                .registry()
+                .register(&mut sock, token, Interest::READABLE | Interest::WRITABLE)
+        {
+            log::warn!("cannot register connection from {addr}: {e}");
+            return None;
+        }
+        entry.insert(Conn {
+            sock,
+            generation,
+            addr,
+            listener_role: self.listeners[index].role,
+            state: State::Pending { req: Vec::new() },
+            readable: false,
+            writable: false,
+            peer_fin: false,
+            alive_at: self.now,
+            keepalive_sent: false,
+            next_check: deadline,
+            inb: None,
+            ending: None,
+            ctrl: Vec::new(),
+            ctrl_pos: 0,
+            fwd_mid_frame: false,
+            refused: false,
+            unacked_seen: 0,
+        });
+        self.pending_count += 1;
+        Some(key)
+    }
+
     // ----- per-connection work ----------------------------------------
 
-    /// React to readiness of connection `x`.
-    fn service(&mut self, x: usize) {
-        let result = match self.conns[x].state {
-            State::Pending { .. } => self.read_request(x),
-            State::Open { .. } => self.pump(x),
-            State::Closing { .. } => self.pump_closing(x),
+    /// React to readiness of connection `key`.
+    fn service(&mut self, key: usize) {
+        let result = match self.conns[key].state {
+            State::Pending { .. } => self.read_request(key),
+            State::Open { .. } => self.pump(key),
+            State::Closing { .. } => self.pump_closing(key),
         };
         if let Err(e) = result {
-            log::debug!("connection {} dropped: {e}", self.conns[x].addr);
-            self.drop_conn(x, &format!("i/o error: {e}"));
+            log::debug!("connection {} dropped: {e}", self.conns[key].addr);
+            self.drop_conn(key, &format!("i/o error: {e}"));
             return;
         }
-        // Writing to `x` may have drained its peer's buffer: the peer,
+        // Writing to `key` may have drained its peer's buffer: the peer,
         // paused for backpressure, gets no new readiness edge, so pump it.
-        if let Some(y) = self.conns.get(x).and_then(|_| self.peer(x)) {
-            if let Err(e) = self.pump(y) {
-                log::debug!("connection {} dropped: {e}", self.conns[y].addr);
-                self.drop_conn(y, &format!("i/o error: {e}"));
+        if let Some(peer) = self.conns.get(key).and_then(|_| self.peer(key)) {
+            if let Err(e) = self.pump(peer) {
+                log::debug!("connection {} dropped: {e}", self.conns[peer].addr);
+                self.drop_conn(peer, &format!("i/o error: {e}"));
             }
         }
     }
 
-    fn read_request(&mut self, x: usize) -> Step {
-        let conn = &mut self.conns[x];
+    fn read_request(&mut self, key: usize) -> Step {
+        let conn = &mut self.conns[key];
         let State::Pending { req, .. } = &mut conn.state else {
             return Ok(());
         };
         let mut chunk = [0u8; READ_CHUNK];
         let old_len = req.len();
+        // FIN right behind a complete request is what health checkers do
+        // (`printf 'GET /healthz …' | nc -N`): parse what came first.
+        let mut eof = false;
         loop {
             // Read no further than one byte past the header cap: enough to
             // know a request is too large.
@@ -442,8 +500,8 @@ impl Server {
             let want = room.min(chunk.len());
             match conn.sock.read(&mut chunk[..want]) {
                 Ok(0) => {
-                    self.drop_conn(x, "closed before completing its request");
-                    return Ok(());
+                    eof = true;
+                    break;
                 }
                 Ok(n) => req.extend_from_slice(&chunk[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -457,57 +515,65 @@ impl Server {
         // Re-parse only when the new bytes may end the header: a client
         // trickling one byte per packet must not make parsing quadratic.
         if !handshake::request_may_be_complete(req, old_len) {
+            if eof {
+                self.drop_conn(key, "closed before completing its request");
+            }
             return Ok(());
         }
         match handshake::parse_request(req) {
-            Ok(None) => Ok(()),
+            Ok(None) => {
+                if eof {
+                    self.drop_conn(key, "closed before completing its request");
+                }
+                Ok(())
+            }
             Err(reject) => {
                 let metric = if reject.status == 431 {
                     Reject::HeadersTooLarge
                 } else {
                     Reject::BadRequest
                 };
-                self.refuse(x, reject.status, reject.reason, metric);
+                self.refuse(key, reject.status, reject.reason, metric);
                 Ok(())
             }
             Ok(Some((request, consumed))) => {
                 let rest = req[consumed..].to_vec();
-                self.on_request(x, request, rest)
+                self.on_request(key, request, rest)
             }
         }
     }
 
-    fn refuse(&mut self, x: usize, status: u16, reason: &str, metric: Reject) {
+    fn refuse(&mut self, key: usize, status: u16, reason: &str, metric: Reject) {
         self.metrics.reject(metric);
-        let conn = &self.conns[x];
+        let conn = &self.conns[key];
         log::info!("refused {}: {status} {reason}", conn.addr);
         let bytes = handshake::error_response(status, reason);
-        self.close_with_bytes(x, &bytes);
+        self.close_with_bytes(key, &bytes, CLOSE_LINGER);
     }
 
-    fn on_request(&mut self, x: usize, request: handshake::Request, rest: Vec<u8>) -> Step {
+    fn on_request(&mut self, key: usize, request: handshake::Request, rest: Vec<u8>) -> Step {
         let route = match api::route(&request) {
             Ok(r) => r,
             Err(refusal) => {
-                self.refuse(x, refusal.status, refusal.reason, refusal.metric);
+                self.refuse(key, refusal.status, refusal.reason, refusal.metric);
                 return Ok(());
             }
         };
-        let role = self.conns[x].listener_role;
+        let role = self.conns[key].listener_role;
         match route {
             Route::Health => {
                 let body = handshake::plain_response(200, "text/plain; charset=utf-8", b"ok\n");
-                self.close_with_bytes(x, &body);
+                self.close_with_bytes(key, &body, CLOSE_LINGER);
             }
             Route::Metrics => {
                 let text = self.metrics.render(&self.gauges());
                 let body =
                     handshake::plain_response(200, "text/plain; version=0.0.4", text.as_bytes());
-                self.close_with_bytes(x, &body);
+                self.close_with_bytes(key, &body, CLOSE_LINGER);
             }
             Route::Origin { .. } if role == ListenRole::Dest => {
                 self.refuse(
-                    x,
+                    key,
                     404,
                     "this address serves dests only",
                     Reject::WrongListener,
@@ -515,7 +581,7 @@ impl Server {
             }
             Route::Dest { .. } if role == ListenRole::Origin => {
                 self.refuse(
-                    x,
+                    key,
                     404,
                     "this address serves origins only",
                     Reject::WrongListener,
@@ -526,8 +592,10 @@ impl Server {
                 admission,
                 compat,
                 origin_key,
-            } => self.open_origin(x, &request, proposed, &admission, compat, origin_key, rest)?,
-            Route::Dest { id, admission } => self.open_dest(x, &request, id, &admission, rest)?,
+            } => self.open_origin(
+                key, &request, proposed, &admission, compat, origin_key, rest,
+            )?,
+            Route::Dest { id, admission } => self.open_dest(key, &request, id, &admission, rest)?,
         }
         Ok(())
     }
@@ -535,7 +603,7 @@ impl Server {
     #[allow(clippy::too_many_arguments)]
     fn open_origin(
         &mut self,
-        x: usize,
+        key: usize,
         request: &handshake::Request,
         proposed: Option<Uuid>,
         admission: &[u8],
@@ -546,7 +614,7 @@ impl Server {
         if let Some(keys) = &self.origin_keys {
             if !origin_key.is_some_and(|k| keys.contains(&k)) {
                 self.refuse(
-                    x,
+                    key,
                     403,
                     "origin key not accepted by this relay",
                     Reject::OriginNotAllowed,
@@ -557,22 +625,22 @@ impl Server {
         let digest = api::admission_digest(admission);
         let id = match proposed {
             Some(id) => {
-                if let Some(&s) = self.by_id.get(&id) {
-                    if !api::ct_eq(&self.sessions[s].admission, &digest) {
-                        self.refuse(x, 409, "session id in use", Reject::IdInUse);
+                if let Some(&session_key) = self.by_id.get(&id) {
+                    if !api::ct_eq(&self.sessions[session_key].admission, &digest) {
+                        self.refuse(key, 409, "session id in use", Reject::IdInUse);
                         return Ok(());
                     }
                     // The same origin (it knows the admission value) is back,
                     // e.g. after a network drop: it replaces its old connection.
                     log::info!(
                         "session {id}: origin reconnected from {}",
-                        self.conns[x].addr
+                        self.conns[key].addr
                     );
                     self.end_session(
-                        s,
-                        4002,
+                        session_key,
+                        close::REPLACED,
                         "replaced by a new origin connection",
-                        4003,
+                        close::ORIGIN_RECONNECTED,
                         "origin reconnected; join again",
                     );
                 }
@@ -586,22 +654,22 @@ impl Server {
             },
         };
         if self.sessions.len() >= self.cfg.max_sessions {
-            self.refuse(x, 503, "session limit reached", Reject::SessionLimit);
+            self.refuse(key, 503, "session limit reached", Reject::SessionLimit);
             return Ok(());
         }
-        let s = self.sessions.insert(Session {
+        let session_key = self.sessions.insert(Session {
             id,
-            origin: x,
+            origin: key,
             dest: None,
             admission: digest,
             epoch: 0,
             change_seq: 0,
             origin_acked: true,
         });
-        self.by_id.insert(id, s);
+        self.by_id.insert(id, session_key);
         self.metrics.sessions_created += 1;
-        log::info!("session {id}: created by origin {}", self.conns[x].addr);
-        let mut out = upgrade_answer(request, &id, &format!("sockrelay session {id}"));
+        log::info!("session {id}: created by origin {}", self.conns[key].addr);
+        let mut out = upgrade_answer(request, &id, Control::Session { id });
         if compat {
             frame::encode_frame(
                 &mut out,
@@ -611,20 +679,20 @@ impl Server {
                 &api::compat_start_message(&id),
             );
         }
-        self.become_open(x, Side::Origin, s, &out, rest)
+        self.become_open(key, Side::Origin, session_key, &out, rest)
     }
 
     fn open_dest(
         &mut self,
-        x: usize,
+        key: usize,
         request: &handshake::Request,
         id: Uuid,
         admission: &[u8],
         rest: Vec<u8>,
     ) -> Step {
-        let Some(&s) = self.by_id.get(&id) else {
+        let Some(&session_key) = self.by_id.get(&id) else {
             self.refuse(
-                x,
+                key,
                 404,
                 "no such session (is the origin connected?)",
                 Reject::UnknownSession,
@@ -632,50 +700,59 @@ impl Server {
             return Ok(());
         };
         let digest = api::admission_digest(admission);
-        if !api::ct_eq(&self.sessions[s].admission, &digest) {
+        if !api::ct_eq(&self.sessions[session_key].admission, &digest) {
             log::warn!(
                 "session {id}: dest {} presented a wrong admission value",
-                self.conns[x].addr
+                self.conns[key].addr
             );
             self.refuse(
-                x,
+                key,
                 403,
                 "wrong admission value (token)",
                 Reject::WrongAdmission,
             );
             return Ok(());
         }
-        if self.sessions[s].dest.is_some() {
-            self.refuse(x, 409, "session already has a dest", Reject::DestTaken);
+        if self.sessions[session_key].dest.is_some() {
+            self.refuse(key, 409, "session already has a dest", Reject::DestTaken);
             return Ok(());
         }
-        let session = &mut self.sessions[s];
-        session.dest = Some(x);
+        let session = &mut self.sessions[session_key];
+        session.dest = Some(key);
         session.epoch = session.epoch.wrapping_add(1);
         session.change_seq = session.change_seq.wrapping_add(1);
         session.origin_acked = false;
         let seq = session.change_seq;
         let origin = session.origin;
         self.metrics.pairings += 1;
-        let dest_addr = self.conns[x].addr;
+        let dest_addr = self.conns[key].addr;
         let origin_addr = self.conns[origin].addr;
         log::info!("session {id}: dest {dest_addr} joined origin {origin_addr}");
+        let origin_addr = origin_addr.to_string();
+        let dest_addr = dest_addr.to_string();
         let out = upgrade_answer(
             request,
             &id,
-            &format!("sockrelay peer-joined {seq} {origin_addr}"),
+            Control::PeerJoined {
+                seq: Some(seq),
+                addr: &origin_addr,
+            },
         );
         self.queue_ping(
             origin,
-            format!("sockrelay peer-joined {seq} {dest_addr}").as_bytes(),
+            &Control::PeerJoined {
+                seq: Some(seq),
+                addr: &dest_addr,
+            }
+            .to_vec(),
         );
-        self.become_open(x, Side::Dest, s, &out, rest)?;
+        self.become_open(key, Side::Dest, session_key, &out, rest)?;
         self.write_to(origin).map(|_| ())
     }
 
     fn become_open(
         &mut self,
-        x: usize,
+        key: usize,
         side: Side,
         session: usize,
         out: &[u8],
@@ -704,21 +781,21 @@ impl Server {
         }
         let now = self.now;
         let interval = self.cfg.ping_interval;
-        let conn = &mut self.conns[x];
+        let conn = &mut self.conns[key];
         conn.state = State::Open { side, session };
         conn.inb = Some(inb);
         conn.ctrl.extend_from_slice(out);
-        conn.last_rx = now;
+        conn.alive_at = now;
         conn.next_check = now + interval;
-        let entry = (conn.next_check, x, conn.gen);
+        let entry = (conn.next_check, key, conn.generation);
         self.timers.schedule(entry.0, entry);
-        self.write_to(x)?;
-        self.pump(x)
+        self.write_to(key)?;
+        self.pump(key)
     }
 
     /// Peer of an open connection, if paired.
-    fn peer(&self, x: usize) -> Option<usize> {
-        match self.conns[x].state {
+    fn peer(&self, key: usize) -> Option<usize> {
+        match self.conns[key].state {
             State::Open {
                 side: Side::Origin,
                 session,
@@ -731,40 +808,40 @@ impl Server {
         }
     }
 
-    /// Move bytes for connection `x` until nothing more can be done now:
-    /// read, decode, forward to the peer, and flush our own frames to `x`.
-    fn pump(&mut self, x: usize) -> Step {
+    /// Move bytes for connection `key` until nothing more can be done now:
+    /// read, decode, forward to the peer, and flush our own frames to `key`.
+    fn pump(&mut self, key: usize) -> Step {
         loop {
-            if !matches!(self.conns[x].state, State::Open { .. }) {
+            if !matches!(self.conns[key].state, State::Open { .. }) {
                 return Ok(());
             }
-            self.compact(x);
-            let mut progress = self.read_inbound(x)?;
-            progress |= self.decode(x);
-            if let Some(y) = self.peer(x) {
-                progress |= self.write_to(y)?;
+            self.compact(key);
+            let mut progress = self.read_inbound(key)?;
+            progress |= self.decode(key);
+            if let Some(peer) = self.peer(key) {
+                progress |= self.write_to(peer)?;
             }
-            self.write_to(x)?;
+            self.write_to(key)?;
             // Space freed by the peer's progress lets us read again.
-            progress |= self.compact(x) && self.conns[x].readable;
+            progress |= self.compact(key) && self.conns[key].readable;
             if !progress {
                 // Only once nothing more can be decoded or written does an
                 // ending connection leave: bytes it sent before its close
                 // or EOF (beyond what one round of segments holds) still
                 // reach the peer.
-                if self.try_finish_ending(x) {
+                if self.try_finish_ending(key) {
                     return Ok(());
                 }
                 break;
             }
         }
-        self.release_idle_buffer(x);
+        self.release_idle_buffer(key);
         Ok(())
     }
 
-    /// Read into `x`'s buffer while there is room. Returns whether bytes came.
-    fn read_inbound(&mut self, x: usize) -> io::Result<bool> {
-        let conn = &mut self.conns[x];
+    /// Read into `key`'s buffer while there is room. Returns whether bytes came.
+    fn read_inbound(&mut self, key: usize) -> io::Result<bool> {
+        let conn = &mut self.conns[key];
         if !conn.readable || conn.ending.is_some() {
             return Ok(false);
         }
@@ -789,7 +866,7 @@ impl Server {
                 }
                 Ok(n) => {
                     inb.filled += n;
-                    conn.last_rx = self.now;
+                    conn.alive_at = self.now;
                     conn.keepalive_sent = false;
                     // A short read drained the socket (epoll(7)): skip the
                     // read that would only say EAGAIN; the next arrival
@@ -816,16 +893,16 @@ impl Server {
         }
     }
 
-    /// Run the decoder over `x`'s unparsed bytes, turning data frames into
+    /// Run the decoder over `key`'s unparsed bytes, turning data frames into
     /// output segments for the peer and handling control frames. Returns
     /// whether anything was consumed.
-    fn decode(&mut self, x: usize) -> bool {
+    fn decode(&mut self, key: usize) -> bool {
         let mut progress = false;
         loop {
-            let State::Open { side, session } = self.conns[x].state else {
+            let State::Open { side, session } = self.conns[key].state else {
                 return progress;
             };
-            let conn = &mut self.conns[x];
+            let conn = &mut self.conns[key];
             if matches!(conn.ending, Some(Ending::Closed(..) | Ending::Failed(..))) {
                 return progress;
             }
@@ -850,7 +927,7 @@ impl Server {
                         "{} broke the protocol: {reason} (closing with {code})",
                         conn.addr
                     );
-                    self.fail(x, code, &reason);
+                    self.fail(key, code, &reason);
                     return true;
                 }
             };
@@ -858,16 +935,17 @@ impl Server {
             progress = true;
             match event {
                 Event::DataHeader(h) => {
-                    let s = &self.sessions[session];
+                    let pairing = &self.sessions[session];
                     let target = match side {
-                        Side::Origin => s.dest.filter(|_| s.origin_acked),
-                        Side::Dest => Some(s.origin),
+                        Side::Origin => pairing.dest.filter(|_| pairing.origin_acked),
+                        Side::Dest => Some(pairing.origin),
                     };
                     if h.opcode != OpCode::Continuation {
                         inb.fwd_message = target.is_some();
-                        inb.fwd_epoch = s.epoch;
+                        inb.fwd_epoch = pairing.epoch;
                     }
-                    inb.fwd_frame = inb.fwd_message && target.is_some() && inb.fwd_epoch == s.epoch;
+                    inb.fwd_frame =
+                        inb.fwd_message && target.is_some() && inb.fwd_epoch == pairing.epoch;
                     if inb.fwd_frame {
                         let out = FrameHeader { mask: None, ..h };
                         let hl = out.encoded_len();
@@ -884,9 +962,9 @@ impl Server {
                 } => {
                     // The target may have left since the frame began: the
                     // rest of the frame then goes nowhere.
-                    let s = &self.sessions[session];
-                    let target_alive = side == Side::Dest || s.dest.is_some();
-                    inb.fwd_frame &= target_alive && inb.fwd_epoch == s.epoch;
+                    let pairing = &self.sessions[session];
+                    let target_alive = side == Side::Dest || pairing.dest.is_some();
+                    inb.fwd_frame &= target_alive && inb.fwd_epoch == pairing.epoch;
                     if inb.fwd_frame {
                         push_seg(&mut buf.segs, at, at + len, frame_done);
                         match side {
@@ -905,21 +983,19 @@ impl Server {
                         OpCode::Ping => {
                             let mut pong = Vec::with_capacity(2 + plen);
                             frame::encode_frame(&mut pong, true, OpCode::Pong, None, payload);
-                            self.queue_ctrl(x, &pong);
+                            self.queue_ctrl(key, &pong);
                         }
                         OpCode::Pong if side == Side::Origin => {
                             self.on_origin_pong(session, payload);
                         }
                         OpCode::Close => {
+                            // The decoder validated the payload (code and
+                            // UTF-8, RFC 6455 §7.1.5) before handing it over.
                             let (code, reason) = match frame::parse_close(payload) {
                                 Ok(Some((code, reason))) => (code, reason.to_string()),
-                                Ok(None) => (1005, String::new()),
-                                Err(e) => {
-                                    self.fail(x, e.close_code(), &e.to_string());
-                                    return true;
-                                }
+                                _ => (close::NO_STATUS, String::new()),
                             };
-                            self.conns[x].ending = Some(Ending::Closed(code, reason));
+                            self.conns[key].ending = Some(Ending::Closed(code, reason));
                             return true;
                         }
                         _ => {}
@@ -930,30 +1006,22 @@ impl Server {
     }
 
     fn on_origin_pong(&mut self, session: usize, payload: &[u8]) {
-        let s = &mut self.sessions[session];
-        if s.origin_acked {
+        let pairing = &mut self.sessions[session];
+        if pairing.origin_acked {
             return;
         }
-        // "sockrelay peer-joined <seq> ..." or "sockrelay peer-left <seq> ..."
-        let Ok(text) = std::str::from_utf8(payload) else {
-            return;
-        };
-        let mut words = text.split(' ');
-        let ok = words.next() == Some("sockrelay")
-            && matches!(words.next(), Some("peer-joined" | "peer-left"))
-            && words.next().and_then(|w| w.parse::<u32>().ok()) == Some(s.change_seq);
-        if ok {
-            s.origin_acked = true;
+        if control::acked_seq(payload) == Some(pairing.change_seq) {
+            pairing.origin_acked = true;
         }
     }
 
-    /// Write to connection `y`: first any relay frames (at a frame
+    /// Write to connection `peer`: first any relay frames (at a frame
     /// boundary), then the peer's pending segments. Returns whether any
     /// bytes were written.
-    fn write_to(&mut self, y: usize) -> io::Result<bool> {
+    fn write_to(&mut self, peer: usize) -> io::Result<bool> {
         let mut progress = false;
         loop {
-            let conn = &mut self.conns[y];
+            let conn = &mut self.conns[peer];
             if !conn.writable {
                 return Ok(progress);
             }
@@ -980,24 +1048,24 @@ impl Server {
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => {
-                        // `y` failed, not whoever is writing to it: let `y`'s
+                        // `peer` failed, not whoever is writing to it: let `peer`'s
                         // own pump end it.
                         conn.writable = false;
                         conn.ending
                             .get_or_insert(Ending::Vanished(format!("write error: {e}")));
-                        self.wake.push((y, conn.gen));
+                        self.wake.push((peer, conn.generation));
                         return Ok(progress);
                     }
                 }
             }
-            let Some(x) = self.peer(y) else {
+            let Some(key) = self.peer(peer) else {
                 return Ok(progress);
             };
-            let (a, b) = match self.conns.get2_mut(x, y) {
+            let (sender, receiver) = match self.conns.get2_mut(key, peer) {
                 Some(pair) => pair,
                 None => return Ok(progress),
             };
-            let Some(inb) = a.inb.as_mut() else {
+            let Some(inb) = sender.inb.as_mut() else {
                 return Ok(progress);
             };
             let Some(buf) = inb.buf.as_mut() else {
@@ -1013,14 +1081,17 @@ impl Server {
                 slices[i] = IoSlice::new(&buf.data[start..seg.end as usize]);
             }
             let wanted: usize = slices[..count].iter().map(|s| s.len()).sum();
-            match b.sock.write_vectored(&slices[..count]) {
+            match receiver.sock.write_vectored(&slices[..count]) {
                 Ok(mut n) => {
                     if n < wanted {
                         // A short write filled the socket (epoll(7)): the
                         // next write would only say EAGAIN.
-                        b.writable = false;
+                        receiver.writable = false;
                     }
-                    progress |= n > 0;
+                    if n > 0 {
+                        progress = true;
+                        receiver.alive_at = self.now;
+                    }
                     let mut done = 0;
                     for seg in buf.segs.iter() {
                         let left = (seg.end - seg.start) as usize
@@ -1029,11 +1100,11 @@ impl Server {
                             n -= left;
                             done += 1;
                             inb.seg_off = 0;
-                            b.fwd_mid_frame = !seg.ends_frame;
+                            receiver.fwd_mid_frame = !seg.ends_frame;
                         } else {
                             inb.seg_off += n;
                             if n > 0 {
-                                b.fwd_mid_frame = true;
+                                receiver.fwd_mid_frame = true;
                             }
                             break;
                         }
@@ -1045,16 +1116,17 @@ impl Server {
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    b.writable = false;
+                    receiver.writable = false;
                     return Ok(progress);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     // The receiver failed: let its own pump end it.
-                    b.writable = false;
-                    b.ending
+                    receiver.writable = false;
+                    receiver
+                        .ending
                         .get_or_insert(Ending::Vanished(format!("write error: {e}")));
-                    self.wake.push((y, b.gen));
+                    self.wake.push((peer, receiver.generation));
                     return Ok(progress);
                 }
             }
@@ -1063,8 +1135,8 @@ impl Server {
 
     /// Reclaim buffer space once the segments have gone out.
     /// Returns whether it made room in a buffer that was full.
-    fn compact(&mut self, x: usize) -> bool {
-        let Some(inb) = self.conns[x].inb.as_mut() else {
+    fn compact(&mut self, key: usize) -> bool {
+        let Some(inb) = self.conns[key].inb.as_mut() else {
             return false;
         };
         let Some(buf) = inb.buf.as_mut() else {
@@ -1087,8 +1159,8 @@ impl Server {
         was_full
     }
 
-    fn release_idle_buffer(&mut self, x: usize) {
-        let Some(inb) = self.conns[x].inb.as_mut() else {
+    fn release_idle_buffer(&mut self, key: usize) {
+        let Some(inb) = self.conns[key].inb.as_mut() else {
             return;
         };
         let Some(buf) = inb.buf.as_ref() else {
@@ -1113,8 +1185,8 @@ impl Server {
 
     /// Once an ending connection's forwarded output has drained, detach it
     /// from its session and say goodbye. Returns true if it ended.
-    fn try_finish_ending(&mut self, x: usize) -> bool {
-        let conn = &self.conns[x];
+    fn try_finish_ending(&mut self, key: usize) -> bool {
+        let conn = &self.conns[key];
         let Some(ending) = conn.ending.clone() else {
             return false;
         };
@@ -1123,7 +1195,9 @@ impl Server {
             .as_ref()
             .and_then(|i| i.buf.as_ref())
             .is_some_and(|b| !b.segs.is_empty());
-        let peer_alive = self.peer(x).is_some_and(|y| self.conns[y].ending.is_none());
+        let peer_alive = self
+            .peer(key)
+            .is_some_and(|peer| self.conns[peer].ending.is_none());
         if pending && peer_alive {
             return false;
         }
@@ -1149,24 +1223,36 @@ impl Server {
             // A close frame from the origin ends the session; the dest gets
             // the origin's code and reason (1005, "no code", becomes 1000).
             (Side::Origin, Ending::Closed(code, reason)) => {
-                let code = if *code == 1005 { 1000 } else { *code };
+                let code = no_status_as_normal(*code);
                 self.end_session(session, code, reason, code, reason);
             }
             (Side::Origin, Ending::Failed(code, reason)) => {
-                self.end_session(session, *code, reason, 4001, "origin gone (protocol error)");
+                self.end_session(
+                    session,
+                    *code,
+                    reason,
+                    close::ORIGIN_GONE,
+                    "origin gone (protocol error)",
+                );
             }
             // `end_session` drops a vanished origin without a close frame.
             (Side::Origin, Ending::Vanished(_)) => {
-                self.end_session(session, 1011, "", 4001, "origin gone");
+                self.end_session(
+                    session,
+                    close::INTERNAL_ERROR,
+                    "",
+                    close::ORIGIN_GONE,
+                    "origin gone",
+                );
             }
             (Side::Dest, Ending::Closed(code, reason) | Ending::Failed(code, reason)) => {
-                let code = if *code == 1005 { 1000 } else { *code };
-                self.detach_dest(session, x, code, reason);
-                self.close_conn(x, code, reason);
+                let code = no_status_as_normal(*code);
+                self.detach_dest(session, key, code, reason);
+                self.close_conn(key, code, reason);
             }
             (Side::Dest, Ending::Vanished(why)) => {
-                self.detach_dest(session, x, 1006, why);
-                self.drop_conn(x, "vanished");
+                self.detach_dest(session, key, close::ABNORMAL, why);
+                self.drop_conn(key, "vanished");
             }
         }
         true
@@ -1174,9 +1260,9 @@ impl Server {
 
     /// The dest `d` leaves session `s`; the origin is told and the session
     /// waits for a new dest.
-    fn detach_dest(&mut self, s: usize, d: usize, code: u16, reason: &str) {
-        let session = &mut self.sessions[s];
-        if session.dest != Some(d) {
+    fn detach_dest(&mut self, session_key: usize, dest: usize, code: u16, reason: &str) {
+        let session = &mut self.sessions[session_key];
+        if session.dest != Some(dest) {
             return;
         }
         session.dest = None;
@@ -1193,24 +1279,34 @@ impl Server {
                 inb.seg_off = 0;
             }
         }
-        self.wake.push((origin, self.conns[origin].gen));
-        self.conns[d].state = State::Closing { fin_sent: false };
+        self.wake.push((origin, self.conns[origin].generation));
+        self.conns[dest].state = State::Closing { fin_sent: false };
         // A message the dest had begun forwarding (fragments sent, final
         // one never) leaves the origin inside a message: the next dest's
         // first frame would break RFC 6455 §5.4 there.
-        let dest_mid_message = self.conns[d]
+        let dest_mid_message = self.conns[dest]
             .inb
             .as_ref()
             .is_some_and(|i| i.fwd_message && i.decoder.in_message());
         if self.conns[origin].fwd_mid_frame || dest_mid_message {
             // The dest left inside a frame or message toward the origin: it
             // can never be completed, so the origin's stream is unusable.
-            self.end_session(s, 1011, "peer vanished inside a frame", 4001, "origin gone");
+            self.end_session(
+                session_key,
+                close::INTERNAL_ERROR,
+                "peer vanished inside a frame",
+                close::ORIGIN_GONE,
+                "origin gone",
+            );
             return;
         }
-        let mut payload = format!("sockrelay peer-left {seq} {code} {reason}");
-        truncate_utf8(&mut payload, frame::MAX_CONTROL_PAYLOAD);
-        self.queue_ping(origin, payload.as_bytes());
+        let payload = Control::PeerLeft {
+            seq: Some(seq),
+            code,
+            reason,
+        }
+        .to_vec();
+        self.queue_ping(origin, &payload);
         let _ = self.write_to(origin);
     }
 
@@ -1218,84 +1314,84 @@ impl Server {
     /// (if any) with `dest_code`.
     fn end_session(
         &mut self,
-        s: usize,
+        session_key: usize,
         origin_code: u16,
         origin_reason: &str,
         dest_code: u16,
         dest_reason: &str,
     ) {
-        let session = self.sessions.remove(s);
+        let session = self.sessions.remove(session_key);
         self.by_id.remove(&session.id);
-        for (c, code, reason) in [
+        for (member, code, reason) in [
             (Some(session.origin), origin_code, origin_reason),
             (session.dest, dest_code, dest_reason),
         ] {
-            let Some(c) = c else { continue };
-            if !matches!(self.conns[c].state, State::Open { .. }) {
+            let Some(member) = member else { continue };
+            if !matches!(self.conns[member].state, State::Open { .. }) {
                 continue;
             }
-            if let Some(inb) = self.conns[c].inb.as_mut() {
+            if let Some(inb) = self.conns[member].inb.as_mut() {
                 if let Some(buf) = inb.buf.as_mut() {
                     buf.segs.clear();
                     inb.seg_off = 0;
                 }
             }
-            self.conns[c].state = State::Closing { fin_sent: false };
-            match self.conns[c].ending {
-                Some(Ending::Vanished(_)) => self.drop_conn(c, "vanished"),
-                _ => self.close_conn(c, code, reason),
+            self.conns[member].state = State::Closing { fin_sent: false };
+            match self.conns[member].ending {
+                Some(Ending::Vanished(_)) => self.drop_conn(member, "vanished"),
+                _ => self.close_conn(member, code, reason),
             }
         }
     }
 
-    /// A protocol violation by `x`: close it with `code`, and let its
+    /// A protocol violation by `key`: close it with `code`, and let its
     /// session react as to any departure.
-    fn fail(&mut self, x: usize, code: u16, reason: &str) {
+    fn fail(&mut self, key: usize, code: u16, reason: &str) {
         // Frames decoded before the violation still reach the peer; then
         // `try_finish_ending` closes it with `code`.
-        let conn = &mut self.conns[x];
+        let conn = &mut self.conns[key];
         conn.readable = false;
         conn.ending = Some(Ending::Failed(code, reason.to_string()));
     }
 
-    /// Send a close frame (once the stream toward `x` is between frames),
+    /// Send a close frame (once the stream toward `key` is between frames),
     /// then FIN, then wait briefly for the peer's FIN.
-    fn close_conn(&mut self, x: usize, code: u16, reason: &str) {
-        let conn = &mut self.conns[x];
+    fn close_conn(&mut self, key: usize, code: u16, reason: &str) {
+        let conn = &mut self.conns[key];
         if conn.fwd_mid_frame && conn.ctrl_pos == 0 {
-            self.drop_conn(x, "closed inside a frame");
+            self.drop_conn(key, "closed inside a frame");
             return;
         }
         let mut out = Vec::with_capacity(4 + reason.len());
         frame::encode_close(&mut out, None, code, reason);
-        self.close_with_bytes(x, &out);
+        self.close_with_bytes(key, &out, CLOSE_LINGER);
     }
 
     /// Queue `bytes` (a close frame or an HTTP answer), then close.
-    fn close_with_bytes(&mut self, x: usize, bytes: &[u8]) {
-        let conn = &mut self.conns[x];
+    fn close_with_bytes(&mut self, key: usize, bytes: &[u8], linger: Duration) {
+        let conn = &mut self.conns[key];
         if matches!(conn.state, State::Pending { .. }) {
             self.pending_count -= 1;
         }
-        let until = self.now + CLOSE_LINGER;
+        let until = self.now + linger;
         conn.state = State::Closing { fin_sent: false };
         conn.ctrl.extend_from_slice(bytes);
         conn.next_check = until;
-        self.timers.schedule(until, (until, x, conn.gen));
+        self.timers.schedule(until, (until, key, conn.generation));
         if let Some(mut inb) = conn.inb.take() {
             if let Some(buf) = inb.buf.take() {
                 self.pool.put(buf);
             }
         }
-        if let Err(e) = self.pump_closing(x) {
-            log::debug!("closing {}: {e}", self.conns[x].addr);
-            self.drop_conn(x, "write error while closing");
+        if let Err(e) = self.pump_closing(key) {
+            log::debug!("closing {}: {e}", self.conns[key].addr);
+            self.drop_conn(key, "write error while closing");
         }
     }
 
-    fn pump_closing(&mut self, x: usize) -> Step {
-        self.write_to(x)?;
-        let conn = &mut self.conns[x];
+    fn pump_closing(&mut self, key: usize) -> Step {
+        self.write_to(key)?;
+        let conn = &mut self.conns[key];
         let State::Closing { fin_sent, .. } = &mut conn.state else {
             return Ok(());
         };
@@ -1309,14 +1405,14 @@ impl Server {
             loop {
                 match conn.sock.read(&mut sink) {
                     Ok(0) => {
-                        self.drop_conn(x, "closed");
+                        self.drop_conn(key, "closed");
                         return Ok(());
                     }
                     Ok(_) => continue,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                     Err(_) => {
-                        self.drop_conn(x, "closed");
+                        self.drop_conn(key, "closed");
                         return Ok(());
                     }
                 }
@@ -1325,8 +1421,8 @@ impl Server {
         Ok(())
     }
 
-    fn queue_ctrl(&mut self, x: usize, bytes: &[u8]) {
-        let conn = &mut self.conns[x];
+    fn queue_ctrl(&mut self, key: usize, bytes: &[u8]) {
+        let conn = &mut self.conns[key];
         if conn.ctrl.len() + bytes.len() > MAX_CTRL_BYTES {
             // It sends pings faster than it reads the pongs.
             log::info!("{} floods control frames; dropping it", conn.addr);
@@ -1336,15 +1432,15 @@ impl Server {
         conn.ctrl.extend_from_slice(bytes);
     }
 
-    fn queue_ping(&mut self, x: usize, payload: &[u8]) {
+    fn queue_ping(&mut self, key: usize, payload: &[u8]) {
         let mut out = Vec::with_capacity(2 + payload.len());
         frame::encode_frame(&mut out, true, OpCode::Ping, None, payload);
-        self.queue_ctrl(x, &out);
+        self.queue_ctrl(key, &out);
     }
 
     /// Remove a connection without ceremony (at the end of the batch).
-    fn drop_conn(&mut self, x: usize, why: &str) {
-        let Some(conn) = self.conns.get_mut(x) else {
+    fn drop_conn(&mut self, key: usize, why: &str) {
+        let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
         if let State::Open { side, session } = conn.state {
@@ -1353,41 +1449,53 @@ impl Server {
             conn.state = State::Closing { fin_sent: true };
             match side {
                 Side::Origin => {
-                    if self.sessions.contains(session) && self.sessions[session].origin == x {
-                        self.end_session(session, 1011, why, 4001, "origin gone");
+                    if self.sessions.contains(session) && self.sessions[session].origin == key {
+                        self.end_session(
+                            session,
+                            close::INTERNAL_ERROR,
+                            why,
+                            close::ORIGIN_GONE,
+                            "origin gone",
+                        );
                     }
                 }
                 Side::Dest => {
                     if self.sessions.contains(session) {
-                        self.detach_dest(session, x, 1006, why);
+                        self.detach_dest(session, key, close::ABNORMAL, why);
                     }
                 }
             }
         }
-        let conn = &mut self.conns[x];
+        let conn = &mut self.conns[key];
         if matches!(conn.state, State::Pending { .. }) {
             self.pending_count -= 1;
         }
         conn.state = State::Closing { fin_sent: true };
-        if !self.dead.contains(&x) {
-            self.dead.push(x);
+        if !self.dead.contains(&key) {
+            self.dead.push(key);
         }
     }
 
     /// Deregister and free connections dropped during the last event, and
     /// pump the ones that were woken.
     fn reap(&mut self) {
-        while let Some((x, gen)) = self.wake.pop() {
-            let live = self.conns.get(x).is_some_and(|c| c.gen == gen);
-            if live && matches!(self.conns[x].state, State::Open { .. }) {
-                if let Err(e) = self.pump(x) {
-                    self.drop_conn(x, &format!("i/o error: {e}"));
+        while let Some((key, generation)) = self.wake.pop() {
+            let live = self
+                .conns
+                .get(key)
+                .is_some_and(|c| c.generation == generation);
+            if live && matches!(self.conns[key].state, State::Open { .. }) {
+                if let Err(e) = self.pump(key) {
+                    self.drop_conn(key, &format!("i/o error: {e}"));
                 }
             }
         }
-        while let Some(x) = self.dead.pop() {
-            if let Some(mut conn) = self.conns.try_remove(x) {
+        while let Some(key) = self.dead.pop() {
+            if let Some(mut conn) = self.conns.try_remove(key) {
                 let _ = self.poll.registry().deregister(&mut conn.sock);
+                if conn.refused {
+                    self.refusing -= 1;
+                }
                 if let Some(mut inb) = conn.inb.take() {
                     if let Some(buf) = inb.buf.take() {
                         self.pool.put(buf);
@@ -1400,11 +1508,11 @@ impl Server {
     // ----- timers and signals -----------------------------------------
 
     fn run_timers(&mut self) {
-        while let Some((at, x, gen)) = self.timers.pop_due(self.now) {
-            let Some(conn) = self.conns.get_mut(x) else {
+        while let Some((at, key, generation)) = self.timers.pop_due(self.now) {
+            let Some(conn) = self.conns.get_mut(key) else {
                 continue;
             };
-            if conn.gen != gen || conn.next_check != at {
+            if conn.generation != generation || conn.next_check != at {
                 continue; // stale entry
             }
             match conn.state {
@@ -1412,41 +1520,53 @@ impl Server {
                     self.metrics.reject(Reject::HandshakeTimeout);
                     log::info!("{}: no complete request in time; closing", conn.addr);
                     let bytes = handshake::error_response(408, "request timeout");
-                    self.close_with_bytes(x, &bytes);
+                    self.close_with_bytes(key, &bytes, CLOSE_LINGER);
                 }
-                State::Closing { .. } => self.drop_conn(x, "close timed out"),
+                State::Closing { .. } => self.drop_conn(key, "close timed out"),
                 State::Open { .. } => {
+                    let unacked = unacked_bytes(&conn.sock);
+                    if unacked < conn.unacked_seen {
+                        // The peer accepted bytes since the last check
+                        // (a receiver in the middle of one long frame, whose
+                        // window opens by less than it takes to raise a
+                        // writable edge): it is alive.
+                        conn.alive_at = self.now;
+                    }
+                    conn.unacked_seen = unacked;
                     if conn.readable && conn.ending.is_none() {
                         // Bytes are waiting that we chose not to read yet
                         // (backpressure from its peer): it is alive.
-                        conn.last_rx = self.now;
+                        conn.alive_at = self.now;
                         conn.keepalive_sent = false;
                     }
-                    let idle = self.now.saturating_duration_since(conn.last_rx);
+                    let idle = self.now.saturating_duration_since(conn.alive_at);
                     let interval = self.cfg.ping_interval;
                     let limit = interval + self.cfg.pong_timeout;
                     if idle >= limit {
                         self.metrics.ping_timeouts += 1;
-                        log::info!("{}: no answer for {:?}; dropping", conn.addr, idle);
-                        self.drop_conn(x, "ping timeout");
+                        log::info!(
+                            "{}: no answer for {idle:?} ({unacked} bytes unacknowledged); dropping",
+                            conn.addr
+                        );
+                        self.drop_conn(key, "ping timeout");
                         continue;
                     }
                     let next = if idle >= interval {
                         if !conn.keepalive_sent {
                             conn.keepalive_sent = true;
-                            self.queue_ping(x, b"");
-                            if let Err(e) = self.write_to(x) {
-                                self.drop_conn(x, &format!("write error: {e}"));
+                            self.queue_ping(key, b"");
+                            if let Err(e) = self.write_to(key) {
+                                self.drop_conn(key, &format!("write error: {e}"));
                                 continue;
                             }
                         }
-                        self.conns[x].last_rx + limit
+                        self.conns[key].alive_at + limit
                     } else {
-                        self.conns[x].last_rx + interval
+                        self.conns[key].alive_at + interval
                     };
-                    let conn = &mut self.conns[x];
+                    let conn = &mut self.conns[key];
                     conn.next_check = next;
-                    self.timers.schedule(next, (next, x, gen));
+                    self.timers.schedule(next, (next, key, generation));
                 }
             }
             self.reap();
@@ -1494,25 +1614,25 @@ impl Server {
             let _ = self.poll.registry().deregister(&mut l.sock);
         }
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
-        for x in keys {
-            if !self.conns.contains(x) {
+        for key in keys {
+            if !self.conns.contains(key) {
                 continue;
             }
-            match self.conns[x].state {
+            match self.conns[key].state {
                 State::Open { .. } => {
-                    if let State::Open { session, .. } = self.conns[x].state {
+                    if let State::Open { session, .. } = self.conns[key].state {
                         if self.sessions.contains(session) {
                             self.end_session(
                                 session,
-                                1001,
+                                close::GOING_AWAY,
                                 "relay shutting down",
-                                1001,
+                                close::GOING_AWAY,
                                 "relay shutting down",
                             );
                         }
                     }
                 }
-                State::Pending { .. } => self.drop_conn(x, "relay shutting down"),
+                State::Pending { .. } => self.drop_conn(key, "relay shutting down"),
                 State::Closing { .. } => {}
             }
         }
@@ -1549,12 +1669,38 @@ impl Server {
 
 /// The 101 (with the session id header) followed by the relay's first
 /// control ping.
-fn upgrade_answer(request: &handshake::Request, id: &Uuid, ping: &str) -> Vec<u8> {
+fn upgrade_answer(request: &handshake::Request, id: &Uuid, ping: Control<'_>) -> Vec<u8> {
     let key = request.ws_key.as_deref().unwrap_or_default();
     let id_text = id.hyphenated().to_string();
-    let mut out = handshake::response_101(key, &[(api::SESSION_HEADER, &id_text)]);
-    frame::encode_frame(&mut out, true, OpCode::Ping, None, ping.as_bytes());
+    let mut out = handshake::response_101(key, &[(control::header::SESSION, &id_text)]);
+    frame::encode_frame(&mut out, true, OpCode::Ping, None, &ping.to_vec());
     out
+}
+
+/// Bytes written to `sock` that its peer has not acknowledged yet
+/// (SIOCOUTQ, tcp(7)); 0 if the kernel will not say.
+fn unacked_bytes(sock: &TcpStream) -> u32 {
+    use std::os::fd::AsRawFd;
+    let mut queued: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ (= TIOCOUTQ) on a socket writes one `int` through the
+    // pointer, which points at a live, writable `c_int`; the fd is owned by
+    // `sock`, open for the duration of the call.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
+    if rc == 0 {
+        u32::try_from(queued).unwrap_or(0)
+    } else {
+        0
+    }
+}
+
+/// A close frame without a code (1005, never on the wire) is passed on as
+/// a normal close.
+fn no_status_as_normal(code: u16) -> u16 {
+    if code == close::NO_STATUS {
+        close::NORMAL
+    } else {
+        code
+    }
 }
 
 /// Append a segment, merging it with the previous one when contiguous.
@@ -1571,17 +1717,6 @@ fn push_seg(segs: &mut Vec<Seg>, start: usize, end: usize, ends_frame: bool) {
         end: end as u32,
         ends_frame,
     });
-}
-
-fn truncate_utf8(s: &mut String, max: usize) {
-    if s.len() <= max {
-        return;
-    }
-    let mut cut = max;
-    while !s.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    s.truncate(cut);
 }
 
 fn load_origin_keys(path: &std::path::Path) -> io::Result<HashSet<Vec<u8>>> {
@@ -1605,11 +1740,17 @@ mod tests {
 
     #[test]
     fn token_carries_key_and_generation() {
-        let t = Token2 { key: 7, gen: 3 };
-        assert_eq!(Token2::from_token(t.to_token()), t);
+        let t = ConnToken {
+            key: 7,
+            generation: 3,
+        };
+        assert_eq!(ConnToken::from_token(t.to_token()), t);
         // A reused slot with a new generation yields a different token, so a
-        // stale event (old gen) no longer matches the occupant.
-        let reused = Token2 { key: 7, gen: 4 };
+        // stale event (old generation) no longer matches the occupant.
+        let reused = ConnToken {
+            key: 7,
+            generation: 4,
+        };
         assert_ne!(t.to_token(), reused.to_token());
         assert!(t.to_token().0 < LISTENER_TOKEN_BASE - 64);
     }
