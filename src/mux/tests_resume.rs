@@ -545,3 +545,50 @@ fn writes_during_the_outage_are_held_by_flow_control() {
     assert_eq!(d.send_data(ch, b"x"), 0);
     assert_eq!(d.open(), Err(Error::Suspended));
 }
+
+/// Not a test of speed (never asserted): prints the mux-level cost of
+/// retention. `cargo test --release --lib retention_cost -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn retention_cost() {
+    fn run(v2mode: bool) -> f64 {
+        let cfg = Config::client();
+        let (mut o, mut d) = if v2mode {
+            pair(cfg)
+        } else {
+            let mut o = Mux::new(Side::Origin, cfg);
+            let mut d = Mux::new(Side::Dest, cfg);
+            pump_all(&mut o, &mut d);
+            (o, d)
+        };
+        let ch = d.open().unwrap();
+        pump_all(&mut o, &mut d);
+        o.accept_open(ch);
+        let chunk = vec![7u8; MAX_DATA_PER_BATCH];
+        let total: u64 = 2 << 30;
+        let mut moved = 0u64;
+        let t = Instant::now();
+        while moved < total {
+            while d.send_data(ch, &chunk) > 0 {}
+            while let Some(b) = d.pop_batch() {
+                o.recv_message(&b).unwrap();
+                d.recycle(b);
+            }
+            let n = o.pending(ch).len();
+            moved += n as u64;
+            o.consume(ch, n);
+            while let Some(b) = o.pop_batch() {
+                d.recv_message(&b).unwrap();
+            }
+        }
+        moved as f64 / t.elapsed().as_secs_f64() / 1e6
+    }
+    for _ in 0..3 {
+        let a = run(false);
+        let b = run(true);
+        println!(
+            "mux v1 {a:.0} MB/s, v2 (retaining) {b:.0} MB/s, ratio {:.3}",
+            b / a
+        );
+    }
+}
