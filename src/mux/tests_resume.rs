@@ -203,6 +203,27 @@ fn transfer_with_cuts(seed: u64, n_od: usize, n_do: usize, cuts: usize) {
             assert_eq!(o.send_window(ch), 0);
             assert!(o.pop_batch().is_none());
             now += Duration::from_secs(2);
+            if rng.next() % 3 == 0 {
+                // The new link dies during the resume exchange itself,
+                // after a random part of it.
+                let mut h = step.to_be_bytes().to_vec();
+                h.push(1);
+                o.resume(now, &h);
+                d.resume(now, &h);
+                for _ in 0..rng.next() % 4 {
+                    let (from, to) = if rng.next() % 2 == 0 {
+                        (&mut o, &mut d)
+                    } else {
+                        (&mut d, &mut o)
+                    };
+                    if let Some(b) = from.pop_batch() {
+                        to.recv_message(&b).expect("peer accepts");
+                    }
+                }
+                ao.step(&mut o, ch, 100);
+                ad.step(&mut d, ch, 100);
+                cut(&mut o, &mut d, now);
+            }
             relink(&mut o, &mut d, now, &step.to_be_bytes());
             assert!(o.is_live() && d.is_live(), "resumed at step {step}");
             assert_eq!(o.take_session_outcome(), Some(true));
