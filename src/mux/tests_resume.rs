@@ -613,3 +613,132 @@ fn retention_cost() {
         );
     }
 }
+
+/// Many channels at once, opened, rejected, aborted and finished at random
+/// moments, with random cuts (some in the middle of a resume exchange).
+/// Every channel that is not aborted delivers both streams exactly and is
+/// forgotten on both sides; an aborted one delivers a prefix of what was
+/// sent and is gone on both sides; nothing ever fails.
+#[test]
+fn many_channels_random_lifecycles_and_cuts() {
+    #[derive(Default)]
+    struct Ch {
+        o: Option<App>,
+        d: Option<App>,
+        aborted: bool,
+    }
+    for seed in 1..25u64 {
+        let (mut o, mut d) = pair(small());
+        let mut rng = Rng(seed * 7919);
+        let mut chans: HashMap<ChannelId, Ch> = HashMap::new();
+        let mut now = t0();
+        let mut opened = 0;
+        for step in 0..30_000u32 {
+            if opened < 30 && d.is_live() && rng.next() % 20 == 0 {
+                let ch = d.open().unwrap();
+                opened += 1;
+                let n_do = (rng.next() % 30_000) as usize;
+                chans.insert(
+                    ch,
+                    Ch {
+                        d: Some(App::new(stream(seed + ch as u64, n_do))),
+                        ..Ch::default()
+                    },
+                );
+            }
+            for e in events(&mut o) {
+                match e {
+                    Event::Open(ch) => {
+                        if rng.next() % 10 == 0 {
+                            o.reject_open(ch, "refused");
+                            if let Some(c) = chans.get_mut(&ch) {
+                                c.aborted = true;
+                            }
+                        } else {
+                            o.accept_open(ch);
+                            let n_od = (rng.next() % 30_000) as usize;
+                            if let Some(c) = chans.get_mut(&ch) {
+                                c.o = Some(App::new(stream(seed * 3 + ch as u64, n_od)));
+                            }
+                        }
+                    }
+                    Event::Closed(ch, _) => {
+                        assert!(chans.get(&ch).is_some_and(|c| c.aborted), "{ch} closed");
+                    }
+                    _ => {}
+                }
+            }
+            for e in events(&mut d) {
+                if let Event::Closed(ch, _) = e {
+                    assert!(chans.get(&ch).is_some_and(|c| c.aborted), "{ch} closed");
+                }
+            }
+            for (&ch, c) in chans.iter_mut() {
+                let r = 1 + rng.next() as usize % 5000;
+                if let Some(a) = c.o.as_mut() {
+                    a.step(&mut o, ch, r);
+                }
+                if let Some(a) = c.d.as_mut() {
+                    a.step(&mut d, ch, r);
+                }
+                if !c.aborted && rng.next() % 3000 == 0 && o.is_live() && d.is_live() {
+                    c.aborted = true;
+                    if rng.next() % 2 == 0 {
+                        o.close(ch, "abort");
+                    } else {
+                        d.close(ch, "abort");
+                    }
+                }
+            }
+            let cut_now = rng.next() % 25 == 0;
+            for dir in 0..2 {
+                let (from, to) = if dir == 0 {
+                    (&mut o, &mut d)
+                } else {
+                    (&mut d, &mut o)
+                };
+                let k = if cut_now { rng.next() % 3 } else { u64::MAX };
+                let mut i = 0;
+                while i < k {
+                    let Some(b) = from.pop_batch() else { break };
+                    to.recv_message(&b).expect("peer accepts");
+                    i += 1;
+                }
+            }
+            if cut_now {
+                now += Duration::from_secs(1);
+                cut(&mut o, &mut d, now);
+                if rng.next() % 3 == 0 {
+                    o.resume(now, &[step as u8, 1]);
+                    d.resume(now, &[step as u8, 1]);
+                    if let Some(b) = d.pop_batch() {
+                        o.recv_message(&b).expect("origin accepts");
+                    }
+                    cut(&mut o, &mut d, now);
+                }
+                relink(&mut o, &mut d, now, &step.to_be_bytes());
+                assert!(o.is_live() && d.is_live());
+            }
+            if opened == 30 && o.channel_count() == 0 && d.channel_count() == 0 {
+                break;
+            }
+        }
+        assert_eq!(opened, 30);
+        assert_eq!(
+            (o.channel_count(), d.channel_count()),
+            (0, 0),
+            "seed {seed}"
+        );
+        for (ch, c) in &chans {
+            let (Some(a), Some(b)) = (&c.o, &c.d) else {
+                assert!(c.aborted, "{ch} never opened at the origin");
+                continue;
+            };
+            if c.aborted {
+                assert!(a.out.starts_with(&b.got) && b.out.starts_with(&a.got));
+            } else {
+                assert!(b.got == a.out && a.got == b.out, "seed {seed} channel {ch}");
+            }
+        }
+    }
+}
