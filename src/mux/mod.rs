@@ -211,9 +211,9 @@ struct Channel {
     sent_total: u64,
     /// Bytes the peer consumed (sum of CREDIT, or a RESUME entry).
     acked: u64,
-    /// Sent bytes `[acked, sent_total)`: `retained[retained_pos..]`.
-    retained: Vec<u8>,
-    retained_pos: usize,
+    /// Sent bytes `[acked, sent_total)`. A ring, so freeing acknowledged
+    /// bytes never moves the rest.
+    retained: VecDeque<u8>,
     recv_total: u64,
     consumed_total: u64,
     /// The peer delivered our EOF (EOF_ACK or a RESUME entry).
@@ -235,32 +235,27 @@ impl Channel {
             ok_pending: false,
             sent_total: 0,
             acked: 0,
-            retained: Vec::new(),
-            retained_pos: 0,
+            retained: VecDeque::new(),
             recv_total: 0,
             consumed_total: 0,
             eof_acked: false,
         }
     }
-    fn retained(&self) -> &[u8] {
-        &self.retained[self.retained_pos..]
+    /// Retained bytes from `skip` on (absolute offset `acked + skip`).
+    fn retained_from(&self, skip: usize) -> Vec<u8> {
+        let skip = skip.min(self.retained.len());
+        self.retained.range(skip..).copied().collect()
     }
     /// The peer consumed up to `to` (absolute): free what it covers.
     fn ack_to(&mut self, to: u64) {
         let n = to
             .saturating_sub(self.acked)
-            .min(self.retained().len() as u64) as usize;
+            .min(self.retained.len() as u64) as usize;
         self.acked = to;
-        self.retained_pos += n;
-        if self.retained_pos == self.retained.len() {
-            self.retained.clear();
-            self.retained_pos = 0;
-            if self.retained.capacity() > 4096 {
-                self.retained = Vec::new();
-            }
-        } else if self.retained_pos > self.retained.len() / 2 {
-            self.retained.drain(..self.retained_pos);
-            self.retained_pos = 0;
+        self.retained.drain(..n);
+        if self.retained.is_empty() && self.retained.capacity() > 4096 {
+            // An idle channel keeps no buffer.
+            self.retained = VecDeque::new();
         }
     }
     fn pending(&self) -> &[u8] {
@@ -487,7 +482,7 @@ impl Mux {
 
     /// Bytes held for retransmission on `ch` (at most one peer window).
     pub fn retained_bytes(&self, ch: ChannelId) -> usize {
-        self.channels.get(&ch).map_or(0, |c| c.retained().len())
+        self.channels.get(&ch).map_or(0, |c| c.retained.len())
     }
 
     pub fn side(&self) -> Side {
@@ -889,7 +884,7 @@ impl Mux {
             c.send_window -= take as u64;
             c.sent_total += take as u64;
             if retain {
-                c.retained.extend_from_slice(data);
+                c.retained.extend(data);
             }
         }
         self.push_data(ch, data);
@@ -1083,8 +1078,7 @@ impl Mux {
         self.hold = false;
         if !peer_v2 {
             for c in self.channels.values_mut() {
-                c.retained = Vec::new();
-                c.retained_pos = 0;
+                c.retained = VecDeque::new();
             }
             if let Some(v) = self.v2.as_mut() {
                 v.tombstones.clear();
@@ -1310,7 +1304,7 @@ impl Mux {
             }
             c.send_window = (e.consumed + peer_window).saturating_sub(c.sent_total);
             let skip = (e.recv_total - c.acked) as usize;
-            let resend = c.retained().get(skip..).unwrap_or_default().to_vec();
+            let resend = c.retained_from(skip);
             let send_eof = c.eof_sent && !eof_recv;
             let send_ok = self.side == Side::Origin
                 && c.open == OpenState::Open
@@ -1354,7 +1348,7 @@ impl Mux {
                     continue;
                 };
                 c.send_window = peer_window.saturating_sub(c.sent_total);
-                let resend = c.retained().to_vec();
+                let resend = c.retained_from(0);
                 let eof = c.eof_sent;
                 self.push_record(Kind::Open, ch, &[]);
                 self.push_data(ch, &resend);
