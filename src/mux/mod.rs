@@ -21,6 +21,30 @@
 //! Ids come from the dest's counter (1, 2, ...) and are never reused within
 //! an epoch, so a record for a forgotten id is simply ignored, while a record
 //! for an id that was never opened is a protocol error.
+//!
+//! # v2: a mux that outlives its link ([`Mux::with_resume`])
+//!
+//! A v2 mux keeps every byte it sent until the peer has consumed it
+//! (CREDIT, EOF_ACK), so it can outlive a relay link: README "Reliability"
+//! has the protocol, `resume.rs` the SESSION record. Wiring it into a loop:
+//! - make it once per process run with a random secret
+//!   (32 bytes from the OS) and `--resume-window`; only with end-to-end
+//!   encryption (the proof needs the Noise handshake hash);
+//! - link lost: [`Mux::suspend`]. `false`: nothing to resume (v1 peer, first
+//!   SESSION not done, protocol error): the channels got
+//!   [`Event::Closed`]; drop the mux and make a new one for the next link
+//!   as today. `true`: keep the mux and the unix sockets. Stop reading
+//!   them: [`Mux::send_window`] is 0. Keep writing what
+//!   [`Mux::pending`] still holds. Do not accept new connections:
+//!   [`Mux::open`] answers [`Error::Suspended`]. Arm a timer at
+//!   [`Mux::poll_timeout`] and call [`Mux::handle_timeout`] from it;
+//! - new link, Noise established: [`Mux::resume`] with
+//!   `Noise::handshake_hash()`, then feed messages as usual.
+//!   [`Mux::take_session_outcome`] says when the exchange is done (and
+//!   whether the old channels carried over). [`Mux::is_live`] turns true,
+//!   and the [`Event::Service`] events restart the channels;
+//! - a peer that changed (another dest instance) is handled inside: its
+//!   old channels get [`Event::Closed`] and the session goes on fresh.
 
 pub mod record;
 pub mod resume;
