@@ -1444,7 +1444,8 @@ impl Mux {
         self.out.clear();
         self.out_bytes = 0;
         self.peer_window = None;
-        self.peer_v2 = None;
+        // peer_v2 stays: until the new HELLO says otherwise, channels keep
+        // v2 rules (a channel is not forgotten before its EOF is acked).
         if let Some(v) = self.v2.as_mut() {
             v.link = Link::Resuming;
             v.hash = handshake_hash.to_vec();

@@ -742,3 +742,32 @@ fn many_channels_random_lifecycles_and_cuts() {
         }
     }
 }
+
+#[test]
+fn channel_does_not_finish_early_during_a_resume_exchange() {
+    let (mut o, mut d) = pair(small());
+    let ch = d.open().unwrap();
+    pump_all(&mut o, &mut d);
+    o.accept_open(ch);
+    d.send_eof(ch);
+    pump_all(&mut o, &mut d);
+    // The origin's last bytes and EOF are lost with the link.
+    o.send_data(ch, b"last words");
+    o.send_eof(ch);
+    let now = t0();
+    cut(&mut o, &mut d, now);
+    o.resume(now, b"h2");
+    d.resume(now, b"h2");
+    // During the exchange the origin delivers the dest's EOF: its own data
+    // is not acknowledged yet, so the channel must stay.
+    assert!(o.wants_shutdown(ch));
+    o.eof_delivered(ch);
+    assert!(o.contains(ch));
+    pump_all(&mut o, &mut d);
+    assert_eq!(d.pending(ch), b"last words");
+    d.consume(ch, 10);
+    d.eof_delivered(ch);
+    pump_all(&mut o, &mut d);
+    assert!(!o.contains(ch) && !d.contains(ch));
+    assert!(closed(&mut o).is_empty() && closed(&mut d).is_empty());
+}
