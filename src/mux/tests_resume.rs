@@ -771,3 +771,31 @@ fn channel_does_not_finish_early_during_a_resume_exchange() {
     assert!(!o.contains(ch) && !d.contains(ch));
     assert!(closed(&mut o).is_empty() && closed(&mut d).is_empty());
 }
+
+#[test]
+fn restarted_origin_closes_the_dest_channels_and_ids_go_on() {
+    let (mut o, mut d) = pair(small());
+    let ch = d.open().unwrap();
+    pump_all(&mut o, &mut d);
+    o.accept_open(ch);
+    let now = t0();
+    assert!(d.suspend(now));
+    drop(o);
+    let mut o2 = v2(Side::Origin, 3, small());
+    d.resume(now, b"h2");
+    pump_all(&mut o2, &mut d);
+    assert!(o2.is_live() && d.is_live());
+    assert_eq!(d.take_session_outcome(), Some(false));
+    assert_eq!(closed(&mut d).len(), 1);
+    let n = d.open().unwrap();
+    assert!(n > ch);
+    pump_all(&mut o2, &mut d);
+    assert!(events(&mut o2).contains(&Event::Open(n)));
+    // And the new pair resumes later: the dest sent its rotated secret.
+    o2.accept_open(n);
+    pump_all(&mut o2, &mut d);
+    cut(&mut o2, &mut d, now);
+    relink(&mut o2, &mut d, now, b"h3");
+    assert_eq!(d.take_session_outcome(), Some(true));
+    assert!(o2.contains(n) && d.contains(n));
+}
