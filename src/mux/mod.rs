@@ -1120,7 +1120,9 @@ impl Mux {
         let Some(v) = self.v2.as_mut() else {
             return Ok(());
         };
-        let payload = if resuming && v.peer_secret.is_some() {
+        // No handshake hash (plaintext mode): a proof would be replayable
+        // by the relay, so never resume.
+        let payload = if resuming && v.peer_secret.is_some() && !v.hash.is_empty() {
             v.sent = Some(Sent::Resume);
             let entries = self.resume_entries();
             let v = self.v2.as_ref().expect("v2");
@@ -1133,7 +1135,20 @@ impl Mux {
             )
         } else {
             v.sent = Some(Sent::Fresh);
-            resume::encode_fresh(&v.secret)
+            if resuming {
+                // Starting over on a link that cannot resume: what we held
+                // is gone, and the secret we now send is a new one.
+                v.secret = resume::rotate(&v.secret, &v.hash);
+                v.peer_secret = None;
+            }
+            let p = resume::encode_fresh(&v.secret);
+            if resuming {
+                self.close_all("this link cannot resume channels (no end-to-end handshake)");
+                if self.side == Side::Origin {
+                    self.id_mark = 0;
+                }
+            }
+            p
         };
         self.push_record(Kind::Session, 0, &payload);
         self.out.extend(rest);
@@ -1254,9 +1269,10 @@ impl Mux {
                     Side::Origin => Side::Dest,
                     Side::Dest => Side::Origin,
                 };
-                let ok = v.peer_secret.is_some_and(|ps| {
-                    resume::verify(&ps, Mux::side_byte(peer_side), &v.hash, &signed, &proof)
-                });
+                let ok = !v.hash.is_empty()
+                    && v.peer_secret.is_some_and(|ps| {
+                        resume::verify(&ps, Mux::side_byte(peer_side), &v.hash, &signed, &proof)
+                    });
                 if !ok {
                     log::warn!("mux: resume proof failed; closing the old channels");
                     v.peer = PeerSession::AwaitFresh;

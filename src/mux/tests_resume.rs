@@ -799,3 +799,18 @@ fn restarted_origin_closes_the_dest_channels_and_ids_go_on() {
     assert_eq!(d.take_session_outcome(), Some(true));
     assert!(o2.contains(n) && d.contains(n));
 }
+
+#[test]
+fn no_handshake_hash_no_resume() {
+    let (mut o, mut d) = pair(small());
+    let ch = d.open().unwrap();
+    pump_all(&mut o, &mut d);
+    let now = t0();
+    cut(&mut o, &mut d, now);
+    relink(&mut o, &mut d, now, b"");
+    assert!(o.is_live() && d.is_live());
+    assert_eq!(d.take_session_outcome(), Some(false));
+    assert_eq!(closed(&mut o).len(), 1);
+    assert_eq!(closed(&mut d).len(), 1);
+    assert!(!o.contains(ch) && !d.contains(ch));
+}
