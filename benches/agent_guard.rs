@@ -61,7 +61,16 @@ fn read_log(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_default()
 }
 
-/// An origin on `agent` with `extra`, and a dest for it; the dest socket.
+/// CPU time a process has run, ns (/proc/PID/schedstat, first field).
+fn cpu_ns(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// An origin on `agent` with `extra`, and a dest for it; the dest socket
+/// and the origin's pid.
 fn chain(
     dir: &Path,
     port: u16,
@@ -69,7 +78,7 @@ fn chain(
     extra: &[&str],
     tag: &str,
     keep: &mut Vec<Kill>,
-) -> PathBuf {
+) -> (PathBuf, u32) {
     let p = port.to_string();
     let mut args: Vec<&str> = extra.to_vec();
     args.extend(["127.0.0.1", &p, agent.to_str().unwrap()]);
@@ -83,6 +92,7 @@ fn chain(
     BufReader::new(origin.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
+    let origin_pid = origin.id();
     keep.push(Kill(origin));
     let session = line
         .strip_prefix("SOCKRELAY_SESSION=")
@@ -104,7 +114,7 @@ fn chain(
         "dest {tag}: {}",
         read_log(&log)
     );
-    sock
+    (sock, origin_pid)
 }
 
 /// `n` sign requests on one connection; per-request round trips in µs.
@@ -209,8 +219,8 @@ fn main() {
         port != 0
     }));
     let audit = dir.join("audit.jsonl");
-    let plain = chain(&dir, port, &agent_sock, &[], "plain", &mut keep);
-    let guarded = chain(
+    let (plain, plain_pid) = chain(&dir, port, &agent_sock, &[], "plain", &mut keep);
+    let (guarded, guarded_pid) = chain(
         &dir,
         port,
         &agent_sock,
@@ -219,16 +229,40 @@ fn main() {
         &mut keep,
     );
 
+    // The guard without audit output: -q drops the info-level audit lines
+    // (refusals still show), no --audit-log.
+    let (quiet, quiet_pid) = chain(
+        &dir,
+        port,
+        &agent_sock,
+        &["--agent-key", &fp, "-q"],
+        "quiet",
+        &mut keep,
+    );
+
     // Warm up, then interleaved rounds.
     let _ = signs(&plain, &req, 50);
     let _ = signs(&guarded, &req, 50);
     let _ = signs(&agent_sock, &req, 50);
+    let _ = signs(&quiet, &req, 50);
     let (mut a, mut p, mut g) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut p_cpu, mut g_cpu, mut q_cpu) = (0u64, 0u64, 0u64);
+    let mut q = Vec::new();
     for _ in 0..rounds {
         a.extend(signs(&agent_sock, &req, n / rounds.max(1)));
+        let c0 = cpu_ns(plain_pid);
         p.extend(signs(&plain, &req, n / rounds.max(1)));
+        p_cpu += cpu_ns(plain_pid) - c0;
+        let c0 = cpu_ns(guarded_pid);
         g.extend(signs(&guarded, &req, n / rounds.max(1)));
+        g_cpu += cpu_ns(guarded_pid) - c0;
+        let c0 = cpu_ns(quiet_pid);
+        q.extend(signs(&quiet, &req, n / rounds.max(1)));
+        q_cpu += cpu_ns(quiet_pid) - c0;
     }
+    let q_cpu_us = q_cpu as f64 / 1e3 / q.len() as f64;
+    let p_cpu_us = p_cpu as f64 / 1e3 / p.len() as f64;
+    let g_cpu_us = g_cpu as f64 / 1e3 / g.len() as f64;
 
     // The guard alone.
     let mut gu = Guard::new(Policy {
@@ -270,17 +304,25 @@ fn main() {
     let (a50, a99) = (pct(&mut a, 0.5), pct(&mut a, 0.99));
     let (p50, p99) = (pct(&mut p, 0.5), pct(&mut p, 0.99));
     let (g50, g99) = (pct(&mut g, 0.5), pct(&mut g, 0.99));
+    let (q50, q99) = (pct(&mut q, 0.5), pct(&mut q, 0.99));
     println!(
         "\nsign requests: {} per path, {rounds} interleaved rounds",
         a.len()
     );
-    println!("| path | p50 (µs) | p99 (µs) |");
-    println!("|---|---:|---:|");
-    println!("| ssh-agent directly | {a50:.1} | {a99:.1} |");
-    println!("| chain, no guard | {p50:.1} | {p99:.1} |");
-    println!("| chain, guard (--agent-key, --audit-log) | {g50:.1} | {g99:.1} |");
-    println!("| **guard added (p50)** | **{:.1}** | |", g50 - p50);
-    println!("| guard core alone, per request+answer+JSON record | {core_us:.2} | |");
+    println!("| path | p50 (µs) | p99 (µs) | origin CPU per request (µs) |");
+    println!("|---|---:|---:|---:|");
+    println!("| ssh-agent directly | {a50:.1} | {a99:.1} | |");
+    println!("| chain, no guard | {p50:.1} | {p99:.1} | {p_cpu_us:.1} |");
+    println!("| chain, guard (--agent-key, --audit-log) | {g50:.1} | {g99:.1} | {g_cpu_us:.1} |");
+    println!("| chain, guard without audit output (-q) | {q50:.1} | {q99:.1} | {q_cpu_us:.1} |");
+    println!(
+        "| **guard added** | **{:.1}** | | **{:.1}** |",
+        g50 - p50,
+        g_cpu_us - p_cpu_us
+    );
+    println!(
+        "| guard core alone (request + answer + JSON record, in process) | {core_us:.2} | | |"
+    );
     drop(keep);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -26,6 +26,9 @@
 //!   origin and dest, the time they waited for a CPU while runnable, and
 //!   how often they were scheduled in (/proc/PID/schedstat).
 //!
+//! - `--seal`: also time seal + open of 64 KiB messages in this process for
+//!   each transport cipher (the cipher's own cost, without the chain).
+//!
 //! std only; every phase is bounded in time. The end prints a markdown table.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -451,6 +454,9 @@ fn start_chain(
 }
 
 fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let n = v.len();
     if n % 2 == 1 {
@@ -476,6 +482,48 @@ fn stripped_size(path: &str, dir: &Path) -> (u64, bool) {
     } else {
         (std::fs::metadata(path).map_or(0, |m| m.len()), false)
     }
+}
+
+/// Seal + open of 64 KiB messages in one process for `pref`, for about
+/// `dur`: (cipher name, CPU µs of this thread per MB for seal + open;
+/// CPU time, not wall time, so that other jobs on the machine matter less).
+#[cfg(feature = "e2e")]
+fn seal_open(pref: sockrelay::secure::CipherPref, dur: Duration) -> (String, f64) {
+    use sockrelay::secure::{Noise, Side, MAX_PLAINTEXT};
+    let s = uuid::Uuid::from_bytes([9; 16]);
+    let mut d = Noise::with_cipher(Side::Dest, TOKEN.as_bytes(), &s, pref).unwrap();
+    let mut o = Noise::with_cipher(Side::Origin, TOKEN.as_bytes(), &s, pref).unwrap();
+    let (mut m1, mut m2) = (Vec::new(), Vec::new());
+    d.handshake_out(&mut m1).unwrap();
+    o.handshake_in(&m1).unwrap();
+    o.handshake_out(&mut m2).unwrap();
+    d.handshake_in(&m2).unwrap();
+    let name = d.cipher().map_or("?", |c| c.name()).to_string();
+    let plain = vec![0x5au8; MAX_PLAINTEXT];
+    let (mut c, mut p) = (Vec::with_capacity(1 << 17), Vec::with_capacity(1 << 17));
+    let cpu_now = || {
+        let mut t = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes one timespec we own.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+        t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
+    };
+    let start = Instant::now();
+    let cpu0 = cpu_now();
+    let mut bytes = 0u64;
+    while start.elapsed() < dur {
+        for _ in 0..16 {
+            c.clear();
+            p.clear();
+            d.seal(&plain, &mut c).unwrap();
+            o.open(&c, &mut p).unwrap();
+            bytes += plain.len() as u64;
+        }
+    }
+    let secs = cpu_now() - cpu0;
+    (name, secs * 1e6 / (bytes as f64 / 1e6))
 }
 
 const PHASES: [&str; 5] = ["up", "down", "rtt", "conns", "par"];
@@ -510,6 +558,24 @@ fn main() {
     let phase = Duration::from_millis(if quick { 500 } else { 2000 });
     let rtts = if quick { 1000 } else { 5000 };
 
+    #[cfg(feature = "e2e")]
+    if has("--seal") {
+        use sockrelay::secure::CipherPref;
+        for pref in [CipherPref::Aes, CipherPref::ChaCha] {
+            let mut us = Vec::new();
+            let mut name = String::new();
+            for _ in 0..repeat {
+                let (n, v) = seal_open(pref, phase / 2);
+                name = n;
+                us.push(v);
+            }
+            let m = median(&mut us);
+            println!(
+                "seal + open, 64 KiB messages, {name}: {m:.0} CPU us per MB ({:.0} MB/s of CPU)",
+                1e6 / m
+            );
+        }
+    }
     let dir: PathBuf = std::env::temp_dir().join(format!("sr-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let srv = dir.join("srv.sock");
@@ -659,15 +725,36 @@ fn main() {
         for (ti, (name, t, p)) in targets.iter().enumerate() {
             let mut line = format!("[{}/{}] {:<12}", r + 1, repeat, name);
             let mb = bulk as f64 / 1e6;
+            // CPU µs per MB that origin + dest spent (chains only): what
+            // encryption adds, less sensitive to a busy machine than MB/s.
+            let before = || p.map(|p| p.map(sched));
+            let clients_us = |b: Option<[[u64; 3]; 3]>| {
+                p.zip(b).map(|(p, b)| {
+                    (1..3)
+                        .map(|i| (sched(p[i])[0] - b[i][0]) as f64 / 1e3)
+                        .sum::<f64>()
+                        / mb
+                })
+            };
             if want("up") {
+                let b = before();
                 let v = cpu(p, "up (per MB)", &mut || (bulk_up(t, bulk), mb));
                 add("bulk client->server (MB/s)", true, ti, v);
                 line += &format!(" up {v:.0}");
+                if let Some(us) = clients_us(b) {
+                    add("origin+dest CPU, up (us/MB)", false, ti, us);
+                    line += &format!(" ({us:.0} us/MB)");
+                }
             }
             if want("down") {
+                let b = before();
                 let v = cpu(p, "down (per MB)", &mut || (bulk_down(t, bulk), mb));
                 add("bulk server->client (MB/s)", true, ti, v);
                 line += &format!(" down {v:.0}");
+                if let Some(us) = clients_us(b) {
+                    add("origin+dest CPU, down (us/MB)", false, ti, us);
+                    line += &format!(" ({us:.0} us/MB)");
+                }
             }
             if want("rtt") {
                 let mut p99 = 0.0;
@@ -768,7 +855,9 @@ fn main() {
     println!();
     for (name, v) in &med {
         let fmt = |x: f64| {
-            if x >= 100.0 {
+            if x.is_nan() {
+                String::new()
+            } else if x >= 100.0 {
                 format!("{x:.0}")
             } else {
                 format!("{x:.1}")
@@ -777,7 +866,11 @@ fn main() {
         print!("| {name} | {} | {} |", fmt(v[0]), fmt(v[1]));
         for x in v.iter().skip(2) {
             let ratio = x / v[0];
-            print!(" {} | {:.2} |", fmt(*x), ratio);
+            if ratio.is_nan() {
+                print!(" {} | |", fmt(*x));
+            } else {
+                print!(" {} | {:.2} |", fmt(*x), ratio);
+            }
         }
         println!();
     }
@@ -850,7 +943,12 @@ fn main() {
         for (name, v) in &med {
             print!("| {name} |");
             for x in v.iter().skip(2) {
-                print!(" {:.2} |", x / v[f]);
+                let r = x / v[f];
+                if r.is_nan() {
+                    print!(" |");
+                } else {
+                    print!(" {r:.2} |");
+                }
             }
             if let Some(pi) = plain {
                 for (ti, _) in targets

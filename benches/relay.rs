@@ -5,7 +5,9 @@
 //! - RSS per idle paired session (10 000 sessions);
 //! - instructions per forwarded byte under callgrind (deterministic).
 //!
-//! `cargo bench --bench relay` (add `-- --quick` for a shorter run).
+//! `cargo bench --bench relay` (add `-- --quick` for a shorter run; set
+//! `SOCKRELAY_BENCH_RELAY=/path/to/old/sockrelay-relay` to measure another
+//! build with the same harness).
 //! Loopback only; every loop is bounded.
 
 use sockrelay::ws::frame::{encode_frame, OpCode};
@@ -49,13 +51,21 @@ fn hard_fd_limit() -> u64 {
     }
 }
 
+/// The relay under test: this build's, or `SOCKRELAY_BENCH_RELAY` (e.g. a
+/// copy of an older build, to compare before and after in one sitting).
+fn relay_bin() -> &'static str {
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| std::env::var("SOCKRELAY_BENCH_RELAY").unwrap_or_else(|_| RELAY.into()))
+}
+
 fn start_relay(wrapper: &[&str], fds: u64) -> Relay {
+    let relay = relay_bin();
     let (prog, mut args): (&str, Vec<&str>) = match wrapper.split_first() {
         Some((p, rest)) => (p, rest.to_vec()),
-        None => (RELAY, vec![]),
+        None => (relay, vec![]),
     };
     if !wrapper.is_empty() {
-        args.push(RELAY);
+        args.push(relay);
     }
     args.extend(["-p", "0", "-b", "127.0.0.1", "--max-message", "1G"]);
     // Extra relay options for experiments, e.g. SOCKRELAY_BENCH_RELAY_ARGS="--buffer 256K".

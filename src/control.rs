@@ -134,6 +134,11 @@ impl<'a> Control<'a> {
                 } else {
                     (None, first, after)
                 };
+                // Digits only: `u16::from_str` would also take "+4", which
+                // re-encodes as something else (found by fuzz/control_message).
+                if !(1..=5).contains(&code.len()) || !code.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(ParseError::BadCode);
+                }
                 Control::PeerLeft {
                     seq,
                     code: code.parse().map_err(|_| ParseError::BadCode)?,
@@ -200,8 +205,13 @@ pub fn acked_seq(pong: &[u8]) -> Option<u32> {
     }
 }
 
+/// A word that is a sequence number: digits that fit a `u32` (a longer
+/// run of digits is text, so that a parsed message re-encodes to itself).
 fn is_seq(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 10 && s.bytes().all(|b| b.is_ascii_digit())
+    !s.is_empty()
+        && s.len() <= 10
+        && s.bytes().all(|b| b.is_ascii_digit())
+        && s.parse::<u32>().is_ok()
 }
 
 fn write_seq(out: &mut Vec<u8>, seq: Option<u32>) -> std::io::Result<()> {
@@ -330,6 +340,26 @@ mod tests {
             Control::parse(b"sockrelay peer-left"),
             Err(ParseError::MissingField)
         );
+        // Found by fuzz/control_message: "+4" is not a code.
+        assert_eq!(
+            Control::parse(b"sockrelay peer-left +4 600"),
+            Err(ParseError::BadCode)
+        );
+    }
+
+    #[test]
+    fn an_overlong_seq_is_text_and_round_trips() {
+        let msg = Control::parse(b"sockrelay peer-joined 9999999999 1 x")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            msg,
+            Control::PeerJoined {
+                seq: None,
+                addr: "9999999999 1 x"
+            }
+        );
+        assert_eq!(Control::parse(&msg.to_vec()), Ok(Some(msg)));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! - sans-IO protocol cores: [`ws::handshake`], [`ws::frame`], [`mux`], [`secure`], [`control`],
 //!   [`agent`] (the ssh-agent guard)
 //! - event loops that own the sockets: [`relay`], [`client`]
+//! - the byte stream under the WebSocket: [`transport`]
 //! - support: [`sys`], [`timer`], [`cli`]
 
 pub mod agent;
@@ -17,4 +18,5 @@ pub mod relay;
 pub mod secure;
 pub mod sys;
 pub mod timer;
+pub mod transport;
 pub mod ws;

@@ -9,7 +9,28 @@ use std::sync::atomic::{AtomicI32, Ordering};
 /// Write end of the self-pipe, read by the signal handler. -1 when unset.
 static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
 
+/// This thread's `errno` (errno(3): thread-local, an lvalue in C).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn errno_slot() -> *mut libc::c_int {
+    // SAFETY: no preconditions; returns a pointer to the calling thread's
+    // errno, valid for the thread's lifetime.
+    unsafe { libc::__errno_location() }
+}
+
+#[cfg(any(target_os = "macos", target_os = "ios", target_os = "freebsd"))]
+fn errno_slot() -> *mut libc::c_int {
+    // SAFETY: as above (the BSD spelling).
+    unsafe { libc::__error() }
+}
+
 extern "C" fn on_signal(signo: libc::c_int) {
+    // The handler runs between any two instructions of the interrupted
+    // code, which may be about to read errno after a failed call: a
+    // write(2) failing here (EAGAIN on a full pipe) must not change what it
+    // reads. Save errno on entry and restore it on exit (signal-safety(7)).
+    let errno = errno_slot();
+    // SAFETY: `errno` points at this thread's errno, always valid.
+    let saved = unsafe { *errno };
     let fd = SIGNAL_PIPE.load(Ordering::Relaxed);
     if fd >= 0 {
         let byte = signo as u8;
@@ -21,6 +42,8 @@ extern "C" fn on_signal(signo: libc::c_int) {
             libc::write(fd, &byte as *const u8 as *const libc::c_void, 1);
         }
     }
+    // SAFETY: as above.
+    unsafe { *errno = saved };
 }
 
 /// Signals delivered as readable bytes on a socket that a mio loop can poll.
@@ -192,4 +215,28 @@ pub fn tcp_unacked_bytes(fd: std::os::unix::io::RawFd) -> io::Result<usize> {
 #[cfg(not(target_os = "linux"))]
 pub fn tcp_unacked_bytes(_fd: std::os::unix::io::RawFd) -> io::Result<usize> {
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The handler's write fails (a full pipe) yet errno is what it was.
+    #[test]
+    fn the_signal_handler_keeps_errno() {
+        let (read, write) = StdUnixStream::pair().unwrap();
+        write.set_nonblocking(true).unwrap();
+        // Fill the socket so that the handler's write fails with EAGAIN.
+        let chunk = [0u8; 4096];
+        while io::Write::write(&mut &write, &chunk).is_ok() {}
+        let before = SIGNAL_PIPE.swap(write.as_raw_fd(), Ordering::SeqCst);
+        // SAFETY: writing this thread's errno.
+        unsafe { *errno_slot() = libc::EINTR };
+        on_signal(libc::SIGHUP);
+        // SAFETY: reading this thread's errno.
+        let after = unsafe { *errno_slot() };
+        SIGNAL_PIPE.store(before, Ordering::SeqCst);
+        drop(read);
+        assert_eq!(after, libc::EINTR);
+    }
 }

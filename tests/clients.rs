@@ -455,9 +455,9 @@ fn origin_background_eval_returns_and_keeps_serving() {
 
 #[test]
 fn heartbeat_keeps_an_idle_link_and_detects_a_frozen_relay() {
-    // Scaled-down intervals (hidden test knob): ping after 200 ms idle,
-    // dead after 400 ms of silence.
-    let c = Chain::start_env("heartbeat", &[], &[("SOCKRELAY_TEST_PING_MS", "200")]);
+    // Scaled-down intervals: ping after 200 ms idle, dead after 400 ms of
+    // silence.
+    let c = Chain::start("heartbeat", &["--keepalive", "0.2", "--dead-after", "0.4"]);
     // Idle for many intervals: pings are answered, nothing is dropped.
     std::thread::sleep(Duration::from_millis(1500));
     assert!(
@@ -490,4 +490,197 @@ fn heartbeat_keeps_an_idle_link_and_detects_a_frozen_relay() {
         std::os::unix::net::UnixStream::connect(&c.dest.socket).is_ok()
             && echo_roundtrip(&c.dest.socket, b"back".to_vec()) == b"back"
     }));
+}
+
+/// A name whose first address is `::1` and whose second is 127.0.0.1, as
+/// this machine resolves it; None when there is none.
+fn dual_stack_loopback_name() -> Option<String> {
+    use std::net::ToSocketAddrs;
+    ["localhost", "ip6-localhost", "localhost6", "ip6-loopback"]
+        .iter()
+        .find(|name| {
+            let addrs: Vec<_> = match (**name, 1u16).to_socket_addrs() {
+                Ok(a) => a.collect(),
+                Err(_) => return false,
+            };
+            addrs
+                .first()
+                .is_some_and(|a| a.ip().is_loopback() && a.is_ipv6())
+                && addrs.iter().any(|a| a.is_ipv4() && a.ip().is_loopback())
+        })
+        .map(|s| s.to_string())
+}
+
+/// Whether `unshare -m` (a private mount namespace, gone with the
+/// process) can bind a hosts file of ours over /etc/hosts here.
+fn can_mount_private_hosts(hosts: &std::path::Path) -> bool {
+    Command::new("unshare")
+        .args(["-m", "sh", "-c", "mount --bind \"$0\" /etc/hosts"])
+        .arg(hosts)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Bug 4 (issue 8): a relay name resolving to `::1` first and 127.0.0.1
+/// second, with the relay on 127.0.0.1 only. The origin used to try the
+/// first address alone and exit with "Connection refused"; it must try
+/// each in turn and connect. Uses a name of this machine that resolves so,
+/// else one defined in a private mount namespace (`unshare -m` and a bind
+/// mount over /etc/hosts, for the origin's process only), else skips.
+#[test]
+fn origin_tries_every_resolved_address() {
+    let dir = TempDir::new("dual");
+    let relay = Relay::start(&dir, 0);
+    let echo = EchoServer::start(&dir.path("echo.sock"));
+    let hosts = dir.path("hosts");
+    let (name, wrapper): (String, Vec<String>) = match dual_stack_loopback_name() {
+        Some(name) => (name, vec![]),
+        None => {
+            std::fs::write(&hosts, "::1 sr-dual-stack\n127.0.0.1 sr-dual-stack\n").unwrap();
+            if !can_mount_private_hosts(&hosts) {
+                eprintln!(
+                    "SKIPPED: no name here resolves to ::1 then 127.0.0.1, and unshare -m \
+                     cannot bind a private /etc/hosts"
+                );
+                return;
+            }
+            let script = "mount --bind \"$0\" /etc/hosts && exec \"$@\"".to_string();
+            let wrapper = vec![
+                "-m".into(),
+                "sh".into(),
+                "-c".into(),
+                script,
+                hosts.to_string_lossy().into_owned(),
+            ];
+            ("sr-dual-stack".into(), wrapper)
+        }
+    };
+    eprintln!(
+        "relay host name {name:?} (private hosts file: {})",
+        !wrapper.is_empty()
+    );
+    let log = dir.path("origin.log");
+    let port = relay.port.to_string();
+    let sock = echo.path.to_string_lossy().into_owned();
+    let origin_args = ["-v", name.as_str(), port.as_str(), sock.as_str()];
+    let mut cmd = if wrapper.is_empty() {
+        Command::new(ORIGIN)
+    } else {
+        let mut c = Command::new("unshare");
+        c.args(&wrapper).arg(ORIGIN);
+        c
+    };
+    cmd.args(origin_args)
+        .env("SOCKRELAY_TOKEN", TOKEN)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap());
+    let child = cmd.spawn().unwrap();
+    let mut proc = Proc { child, log };
+    let mut stdout = proc.child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = [0u8; 256];
+        let n = stdout.read(&mut line).unwrap_or(0);
+        let _ = tx.send(String::from_utf8_lossy(&line[..n]).into_owned());
+    });
+    let line = rx.recv_timeout(Duration::from_secs(15)).unwrap_or_default();
+    let session = line
+        .strip_prefix("SOCKRELAY_SESSION=")
+        .and_then(|r| r.split(';').next())
+        .map(str::to_string);
+    let Some(session) = session else {
+        let code = proc.wait_exit(Duration::from_secs(5));
+        panic!("origin did not connect ({code:?}):\n{}", proc.log_text());
+    };
+    let text = proc.log_text();
+    assert!(
+        text.contains("[::1]"),
+        "the origin did not try ::1 first:\n{text}"
+    );
+    let dest = Dest::start(&dir, relay.port, &session, &dir.path("d.sock"), &[]);
+    assert_eq!(echo_roundtrip(&dest.socket, b"dual".to_vec()), b"dual");
+}
+
+/// Bug 4, second half (issue 8): the relay's name is looked up off the
+/// loop. A resolver that never answers (a UDP socket of ours standing in
+/// for the name server, through a private /etc/resolv.conf in an
+/// `unshare -m` mount namespace) must not keep the origin from its
+/// signals: SIGTERM during the lookup ends it at once. Before, the lookup
+/// ran inside the loop and the origin sat in getaddrinfo for its whole
+/// timeout. Skips where the namespace or the socket cannot be had.
+#[test]
+fn a_hung_resolver_does_not_block_signals() {
+    let dir = TempDir::new("slowdns");
+    // A name server that reads queries and never answers.
+    let dns = match std::net::UdpSocket::bind("127.0.0.77:53") {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("SKIPPED: cannot bind a fake name server on 127.0.0.77:53: {e}");
+            return;
+        }
+    };
+    let resolv = dir.path("resolv.conf");
+    std::fs::write(
+        &resolv,
+        "nameserver 127.0.0.77\noptions timeout:5 attempts:2\n",
+    )
+    .unwrap();
+    let probe = Command::new("unshare")
+        .args(["-m", "sh", "-c", "mount --bind \"$0\" /etc/resolv.conf"])
+        .arg(&resolv)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    if !probe.is_ok_and(|s| s.success()) {
+        eprintln!("SKIPPED: unshare -m cannot bind a private /etc/resolv.conf here");
+        return;
+    }
+    let log = dir.path("origin.log");
+    let sock = dir.path("agent.sock");
+    let child = Command::new("unshare")
+        .args([
+            "-m",
+            "sh",
+            "-c",
+            "mount --bind \"$0\" /etc/resolv.conf && exec \"$@\"",
+        ])
+        .arg(&resolv)
+        .arg(ORIGIN)
+        .args(["-v", "sr-hung-resolver.test", "8080"])
+        .arg(&sock)
+        .env("SOCKRELAY_TOKEN", TOKEN)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut proc = Proc { child, log };
+    // Wait until the origin's query reaches our silent server.
+    dns.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut q = [0u8; 512];
+    assert!(
+        dns.recv_from(&mut q).is_ok(),
+        "no DNS query arrived\n{}",
+        proc.log_text()
+    );
+    let asked = Instant::now();
+    proc.signal(libc::SIGTERM);
+    let code = proc.wait_exit(Duration::from_secs(3));
+    eprintln!(
+        "origin exited {code:?} {} ms after SIGTERM, during the lookup",
+        asked.elapsed().as_millis()
+    );
+    assert!(
+        code.is_some(),
+        "the origin did not exit within 3 s of SIGTERM while its lookup hung\n{}",
+        proc.log_text()
+    );
+    assert!(
+        proc.log_text().contains("terminating on signal"),
+        "{}",
+        proc.log_text()
+    );
 }

@@ -1389,8 +1389,21 @@ fn watch_rss(proc: &mut support::Proc, for_: Duration, limit: u64) -> u64 {
 
 const FLOOD_RSS_LIMIT: u64 = 64 << 20;
 const NOT_READING: &str = "relay is not reading";
+/// The other reason a flooding relay is dropped for: its pings are not
+/// signs of life, and it never answers ours. Which of the two fires first
+/// (both after `--dead-after`) depends on scheduling; either is a logged
+/// reason, which is what the tests require.
+const SILENT: &str = "relay silent for";
+
+/// Wait until `proc` logs why it dropped the link (either reason).
+fn wait_drop_reason(proc: &support::Proc, timeout: Duration) -> bool {
+    wait_for(timeout, || {
+        let log = proc.log_text();
+        log.contains(NOT_READING) || log.contains(SILENT)
+    })
+}
 /// Ping after 1 s of silence, dead after 2 s.
-const FLOOD_TIMING: [(&str, &str); 1] = [("SOCKRELAY_TEST_PING_MS", "1000")];
+const FLOOD_TIMING: [&str; 4] = ["--keepalive", "1", "--dead-after", "2"];
 
 /// Bug 1: empty pings (and forged `peer-joined` pings) as fast as the
 /// origin takes them, while the relay reads nothing. Before the fix every
@@ -1405,7 +1418,7 @@ fn relay_that_floods_pings_and_never_reads_cannot_exhaust_the_origin() {
     let (port, relay) = flooding_relay(frames, Duration::from_secs(6));
     let dir = TempDir::new("flood-o");
     let sock = dir.path("agent.sock");
-    let mut origin = support::Origin::try_start_env(&dir, port, &sock, &[], TOKEN, &FLOOD_TIMING)
+    let mut origin = support::Origin::try_start(&dir, port, &sock, &FLOOD_TIMING, TOKEN)
         .unwrap_or_else(|(code, log)| panic!("origin exited ({code:?}): {log}"));
     let peak = watch_rss(&mut origin.proc, Duration::from_secs(5), FLOOD_RSS_LIMIT);
     let sent = relay.join().unwrap();
@@ -1420,7 +1433,7 @@ fn relay_that_floods_pings_and_never_reads_cannot_exhaust_the_origin() {
         origin.proc.log_text()
     );
     assert!(
-        origin.proc.wait_log(NOT_READING, Duration::from_secs(5)),
+        wait_drop_reason(&origin.proc, Duration::from_secs(5)),
         "the origin did not log why it dropped the link\n{}",
         origin.proc.log_text()
     );
@@ -1434,14 +1447,13 @@ fn relay_that_floods_peer_joined_and_never_reads_cannot_exhaust_the_dest() {
     let (port, relay) = flooding_relay(frames, Duration::from_secs(6));
     let dir = TempDir::new("flood-d");
     let sock = dir.path("dest.sock");
-    let mut dest = support::Dest::spawn_env(
+    let mut dest = support::Dest::spawn(
         &dir,
         port,
         &Uuid::new_v4().to_string(),
         &sock,
-        &[],
-        TOKEN,
         &FLOOD_TIMING,
+        TOKEN,
     );
     let peak = watch_rss(&mut dest.proc, Duration::from_secs(5), FLOOD_RSS_LIMIT);
     let sent = relay.join().unwrap();
@@ -1456,8 +1468,124 @@ fn relay_that_floods_peer_joined_and_never_reads_cannot_exhaust_the_dest() {
         dest.proc.log_text()
     );
     assert!(
-        dest.proc.wait_log(NOT_READING, Duration::from_secs(5)),
+        wait_drop_reason(&dest.proc, Duration::from_secs(5)),
         "the dest did not log why it dropped the link\n{}",
         dest.proc.log_text()
+    );
+}
+
+// ---- the pong that acknowledges a pairing comes first ---------------------
+
+/// Decode the masked frames a client sent: (opcode, payload), in order.
+fn client_frames(mut b: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    while b.len() >= 2 {
+        let (len, mut at) = match b[1] & 0x7f {
+            126 if b.len() >= 4 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
+            127 if b.len() >= 10 => {
+                let mut n = [0u8; 8];
+                n.copy_from_slice(&b[2..10]);
+                (u64::from_be_bytes(n) as usize, 10)
+            }
+            126 | 127 => break,
+            n => (n as usize, 2),
+        };
+        if b.len() < at + 4 + len {
+            break;
+        }
+        let key = [b[at], b[at + 1], b[at + 2], b[at + 3]];
+        at += 4;
+        let payload: Vec<u8> = b[at..at + len]
+            .iter()
+            .enumerate()
+            .map(|(i, x)| x ^ key[i % 4])
+            .collect();
+        out.push((b[0] & 0x0f, payload));
+        b = &b[at + len..];
+    }
+    out
+}
+
+/// Regression: an origin that reads the relay's `peer-joined` and the
+/// dest's first handshake message in one read must queue the pong that
+/// acknowledges the pairing before its handshake answer. The relay drops
+/// whatever an origin sends before that pong (it was meant for an earlier
+/// peer), so an answer queued ahead of it was lost and the dest's
+/// handshake failed (seen as a flaky `-- COMMAND` join). Here a scripted
+/// relay delivers both in one write, every time.
+#[test]
+fn origin_acknowledges_the_pairing_before_answering_the_dest() {
+    use std::net::TcpListener;
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let relay = std::thread::spawn(move || -> Vec<(u8, Vec<u8>)> {
+        let (mut s, _) = l.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut req = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !contains(&req, b"\r\n\r\n") {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "origin closed before its upgrade");
+            req.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&req).to_string();
+        let header = |name: &str| {
+            text.lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+                })
+                .unwrap_or_default()
+        };
+        let id = text
+            .split_once("id=")
+            .map(|(_, r)| r.chars().take(36).collect::<String>())
+            .expect("the origin proposes its session id");
+        let session: Uuid = id.parse().expect("a UUID");
+        let key = header("sec-websocket-key");
+        s.write_all(&sockrelay::ws::handshake::response_101(&key, &[]))
+            .unwrap();
+        // The dest's first handshake message, made with the session's token.
+        let mut dest = sockrelay::secure::Noise::new(
+            sockrelay::secure::Side::Dest,
+            TOKEN.as_bytes(),
+            &session,
+        )
+        .unwrap();
+        let mut msg1 = Vec::new();
+        dest.handshake_out(&mut msg1).unwrap();
+        let mut burst = ping_frame(format!("sockrelay session {session}").as_bytes());
+        burst.extend(ping_frame(b"sockrelay peer-joined 1 127.0.0.1:4242"));
+        sockrelay::ws::frame::encode_frame(&mut burst, true, OpCode::Binary, None, &msg1);
+        s.write_all(&burst).unwrap();
+        // Read until the origin's handshake answer arrives.
+        let mut got = Vec::new();
+        let end = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < end {
+            let frames = client_frames(&got);
+            if frames.iter().any(|(op, _)| *op == 0x2) {
+                return frames;
+            }
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        client_frames(&got)
+    });
+    let dir = TempDir::new("ack-first");
+    let sock = dir.path("agent.sock");
+    let _origin = support::Origin::try_start(&dir, port, &sock, &[], TOKEN)
+        .unwrap_or_else(|(code, log)| panic!("origin exited ({code:?}): {log}"));
+    let frames = relay.join().unwrap();
+    let ack = frames
+        .iter()
+        .position(|(op, p)| *op == 0xA && p.starts_with(b"sockrelay peer-joined 1 "));
+    let answer = frames.iter().position(|(op, _)| *op == 0x2);
+    let ops: Vec<u8> = frames.iter().map(|(op, _)| *op).collect();
+    assert!(answer.is_some(), "no handshake answer; frames {ops:?}");
+    assert!(
+        ack.is_some() && ack < answer,
+        "the pong for peer-joined must come before the answer; frames {ops:?}"
     );
 }

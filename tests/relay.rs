@@ -1133,6 +1133,11 @@ fn refusal_at_the_pending_limit_is_a_clean_close_not_a_reset() {
 /// must wait for the frame's end.
 #[test]
 fn dest_reading_a_long_frame_slowly_is_not_dropped() {
+    const LEN: usize = 8 << 20;
+    // Made first: in a debug build under load this takes a while, and the
+    // raw dest must not sit silent meanwhile.
+    let message = pattern(5, 0, LEN);
+    let expected = message.clone();
     let relay = Relay::start(&["--ping-interval", "300ms", "--pong-timeout", "300ms"]);
     let (mut origin, id) = connect(relay.addr, "/origin", Some("raw")).expect("origin");
     let id = id.expect("session header");
@@ -1141,12 +1146,12 @@ fn dest_reading_a_long_frame_slowly_is_not_dropped() {
     wait_ping(&mut origin, "sockrelay peer-joined ");
     let (op, _) = raw_read_frame(&mut dest);
     assert_eq!(op, 0x9, "peer-joined ping first");
-    const LEN: usize = 8 << 20;
     let writer = std::thread::spawn(move || {
-        origin.send(Message::binary(pattern(5, 0, LEN))).unwrap();
+        origin.send(Message::binary(message)).unwrap();
         origin
     });
-    // Keepalive pings may come before the data frame; skip them.
+    // Keepalive pings may come before the data frame: answer them (a
+    // masked pong, mask key 0).
     let mut head = [0u8; 10];
     loop {
         dest.read_exact(&mut head[..2]).unwrap();
@@ -1155,6 +1160,9 @@ fn dest_reading_a_long_frame_slowly_is_not_dropped() {
         }
         let mut ping = vec![0u8; usize::from(head[1] & 0x7f)];
         dest.read_exact(&mut ping).unwrap();
+        let mut pong = vec![0x8a, 0x80 | ping.len() as u8, 0, 0, 0, 0];
+        pong.extend_from_slice(&ping);
+        dest.write_all(&pong).unwrap();
     }
     dest.read_exact(&mut head[2..]).unwrap();
     assert_eq!(head[0], 0x82, "one final binary frame");
@@ -1177,7 +1185,7 @@ fn dest_reading_a_long_frame_slowly_is_not_dropped() {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert!(got == pattern(5, 0, LEN), "message corrupted");
+    assert!(got == expected, "message corrupted");
     let _origin = writer.join().unwrap();
     // (The origin, silent once its send is done, may time out by now.)
     let dest_addr = dest.local_addr().unwrap();
@@ -1186,4 +1194,156 @@ fn dest_reading_a_long_frame_slowly_is_not_dropped() {
         !log.contains(&format!("{dest_addr}: no answer")),
         "dest was dropped:\n{log}"
     );
+}
+
+/// The relay command line run through `sh`, which sets LISTEN_PID to its
+/// own pid (kept by `exec`) as a service manager would.
+fn activated_relay(listeners: &[&std::net::TcpListener], names: &str, args: &[&str]) -> Relay {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let fds: Vec<i32> = listeners.iter().map(|l| l.as_raw_fd()).collect();
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!(
+            "LISTEN_PID=$$ LISTEN_FDS={} LISTEN_FDNAMES={names} exec \"$0\" \"$@\"",
+            fds.len()
+        ))
+        .arg(common::RELAY)
+        .args(args);
+    assert!(fds.len() <= 8);
+    // SAFETY: between fork and exec the closure makes only
+    // async-signal-safe calls (fcntl, dup2, close) on fds of this process
+    // and allocates nothing; every source is first copied above 100 so that
+    // placing fd 3 + i never overwrites a source still to be moved.
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut moved = [0; 8];
+            for (slot, &fd) in moved.iter_mut().zip(&fds) {
+                *slot = libc::fcntl(fd, libc::F_DUPFD, 100);
+                if *slot < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            for (i, &high) in moved[..fds.len()].iter().enumerate() {
+                if libc::dup2(high, 3 + i as i32) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(high);
+            }
+            Ok(())
+        });
+    }
+    let addr = listeners[0].local_addr().unwrap();
+    let relay = Relay::spawn_command(cmd, Some(addr));
+    assert!(
+        relay.wait_log("listening on", Duration::from_secs(10)),
+        "relay did not start:\n{}",
+        relay.log()
+    );
+    relay
+}
+
+/// Issue 8, socket activation: the relay serves the sockets it inherits
+/// (LISTEN_PID/LISTEN_FDS/LISTEN_FDNAMES) instead of binding, and a
+/// connection made before it started waits in the accept queue.
+#[test]
+fn socket_activation_serves_inherited_listeners() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // A port the relay could not bind (we hold it): proof it does not try.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy_port = busy.local_addr().unwrap().port().to_string();
+    // A health check that arrives while "the relay restarts".
+    let mut early = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    early
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    early
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let relay = activated_relay(
+        &[&listener],
+        "relay",
+        &["-p", &busy_port, "-b", "127.0.0.1", "-v"],
+    );
+    drop(listener);
+    let mut resp = String::new();
+    let _ = early.read_to_string(&mut resp);
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp:?}");
+    assert!(
+        relay.wait_log("socket activation", Duration::from_secs(10)),
+        "{}",
+        relay.log()
+    );
+    assert_eq!(relay.get("/healthz").0, 200);
+    let (mut origin, mut dest, _) = pair(&relay);
+    origin
+        .send(Message::binary(b"via systemd".to_vec()))
+        .unwrap();
+    assert_eq!(next_msg(&mut dest).into_data().as_ref(), b"via systemd");
+}
+
+/// The names of inherited sockets give their roles, as the
+/// FileDescriptorName= of docs/systemd/sockrelay-relay.socket does.
+#[test]
+fn socket_activation_names_give_roles() {
+    let origins = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dests = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dest_addr = dests.local_addr().unwrap();
+    let relay = activated_relay(&[&origins, &dests], "origin:dest", &["-v"]);
+    assert!(
+        relay.wait_log(
+            &format!("listening on {dest_addr} (dests only)"),
+            Duration::from_secs(10)
+        ),
+        "{}",
+        relay.log()
+    );
+    let (mut origin, id) = connect(relay.addr, "/origin", Some("k")).expect("origin");
+    let id = id.expect("session header");
+    wait_ping(&mut origin, "sockrelay session ");
+    let err = connect(dest_addr, "/origin", Some("k")).expect_err("origin on the dest port");
+    assert_eq!(status_of(err), 404);
+    let (mut dest, _) = connect(dest_addr, &format!("/dest?id={id}"), Some("k")).expect("dest");
+    wait_ping(&mut dest, "sockrelay peer-joined ");
+    wait_ping(&mut origin, "sockrelay peer-joined ");
+    dest.send(Message::binary(b"up".to_vec())).unwrap();
+    assert_eq!(next_msg(&mut origin).into_data().as_ref(), b"up");
+}
+
+/// The same through systemd's own activator (`systemd-socket-activate`,
+/// Debian package systemd), which starts the relay on the first connection.
+#[test]
+fn systemd_socket_activate_starts_the_relay_on_first_connection() {
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut cmd = std::process::Command::new("systemd-socket-activate");
+    cmd.args([
+        "-l",
+        &addr.to_string(),
+        "--fdname=relay",
+        common::RELAY,
+        "-v",
+    ]);
+    let relay = Relay::spawn_command(cmd, Some(addr));
+    let end = Instant::now() + Duration::from_secs(10);
+    while !relay.log().contains("Listening on") {
+        assert!(
+            Instant::now() < end,
+            "systemd-socket-activate did not start (is the systemd package installed?):\n{}",
+            relay.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(relay.get("/healthz"), (200, "ok\n".to_string()));
+    assert!(
+        relay.wait_log("socket activation", Duration::from_secs(10)),
+        "{}",
+        relay.log()
+    );
+    let (mut origin, mut dest, _) = pair(&relay);
+    dest.send(Message::binary(b"activated".to_vec())).unwrap();
+    assert_eq!(next_msg(&mut origin).into_data().as_ref(), b"activated");
 }

@@ -19,7 +19,7 @@ use std::fmt;
 
 use super::msg::*;
 use super::wire::*;
-use super::{key_type, Fingerprint};
+use super::{key_fingerprint, key_type, Fingerprint};
 
 /// Session-binds remembered per connection (ssh sends one per hop).
 const MAX_BINDS: usize = 16;
@@ -449,7 +449,7 @@ impl Channel {
             } => SignedInfo {
                 kind: s.kind(),
                 user: Some(lossy(user)),
-                host_key: host_key.map(Fingerprint::of).or_else(|| {
+                host_key: host_key.map(key_fingerprint).or_else(|| {
                     self.binds
                         .iter()
                         .rev()
@@ -480,7 +480,7 @@ impl Channel {
         match req {
             Request::Identities => self.forward(frame, rec, Expect::Identities),
             Request::Sign { key, data, .. } => {
-                let fp = Fingerprint::of(key);
+                let fp = key_fingerprint(key);
                 rec.key = Some(fp);
                 rec.key_type = key_type(key).map(|t| String::from_utf8_lossy(t).into_owned());
                 rec.signed = Some(self.describe(&classify_signed(data)));
@@ -501,7 +501,7 @@ impl Channel {
             }
             ref r if r.is_manage() => {
                 if let Request::RemoveIdentity { key } = r {
-                    rec.key = Some(Fingerprint::of(key));
+                    rec.key = Some(key_fingerprint(key));
                 }
                 if let Request::AddIdentity { key_type, .. } = r {
                     rec.key_type = Some(String::from_utf8_lossy(key_type).into_owned());
@@ -522,7 +522,7 @@ impl Channel {
                 rec.extension = Some(name_s.clone());
                 if name == SESSION_BIND.as_bytes() {
                     let b = parse_session_bind(contents)?;
-                    let host = Fingerprint::of(b.host_key);
+                    let host = key_fingerprint(b.host_key);
                     rec.key = Some(host);
                     rec.key_type =
                         key_type(b.host_key).map(|t| String::from_utf8_lossy(t).into_owned());
@@ -577,7 +577,7 @@ impl Channel {
                 } else {
                     let shown: Vec<_> = keys
                         .into_iter()
-                        .filter(|(k, _)| g.policy.exposes(&Fingerprint::of(k)))
+                        .filter(|(k, _)| g.policy.exposes(&key_fingerprint(k)))
                         .collect();
                     record.keys_shown = Some((shown.len(), total));
                     encode_identities(&shown, &mut self.to_dest);

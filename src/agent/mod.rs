@@ -80,6 +80,40 @@ pub fn key_type(blob: &[u8]) -> Option<&[u8]> {
     wire::Reader::new(blob, "key").string().ok()
 }
 
+/// The fingerprint `ssh-add -l` prints for a key blob: for a certificate,
+/// that of the plain key inside it (OpenSSH fingerprints certificates by
+/// their key, sshkey.c `sshkey_fingerprint_raw`), so `--agent-key` with
+/// that fingerprint exposes the key and its certificate alike.
+pub fn key_fingerprint(blob: &[u8]) -> Fingerprint {
+    match plain_key(blob) {
+        Some(plain) => Fingerprint::of(&plain),
+        None => Fingerprint::of(blob),
+    }
+}
+
+/// The plain public key blob inside an OpenSSH certificate blob
+/// (PROTOCOL.certkeys: type, nonce, then the key's own fields).
+fn plain_key(blob: &[u8]) -> Option<Vec<u8>> {
+    let mut r = wire::Reader::new(blob, "certificate");
+    let ty = r.string().ok()?;
+    let base = ty.strip_suffix(b"-cert-v01@openssh.com")?;
+    let fields = match base {
+        b"ssh-ed25519" => 1,
+        b"ssh-rsa" | b"sk-ssh-ed25519@openssh.com" => 2,
+        b"sk-ecdsa-sha2-nistp256@openssh.com" => 3,
+        b"ssh-dss" => 4,
+        b if b.starts_with(b"ecdsa-sha2-") => 2,
+        _ => return None,
+    };
+    let _nonce = r.string().ok()?;
+    let mut out = Vec::new();
+    wire::put_string(&mut out, base);
+    for _ in 0..fields {
+        wire::put_string(&mut out, r.string().ok()?);
+    }
+    Some(out)
+}
+
 impl fmt::Display for Fingerprint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -125,5 +159,21 @@ mod tests {
             Some(&b"ssh-ed25519"[..])
         );
         assert_eq!(key_type(b"\0\0"), None);
+    }
+
+    #[test]
+    fn certificates_are_fingerprinted_by_their_key() {
+        let mut plain = Vec::new();
+        wire::put_string(&mut plain, b"ssh-ed25519");
+        wire::put_string(&mut plain, &[9u8; 32]);
+        let mut cert = Vec::new();
+        wire::put_string(&mut cert, b"ssh-ed25519-cert-v01@openssh.com");
+        wire::put_string(&mut cert, b"nonce");
+        wire::put_string(&mut cert, &[9u8; 32]);
+        cert.extend_from_slice(b"serial, principals, signature...");
+        assert_eq!(key_fingerprint(&cert), Fingerprint::of(&plain));
+        assert_eq!(key_fingerprint(&plain), Fingerprint::of(&plain));
+        // A truncated certificate: fingerprinted as it is.
+        assert_eq!(key_fingerprint(&cert[..40]), Fingerprint::of(&cert[..40]));
     }
 }

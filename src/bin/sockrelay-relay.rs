@@ -1,7 +1,7 @@
 //! sockrelay-relay: the session broker. See `--help` and the README.
 
 use sockrelay::cli;
-use sockrelay::relay::{Config, ListenRole, Server, DEFAULT_PORT, MIN_BUFFER_BYTES};
+use sockrelay::relay::{activation, Config, ListenRole, Server, DEFAULT_PORT, MIN_BUFFER_BYTES};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::process::exit;
 
@@ -11,7 +11,11 @@ fn usage(opts: &getopts::Options) -> String {
          forwards WebSocket frames between them. Endpoints: /origin, /dest,\n\
          /healthz, /metrics, and the original clients' ?mode= API.\n\
          Logs go to stderr. SIGINT/SIGTERM: close all sessions (1001) and exit;\n\
-         SIGHUP: re-read --origin-keys.";
+         SIGHUP: re-read --origin-keys.\n\n\
+         Under systemd socket activation (LISTEN_PID/LISTEN_FDS) the relay\n\
+         serves the listening sockets it is handed instead of -p/-b/\n\
+         --origin-listen/--dest-listen; a socket named origin or dest\n\
+         (FileDescriptorName=) serves only that side.";
     opts.usage(brief)
 }
 
@@ -239,7 +243,20 @@ fn main() {
         Ok(n) => log::debug!("open-file limit {n}"),
         Err(e) => log::warn!("cannot raise the open-file limit: {e}"),
     }
-    let mut server = match Server::bind(cfg) {
+    // systemd socket activation: serve the sockets we were handed, if any,
+    // instead of binding (the listening options then do not apply).
+    let inherited = activation::take().unwrap_or_else(|e| {
+        log::error!("socket activation: {e}");
+        eprintln!("sockrelay-relay: socket activation: {e}");
+        exit(1);
+    });
+    if !inherited.is_empty() {
+        log::info!(
+            "socket activation: serving {} inherited listening sockets (not binding)",
+            inherited.len()
+        );
+    }
+    let mut server = match Server::with_listeners(cfg, inherited) {
         Ok(s) => s,
         Err(e) => {
             log::error!("{e}");

@@ -401,10 +401,12 @@ impl Glue {
             channel: ch,
         };
         for r in &records {
-            let line = audit::text(r, &cx);
-            match r.decision {
-                crate::agent::Decision::Allowed => log::info!("{line}"),
-                _ => log::warn!("{line}"),
+            let level = match r.decision {
+                crate::agent::Decision::Allowed => log::Level::Info,
+                _ => log::Level::Warn,
+            };
+            if log::log_enabled!(level) {
+                log::log!(level, "{}", audit::text(r, &cx));
             }
             if let Some(f) = &mut self.audit {
                 let mut j = audit::json(r, &cx);
@@ -829,6 +831,75 @@ mod tests {
         assert!(parse_lifetime("0").is_err());
         assert!(parse_lifetime("soon").is_err());
         assert!(parse_lifetime("-1m").is_err());
+    }
+
+    fn opts(side: Side, args: &[&str]) -> Result<AgentOptions, String> {
+        let mut o = getopts::Options::new();
+        getopts(&mut o, side);
+        let m = o.parse(args).map_err(|e| e.to_string())?;
+        parse(&m, side, Vec::new())
+    }
+
+    #[test]
+    fn options() {
+        let o = opts(Side::Origin, &[]).unwrap();
+        assert_eq!((o.guard, o.lifetime), (None, None));
+        // --lifetime alone keeps the byte pipe.
+        let o = opts(Side::Origin, &["--lifetime", "2s"]).unwrap();
+        assert_eq!((o.guard, o.lifetime), (None, Some(Duration::from_secs(2))));
+        assert_eq!(
+            opts(Side::Origin, &["--ssh-agent"]).unwrap().guard,
+            Some(Policy::default())
+        );
+        let o = opts(
+            Side::Origin,
+            &[
+                "--agent-key",
+                "SHA256:E2L72HOm4RKv6uIbXBhir6Mr59hUqj3dr+7nQToBWrE",
+                "--agent-allow-manage",
+                "--agent-allow-extension",
+                "query",
+                "--agent-max-signatures",
+                "0",
+                "--agent-confirm",
+            ],
+        )
+        .unwrap();
+        let p = o.guard.unwrap();
+        assert_eq!(p.keys.map(|k| k.len()), Some(1));
+        assert!(p.allow_manage && p.confirm);
+        assert_eq!(
+            (p.allow_extensions, p.max_signatures),
+            (vec!["query".to_string()], Some(0))
+        );
+        let o = opts(Side::Origin, &["--audit-log", "/tmp/x"]).unwrap();
+        assert!(o.guard.is_some(), "--audit-log turns the guard on");
+        assert!(opts(Side::Origin, &["--agent-key", "MD5:aa"]).is_err());
+        assert!(opts(Side::Origin, &["--agent-key", "/nonexistent.pub"]).is_err());
+        assert!(opts(Side::Origin, &["--agent-max-signatures", "x"]).is_err());
+        assert!(opts(Side::Origin, &["--lifetime", "0"]).is_err());
+        let o = opts(Side::Dest, &[]).unwrap();
+        assert_eq!((o.socket_mode, o.socket_group), (0o600, None));
+        let o = opts(
+            Side::Dest,
+            &["--socket-mode", "0660", "--socket-group", "4242"],
+        )
+        .unwrap();
+        assert_eq!((o.socket_mode, o.socket_group), (0o660, Some(4242)));
+        assert_eq!(
+            opts(Side::Dest, &["--socket-group", "root"])
+                .unwrap()
+                .socket_group,
+            Some(0)
+        );
+        for bad in ["0999", "1777", "0400", "x"] {
+            assert!(opts(Side::Dest, &["--socket-mode", bad]).is_err(), "{bad}");
+        }
+        assert!(opts(Side::Dest, &["--socket-group", "no-such-group-xyz"]).is_err());
+        assert!(
+            opts(Side::Dest, &["--ssh-agent"]).is_err(),
+            "origin-only option"
+        );
     }
 
     #[test]

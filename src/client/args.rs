@@ -2,10 +2,14 @@
 
 use std::io::Read;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use uuid::Uuid;
 
-use super::{Cidr, Join, Limits, Options, RelayAddr, Side, Token, JOIN_SCHEME};
+use super::{
+    Cidr, Join, Limits, Liveness, Options, RelayAddr, Side, Token, DEAD_AFTER, JOIN_SCHEME,
+    KEEPALIVE,
+};
 
 /// Environment variable holding the token.
 pub const TOKEN_ENV: &str = "SOCKRELAY_TOKEN";
@@ -102,6 +106,24 @@ fn getopts_for(side: Side) -> getopts::Options {
             "print SSH_AUTH_SOCK=<socket>; export SSH_AUTH_SOCK; once joined (default: off)",
         );
     }
+    o.optopt(
+        "",
+        "keepalive",
+        &format!(
+            "ping the relay after SECS of silence (default: {})",
+            KEEPALIVE.as_secs()
+        ),
+        "SECS",
+    );
+    o.optopt(
+        "",
+        "dead-after",
+        &format!(
+            "drop the relay connection and reconnect after SECS without an answer, or with our output unread (default: {})",
+            DEAD_AFTER.as_secs()
+        ),
+        "SECS",
+    );
     super::agent_glue::getopts(&mut o, side);
     o.optflag(
         "",
@@ -144,7 +166,7 @@ pub fn usage(side: Side) -> String {
              sockrelay-dest [options] --join-file PATH SOCKET\n       \
              sockrelay-dest [options] sockrelay://HOST:PORT/SESSION_ID#TOKEN SOCKET\n       \
              sockrelay-dest [options] HOST PORT SESSION_ID [TOKEN] SOCKET\n       \
-             sockrelay-dest [options] ws://HOST:PORT SESSION_ID [TOKEN] SOCKET\n\n\
+             sockrelay-dest [options] ws://HOST:PORT SESSION_ID [TOKEN] SOCKET\n       \
              sockrelay-dest [options] ... SOCKET -- COMMAND [ARGS...]\n\n\
              Creates the unix socket SOCKET (mode 0600); each connection to it reaches\n\
              the origin's socket. Use it as SSH_AUTH_SOCK.\n\
@@ -171,6 +193,37 @@ fn count<T: std::str::FromStr + Default + PartialEq>(
             _ => Err(format!("--{name} {v:?}: give a whole number of at least 1")),
         },
     }
+}
+
+/// A duration in seconds (decimals allowed, e.g. 0.5), above 0 and at most
+/// a day.
+fn seconds(m: &getopts::Matches, name: &str) -> Result<Option<Duration>, String> {
+    let Some(v) = m.opt_str(name) else {
+        return Ok(None);
+    };
+    match v.parse::<f64>() {
+        Ok(s) if s > 0.0 && s <= 86_400.0 && s.is_finite() => Ok(Some(Duration::from_secs_f64(s))),
+        _ => Err(format!(
+            "--{name} {v:?}: give a number of seconds above 0 (at most 86400)"
+        )),
+    }
+}
+
+fn liveness(m: &getopts::Matches) -> Result<Liveness, String> {
+    let d = Liveness::default();
+    let keepalive = seconds(m, "keepalive")?.unwrap_or(d.keepalive);
+    let dead_after = seconds(m, "dead-after")?.unwrap_or(d.dead_after);
+    if dead_after <= keepalive {
+        return Err(format!(
+            "--dead-after ({} s) must be longer than --keepalive ({} s)",
+            dead_after.as_secs_f64(),
+            keepalive.as_secs_f64()
+        ));
+    }
+    Ok(Liveness {
+        keepalive,
+        dead_after,
+    })
 }
 
 fn limits(m: &getopts::Matches) -> Result<Limits, String> {
@@ -389,6 +442,7 @@ pub fn parse(
             print_env: side == Side::Dest && m.opt_present("print-env"),
             token_generated,
             limits,
+            liveness: liveness(&m)?,
             agent: Box::new(agent),
         },
         log_level,
@@ -755,6 +809,44 @@ mod tests {
     }
 
     #[test]
+    fn keepalive_and_dead_after() {
+        let run = |args: &[&str]| match p(Side::Origin, args, None, "") {
+            Ok(Parsed::Run { opts, .. }) => Ok(opts.liveness),
+            Ok(_) => panic!("not a run"),
+            Err(e) => Err(e),
+        };
+        let base = ["h", "1", "tok-0123456789abcdef", "/s"];
+        let with = |extra: &[&'static str]| {
+            let mut v: Vec<&str> = extra.to_vec();
+            v.extend(base);
+            run(&v)
+        };
+        assert_eq!(with(&[]).unwrap(), Liveness::default());
+        assert_eq!(
+            with(&["--keepalive", "0.2", "--dead-after", "0.5"]).unwrap(),
+            Liveness {
+                keepalive: Duration::from_millis(200),
+                dead_after: Duration::from_millis(500)
+            }
+        );
+        assert_eq!(with(&["--keepalive", "5"]).unwrap().dead_after, DEAD_AFTER);
+        for bad in [
+            &["--keepalive", "0"][..],
+            &["--keepalive", "-1"],
+            &["--keepalive", "x"],
+            &["--dead-after", "inf"],
+            &["--keepalive", "50"],
+            &["--keepalive", "3", "--dead-after", "3"],
+        ] {
+            let e = with(bad).unwrap_err();
+            assert!(
+                e.contains("--keepalive") || e.contains("--dead-after"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
     fn help_lists_every_option_with_default() {
         for side in [Side::Origin, Side::Dest] {
             let Parsed::Help(h) = p(side, &["--help"], None, "").unwrap() else {
@@ -762,6 +854,8 @@ mod tests {
             };
             for opt in [
                 "--token-file",
+                "--keepalive",
+                "--dead-after",
                 "--background",
                 "--insecure-plaintext",
                 "--log-level",

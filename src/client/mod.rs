@@ -2,16 +2,19 @@
 //! channel per unix connection multiplexed over it (see docs/CLIENTS.md).
 //!
 //! - [`ws`]: the client end of one WebSocket (connect, upgrade, frames).
-//! - [`engine`]: the loop shared by both sides: relay control messages,
-//!   the end-to-end layer, the [`crate::mux`] state machine, unix sockets.
+//! - [`engine`]: the loop shared by both sides: the relay link, the
+//!   end-to-end layer and [`crate::mux`] glue per epoch, the unix channels,
+//!   daemonizing (one file each under `engine/`; see LIFECYCLE.md).
 //! - [`listen`]: the dest's private listening socket.
 //! - [`agent_glue`]: the origin's ssh-agent guard, `--lifetime`, and the
 //!   dest's `-- COMMAND` and socket mode/group (issue 11).
 
 pub mod agent_glue;
 pub mod args;
+pub mod e2e;
 pub mod engine;
 pub mod listen;
+pub mod pairing;
 pub mod ws;
 
 use std::fmt;
@@ -23,9 +26,10 @@ use uuid::Uuid;
 
 pub use crate::mux::Side;
 
-/// Idle time after which we ping the relay.
-pub const PING_INTERVAL: Duration = Duration::from_secs(20);
-/// No data or pong from the relay for this long: the connection is dead.
+/// Default `--keepalive`: silence after which we ping the relay.
+pub const KEEPALIVE: Duration = Duration::from_secs(20);
+/// Default `--dead-after`: no data or pong from the relay (or none of our
+/// output taken by it) for this long, and the connection is dead.
 pub const DEAD_AFTER: Duration = Duration::from_secs(40);
 /// TCP connect + HTTP upgrade must finish within this.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -318,16 +322,55 @@ pub struct Options {
     pub token_generated: bool,
     /// Origin: limits on dests and channels.
     pub limits: Limits,
+    /// Keepalive and dead-link detection.
+    pub liveness: Liveness,
     /// Issue 11: the agent guard, --lifetime, -- COMMAND, socket mode.
     pub agent: Box<agent_glue::AgentOptions>,
+}
+
+/// When to ping the relay and when to give the link up
+/// (`--keepalive`, `--dead-after`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Liveness {
+    /// Ping after this much silence from the relay.
+    pub keepalive: Duration,
+    /// Silent (or not reading) this long: dead. Longer than `keepalive`.
+    pub dead_after: Duration,
+}
+
+impl Default for Liveness {
+    fn default() -> Liveness {
+        Liveness {
+            keepalive: KEEPALIVE,
+            dead_after: DEAD_AFTER,
+        }
+    }
 }
 
 /// Why a run ended with a failure (the binaries exit 1 with this text).
 #[derive(Debug)]
 pub enum Error {
-    /// The relay refused us for good (e.g. 403, 409 for an origin).
+    /// The relay refused us for good (e.g. 403, 409 for an origin); the
+    /// text is the relay's answer.
     Refused(String),
-    /// Our own socket could not be set up (dest), or another local failure.
+    /// An origin could not get its first session from the relay (the
+    /// user is waiting for the eval lines, so it does not retry).
+    Unreachable { relay: String, why: String },
+    /// A system call failed: what we were doing, and the OS error.
+    Os {
+        what: &'static str,
+        err: std::io::Error,
+    },
+    /// The dest's private socket could not be set up.
+    Socket(listen::ListenError),
+    /// The end-to-end layer failed locally (not a peer's bad message).
+    E2e {
+        stage: &'static str,
+        err: e2e::E2eError,
+    },
+    /// The origin refused this dest (`--allow-dest`); its reason.
+    RefusedByOrigin(String),
+    /// Any other local failure, said in words.
     Local(String),
 }
 
@@ -335,6 +378,11 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Refused(s) => write!(f, "relay refused: {s}"),
+            Error::Unreachable { relay, why } => write!(f, "relay {relay}: {why}"),
+            Error::Os { what, err } => write!(f, "{what}: {err}"),
+            Error::Socket(e) => e.fmt(f),
+            Error::E2e { stage, err } => write!(f, "end-to-end {stage}: {err}"),
+            Error::RefusedByOrigin(why) => write!(f, "origin refused this dest: {why}"),
             Error::Local(s) => f.write_str(s),
         }
     }

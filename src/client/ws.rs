@@ -9,15 +9,15 @@
 //! [`crate::ws::endpoint`]'s.
 
 use std::fmt;
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::SocketAddr;
-use std::os::unix::io::AsRawFd;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 
 use super::{Prng, MAX_WS_MESSAGE_BYTES};
 use crate::control;
+use crate::transport::{Received, Transport};
 use crate::ws::endpoint::{Endpoint, Limits, Verdict};
 use crate::ws::frame::{self, Decoder, Event as FrameEvent, FrameHeader, OpCode, Role};
 use crate::ws::handshake::{self, ClientError, Response};
@@ -28,7 +28,15 @@ const IN_BUF_BYTES: usize = 96 * 1024;
 /// A message buffer handed back with [`WsConn::recycle`] is kept for the
 /// next message if it is no larger than this (a Noise message is < 64 KiB).
 const KEEP_MSG_BYTES: usize = 128 * 1024;
+/// How often, at most, flushing asks the kernel what the relay has
+/// acknowledged (the "not reading" check; far below any --dead-after).
+const ACK_CHECK_EVERY: Duration = Duration::from_millis(50);
 
+/// The connect path in stages: the engine resolves the name (off the
+/// loop, `transport::resolve`) and picks each address in turn; here TCP
+/// connects, then the WebSocket upgrade runs. A proxy CONNECT or a TLS
+/// handshake will be stages between `Connecting` and `Upgrading`, on a
+/// [`Transport`] that wraps the TCP one.
 #[derive(Debug)]
 enum State {
     /// TCP connect in progress; the upgrade request is queued in `out`.
@@ -52,8 +60,9 @@ pub enum WsEvent {
     /// A complete binary message.
     Binary(Vec<u8>),
     /// A relay control message (a ping payload that starts with
-    /// [`control::PREFIX`]). Its pong is queued by the next
-    /// [`WsConn::queue_control`], after the engine has acted on it. A run
+    /// [`control::PREFIX`]). The engine queues its pong
+    /// ([`WsConn::queue_control`]) right after acting on it, before
+    /// handling the next event. A run
     /// of control pings with no message between them arrives as the last
     /// one alone: only the latest pairing change matters.
     Control(Vec<u8>),
@@ -136,6 +145,8 @@ pub struct WsConn {
     /// relay reads while this grows.
     written_total: u64,
     acked_total: u64,
+    /// When to ask the kernel again how much the relay acknowledged.
+    next_ack_check: Instant,
 }
 
 impl WsConn {
@@ -174,6 +185,7 @@ impl WsConn {
             hup_pending: false,
             written_total: 0,
             acked_total: 0,
+            next_ack_check: Instant::now(),
         })
     }
 
@@ -193,6 +205,11 @@ impl WsConn {
     /// When the relay last pinged us.
     pub fn last_ping_rx(&self) -> Option<Instant> {
         self.last_ping_rx
+    }
+
+    /// The TCP connect completed (the upgrade may still be under way).
+    pub fn is_tcp_connected(&self) -> bool {
+        self.tcp_connected
     }
 
     pub fn is_open(&self) -> bool {
@@ -323,23 +340,12 @@ impl WsConn {
         }
         let mut wrote = 0;
         while self.out_pos < self.out.len() {
-            let want = self.out.len() - self.out_pos;
-            match self.sock.write(&self.out[self.out_pos..]) {
-                Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero).into()),
-                Ok(n) => {
-                    self.out_pos += n;
-                    wrote += n;
-                    // A short write on a stream socket means its buffer is
-                    // full: the next EPOLLOUT edge says when to go on, so
-                    // skip the write that would only return EAGAIN
-                    // (epoll(7)).
-                    if n < want {
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e.into()),
+            // A short write means the socket is full (transport module).
+            let w = self.sock.socket_write(&self.out[self.out_pos..])?;
+            self.out_pos += w.n;
+            wrote += w.n;
+            if w.full {
+                break;
             }
         }
         if self.out_pos == self.out.len() {
@@ -349,11 +355,27 @@ impl WsConn {
                 self.out = Vec::new();
             }
         }
-        // What counts is what the relay took, not what the kernel took:
-        // a relay that never reads lets the kernel's send queue fill
-        // first, at a pong a turn that can take long.
         self.written_total += wrote as u64;
-        let unacked = crate::sys::tcp_unacked_bytes(self.sock.as_raw_fd()).unwrap_or(0);
+        // Our own queue over the cap: at once, no syscall needed.
+        if self.out_len() > self.endpoint.limits().max_queued_bytes {
+            return Err(FlushError::NotReading(self.endpoint.on_write(
+                self.out_len(),
+                0,
+                0,
+                now,
+            )));
+        }
+        // What counts is what the relay took, not what the kernel took: a
+        // relay that never reads lets the kernel's send queue fill first,
+        // at a pong a turn that can take long. Asking the kernel
+        // (SIOCOUTQ) costs a syscall, so at most every ACK_CHECK_EVERY and
+        // only while something is pending.
+        let pending = self.out_len() > 0 || self.acked_total < self.written_total;
+        if !pending || now < self.next_ack_check {
+            return Ok(());
+        }
+        self.next_ack_check = now + ACK_CHECK_EVERY;
+        let unacked = self.sock.unacked_bytes();
         let acked = self.written_total.saturating_sub(unacked as u64);
         let progress = acked.saturating_sub(self.acked_total) as usize;
         self.acked_total = self.acked_total.max(acked);
@@ -404,11 +426,13 @@ impl WsConn {
             }
             let room = (self.inbuf.len() - self.in_len).min(budget);
             let end = self.in_len + room;
-            let (n, eof, drained) = match self.sock.read(&mut self.inbuf[self.in_len..end]) {
-                Ok(0) if room > 0 => (0, true, true),
-                Ok(n) => (n, false, n < room && !hup),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => (0, false, true),
+            // A short read means drained, unless `hup` (transport module).
+            let (n, eof, drained) = match self
+                .sock
+                .socket_read(&mut self.inbuf[self.in_len..end], hup)
+            {
+                Ok(Received::Eof) => (0, true, true),
+                Ok(Received::Bytes { n, drained }) => (n, false, drained),
                 Err(e) => {
                     events.push(WsEvent::Lost(format!("read from relay: {e}")));
                     self.state = State::Done;

@@ -4,9 +4,11 @@
 
 pub mod activation;
 pub mod api;
+pub mod liveness;
 pub mod metrics;
 pub mod pool;
 mod server;
+pub mod session;
 
 pub use server::{ConnToken, Server};
 

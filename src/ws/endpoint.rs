@@ -138,13 +138,23 @@ impl Endpoint {
         &self.limits
     }
 
-    /// A ping arrived: its pong replaces any pending one. Payloads longer
-    /// than a control frame allows (the decoder rejects those first) are
-    /// cut, never stored whole.
+    /// A ping arrived: its pong replaces any pending one, except that a
+    /// pending relay control ping (payload starting with
+    /// [`crate::control::PREFIX`]) is not replaced by a plain one: its
+    /// echo is what tells the relay we acted on a pairing change, and it
+    /// answers the plain ping as well (any pong proves we are alive).
+    /// Payloads longer than a control frame allows (the decoder rejects
+    /// those first) are cut, never stored whole.
     pub fn on_ping(&mut self, payload: &[u8]) {
         self.pings_received += 1;
         if self.close != CloseState::Open {
             return;
+        }
+        let prefix = crate::control::PREFIX.as_bytes();
+        if let Some((slot, n)) = &self.pong {
+            if slot[..*n as usize].starts_with(prefix) && !payload.starts_with(prefix) {
+                return;
+            }
         }
         let n = payload.len().min(MAX_CONTROL_PAYLOAD_BYTES);
         let mut slot = [0u8; MAX_CONTROL_PAYLOAD_BYTES];
@@ -189,7 +199,10 @@ impl Endpoint {
     ) -> Queued {
         let mut did = Queued::default();
         if let CloseState::EchoPending { code } = self.close {
-            // §5.5.1: echo the status code received (1000 when none came).
+            // §5.5.1: echo the status code received (1000 when none came,
+            // or when it may not be sent: the decoder rejects those first,
+            // but what goes out must be valid whoever calls this).
+            let code = code.filter(|&c| frame::is_valid_close_code(c));
             frame::encode_close(out, mask(), code.unwrap_or(1000), "");
             self.close = CloseState::Sent;
             did.close = true;
@@ -300,6 +313,33 @@ mod tests {
     }
 
     #[test]
+    fn a_plain_ping_does_not_displace_a_pending_control_ping() {
+        let mut e = Endpoint::new(limits());
+        e.on_ping(b"sockrelay peer-joined 3 127.0.0.1:1");
+        e.on_ping(b"");
+        e.on_ping(b"keepalive");
+        let mut out = Vec::new();
+        assert!(e.encode_pending(&mut out, 0, key).pong);
+        assert_eq!(
+            frames(&out),
+            vec![(
+                OpCode::Pong,
+                b"sockrelay peer-joined 3 127.0.0.1:1".to_vec()
+            )]
+        );
+        // A later control ping does replace it: only the latest change counts.
+        e.on_ping(b"sockrelay peer-joined 4 127.0.0.1:2");
+        e.on_ping(b"sockrelay peer-left 5 1000 bye");
+        e.on_ping(b"");
+        out.clear();
+        assert!(e.encode_pending(&mut out, 0, key).pong);
+        assert_eq!(
+            frames(&out),
+            vec![(OpCode::Pong, b"sockrelay peer-left 5 1000 bye".to_vec())]
+        );
+    }
+
+    #[test]
     fn no_pong_is_queued_without_control_room() {
         let mut e = Endpoint::new(limits());
         e.on_ping(b"a");
@@ -334,6 +374,15 @@ mod tests {
         e.on_close(None);
         let mut out = Vec::new();
         e.encode_pending(&mut out, 500, || None);
+        assert_eq!(out, [0x88, 2, 0x03, 0xe8]);
+    }
+
+    #[test]
+    fn an_invalid_code_is_not_echoed() {
+        let mut e = Endpoint::new(limits());
+        e.on_close(Some(1005));
+        let mut out = Vec::new();
+        e.encode_pending(&mut out, 0, || None);
         assert_eq!(out, [0x88, 2, 0x03, 0xe8]);
     }
 

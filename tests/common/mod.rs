@@ -35,8 +35,17 @@ impl Relay {
     /// command (e.g. resource limits). Waits for the first "listening on".
     pub fn spawn(args: &[&str], setup: impl FnOnce(&mut Command)) -> Relay {
         let mut cmd = Command::new(RELAY);
-        cmd.args(args).stdout(Stdio::null()).stderr(Stdio::piped());
+        cmd.args(args);
         setup(&mut cmd);
+        Self::spawn_command(cmd, None)
+    }
+
+    /// Spawn `cmd` (the relay, or something that execs it) and collect its
+    /// stderr. With `addr` None, wait for the first "listening on" and
+    /// talk to that address; else talk to `addr` at once (a socket
+    /// activator listens there before the relay runs).
+    pub fn spawn_command(mut cmd: Command, addr: Option<SocketAddr>) -> Relay {
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn relay");
         let stderr = child.stderr.take().expect("stderr");
         let log = Arc::new(Mutex::new(String::new()));
@@ -61,14 +70,13 @@ impl Relay {
                 l.push('\n');
             }
         });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(10))
-            .unwrap_or_else(|_| panic!("relay did not start: {}", log.lock().unwrap()));
-        Relay {
-            child,
-            addr: addr.parse().expect("listen address"),
-            log,
-        }
+        let addr = addr.unwrap_or_else(|| {
+            rx.recv_timeout(Duration::from_secs(10))
+                .unwrap_or_else(|_| panic!("relay did not start: {}", log.lock().unwrap()))
+                .parse()
+                .expect("listen address")
+        });
+        Relay { child, addr, log }
     }
 
     pub fn port(&self) -> u16 {

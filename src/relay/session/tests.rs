@@ -1,0 +1,311 @@
+//! Deterministic tests of the session core: a registry driven through
+//! events with plain connection numbers, no sockets.
+
+use super::*;
+
+const ADM: [u8; 20] = [7; 20];
+const OTHER: [u8; 20] = [8; 20];
+
+fn ack(reg: &mut Registry, key: SessionKey, seq: u32) {
+    let pong = crate::control::Control::PeerJoined {
+        seq: Some(seq),
+        addr: "127.0.0.1:1",
+    }
+    .to_vec();
+    reg.origin_pong(key, &pong);
+}
+
+/// Session `key` with origin 1 and dest 2, the join acknowledged.
+fn paired(reg: &mut Registry) -> (SessionKey, Uuid) {
+    let mut actions = Vec::new();
+    let (key, id) = reg.open_origin(1, None, ADM, 10, &mut actions).unwrap();
+    assert!(actions.is_empty());
+    let (k2, origin, seq) = reg.join_dest(2, id, ADM, &mut actions).unwrap();
+    assert_eq!((k2, origin), (key, 1));
+    assert_eq!(
+        actions,
+        vec![Action::PeerJoined {
+            to: 1,
+            seq,
+            peer: 2
+        }]
+    );
+    ack(reg, key, seq);
+    (key, id)
+}
+
+fn clean(how: Departure<'_>) -> Leaving<'_> {
+    Leaving {
+        how,
+        peer_mid_frame: false,
+        mid_message: false,
+    }
+}
+
+#[test]
+fn origin_data_waits_for_the_ack_of_the_pairing() {
+    let mut reg = Registry::new();
+    let mut actions = Vec::new();
+    let (key, id) = reg.open_origin(1, None, ADM, 10, &mut actions).unwrap();
+    let mut fwd = Forwarding::default();
+    // Unpaired: nothing to forward to; the dest's frames always go.
+    assert_eq!(reg.frame_begins(key, Member::Origin, false, &mut fwd), None);
+    let (_, _, seq) = reg.join_dest(2, id, ADM, &mut actions).unwrap();
+    assert_eq!(reg.frame_begins(key, Member::Origin, false, &mut fwd), None);
+    let mut back = Forwarding::default();
+    assert_eq!(
+        reg.frame_begins(key, Member::Dest, false, &mut back),
+        Some(1)
+    );
+    // A pong for an older change, or a keepalive, is not the ack.
+    ack(&mut reg, key, seq.wrapping_sub(1));
+    reg.origin_pong(key, b"");
+    assert_eq!(reg.frame_begins(key, Member::Origin, false, &mut fwd), None);
+    ack(&mut reg, key, seq);
+    assert_eq!(
+        reg.frame_begins(key, Member::Origin, false, &mut fwd),
+        Some(2)
+    );
+    assert_eq!(
+        reg.payload_continues(key, Member::Origin, &mut fwd),
+        Some(2)
+    );
+}
+
+#[test]
+fn a_message_never_reaches_the_dest_of_another_epoch() {
+    let mut reg = Registry::new();
+    let (key, id) = paired(&mut reg);
+    let mut fwd = Forwarding::default();
+    // The origin begins a fragmented message toward dest 2.
+    assert_eq!(
+        reg.frame_begins(key, Member::Origin, false, &mut fwd),
+        Some(2)
+    );
+    let mut actions = Vec::new();
+    assert!(reg.leave(
+        key,
+        2,
+        Member::Dest,
+        &clean(Departure::Closed(1000, "")),
+        &mut actions
+    ));
+    // The rest of the frame and the message go nowhere...
+    assert_eq!(reg.payload_continues(key, Member::Origin, &mut fwd), None);
+    assert_eq!(reg.frame_begins(key, Member::Origin, true, &mut fwd), None);
+    // ...even once dest 3 has joined and the origin acked it.
+    actions.clear();
+    let (_, _, seq) = reg.join_dest(3, id, ADM, &mut actions).unwrap();
+    ack(&mut reg, key, seq);
+    assert_eq!(reg.frame_begins(key, Member::Origin, true, &mut fwd), None);
+    assert_eq!(reg.payload_continues(key, Member::Origin, &mut fwd), None);
+    // A new message goes to dest 3.
+    assert_eq!(
+        reg.frame_begins(key, Member::Origin, false, &mut fwd),
+        Some(3)
+    );
+    assert_eq!(
+        reg.payload_continues(key, Member::Origin, &mut fwd),
+        Some(3)
+    );
+}
+
+#[test]
+fn dest_leaving_tells_the_origin_and_the_session_waits() {
+    let mut reg = Registry::new();
+    let (key, id) = paired(&mut reg);
+    let mut actions = Vec::new();
+    let leaving = clean(Departure::Closed(close::NO_STATUS, ""));
+    assert!(reg.leave(key, 2, Member::Dest, &leaving, &mut actions));
+    assert_eq!(
+        actions,
+        vec![
+            Action::Close {
+                conn: 2,
+                code: close::NORMAL,
+                reason: String::new()
+            },
+            Action::Discard { conn: 1 },
+            Action::PeerLeft {
+                to: 1,
+                seq: 2,
+                code: close::NORMAL,
+                reason: String::new()
+            },
+        ]
+    );
+    assert_eq!(reg.view(key).map(|v| v.dest), Some(None));
+    // A second departure of the same dest is stale: nothing happens.
+    actions.clear();
+    assert!(!reg.leave(key, 2, Member::Dest, &leaving, &mut actions));
+    assert!(actions.is_empty());
+    assert!(reg.join_dest(3, id, ADM, &mut actions).is_ok());
+}
+
+#[test]
+fn dest_leaving_inside_a_frame_toward_the_origin_ends_the_session() {
+    for (peer_mid_frame, mid_message) in [(true, false), (false, true)] {
+        let mut reg = Registry::new();
+        let (key, id) = paired(&mut reg);
+        let mut actions = Vec::new();
+        let leaving = Leaving {
+            how: Departure::Vanished("reset"),
+            peer_mid_frame,
+            mid_message,
+        };
+        assert!(reg.leave(key, 2, Member::Dest, &leaving, &mut actions));
+        assert_eq!(
+            actions,
+            vec![
+                Action::Close {
+                    conn: 2,
+                    code: close::ABNORMAL,
+                    reason: "reset".into()
+                },
+                Action::Discard { conn: 1 },
+                Action::Close {
+                    conn: 1,
+                    code: close::INTERNAL_ERROR,
+                    reason: "peer vanished inside a frame".into()
+                },
+            ]
+        );
+        assert!(reg.is_empty());
+        let err = reg.join_dest(3, id, ADM, &mut actions).unwrap_err();
+        assert_eq!(err.status, 404);
+    }
+}
+
+#[test]
+fn origin_departures_end_the_session_with_the_right_codes() {
+    let cases = [
+        (
+            Departure::Closed(4242, "done"),
+            (4242, "done"),
+            (4242, "done"),
+        ),
+        (
+            Departure::Closed(close::NO_STATUS, ""),
+            (close::NORMAL, ""),
+            (close::NORMAL, ""),
+        ),
+        (
+            Departure::Failed(close::PROTOCOL_ERROR, "unmasked"),
+            (close::PROTOCOL_ERROR, "unmasked"),
+            (close::ORIGIN_GONE, "origin gone (protocol error)"),
+        ),
+        (
+            Departure::Vanished("eof"),
+            (close::INTERNAL_ERROR, "eof"),
+            (close::ORIGIN_GONE, "origin gone"),
+        ),
+    ];
+    for (how, (oc, or), (dc, dr)) in cases {
+        let mut reg = Registry::new();
+        let (key, _) = paired(&mut reg);
+        let mut actions = Vec::new();
+        assert!(reg.leave(key, 1, Member::Origin, &clean(how), &mut actions));
+        assert_eq!(
+            actions,
+            vec![
+                Action::Close {
+                    conn: 1,
+                    code: oc,
+                    reason: or.into()
+                },
+                Action::Close {
+                    conn: 2,
+                    code: dc,
+                    reason: dr.into()
+                },
+            ]
+        );
+        assert!(reg.is_empty());
+    }
+}
+
+#[test]
+fn refusals() {
+    let mut reg = Registry::new();
+    let mut actions = Vec::new();
+    let (_, id) = reg.open_origin(1, None, ADM, 1, &mut actions).unwrap();
+    let status = |r: Result<(SessionKey, Uuid), Refusal>| r.map(|_| ()).unwrap_err().status;
+    assert_eq!(status(reg.open_origin(5, None, ADM, 1, &mut actions)), 503);
+    assert_eq!(
+        status(reg.open_origin(5, Some(id), OTHER, 9, &mut actions)),
+        409
+    );
+    let join = |reg: &mut Registry, id, adm, actions: &mut Vec<Action>| {
+        reg.join_dest(6, id, adm, actions)
+            .map(|_| ())
+            .unwrap_err()
+            .status
+    };
+    assert_eq!(join(&mut reg, Uuid::new_v4(), ADM, &mut actions), 404);
+    assert_eq!(join(&mut reg, id, OTHER, &mut actions), 403);
+    reg.join_dest(2, id, ADM, &mut actions).unwrap();
+    assert_eq!(join(&mut reg, id, ADM, &mut actions), 409);
+    assert_eq!(reg.paired(), 1);
+}
+
+#[test]
+fn the_same_origin_replaces_its_session() {
+    let mut reg = Registry::new();
+    let (key, id) = paired(&mut reg);
+    let mut actions = Vec::new();
+    let (new_key, new_id) = reg.open_origin(9, Some(id), ADM, 10, &mut actions).unwrap();
+    assert_eq!(new_id, id);
+    assert_eq!(
+        actions,
+        vec![
+            Action::Close {
+                conn: 1,
+                code: close::REPLACED,
+                reason: "replaced by a new origin connection".into()
+            },
+            Action::Close {
+                conn: 2,
+                code: close::ORIGIN_RECONNECTED,
+                reason: "origin reconnected; join again".into()
+            },
+        ]
+    );
+    assert!(reg.is_member(new_key, 9, Member::Origin));
+    // The old members are stale now, even if the slot was reused.
+    assert!(!reg.is_member(key, 1, Member::Origin));
+    actions.clear();
+    assert!(!reg.leave(
+        key,
+        2,
+        Member::Dest,
+        &clean(Departure::Vanished("x")),
+        &mut actions
+    ));
+    assert!(actions.is_empty());
+}
+
+#[test]
+fn shutdown_closes_everyone_with_1001() {
+    let mut reg = Registry::new();
+    paired(&mut reg);
+    let mut actions = Vec::new();
+    reg.open_origin(3, None, ADM, 10, &mut actions).unwrap();
+    reg.end_all(&mut actions);
+    assert!(reg.is_empty());
+    let mut closed: Vec<(ConnKey, u16)> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Close { conn, code, .. } => Some((*conn, *code)),
+            _ => None,
+        })
+        .collect();
+    closed.sort();
+    assert_eq!(
+        closed,
+        vec![
+            (1, close::GOING_AWAY),
+            (2, close::GOING_AWAY),
+            (3, close::GOING_AWAY)
+        ]
+    );
+}
