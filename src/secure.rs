@@ -634,6 +634,10 @@ pub struct Noise {
     /// The peer has shown it is live in *this* handshake, see
     /// [`Noise::peer_confirmed`].
     peer_confirmed: bool,
+    /// Noise handshake hash `h` once the handshake is done: unique to this
+    /// handshake (both ephemeral keys and the psk are mixed in), the same
+    /// on both sides. The mux v2 resume proof is bound to it.
+    handshake_hash: Vec<u8>,
 }
 
 impl std::fmt::Debug for Noise {
@@ -723,6 +727,7 @@ impl Noise {
             cipher: None,
             peer_proved_token: false,
             peer_confirmed: false,
+            handshake_hash: Vec::new(),
         })
     }
 
@@ -892,6 +897,7 @@ impl Noise {
         let State::Handshake(mut hs) = std::mem::replace(&mut self.state, State::Failed) else {
             unreachable!()
         };
+        self.handshake_hash = hs.get_handshake_hash().to_vec();
         let cipher = self.cipher.unwrap_or(Cipher::ChaCha20Poly1305);
         if self.v2_offer {
             self.state = State::V2(Box::new(Transport::new(self.side, cipher, &mut hs)?));
@@ -910,6 +916,12 @@ impl Noise {
             );
         }
         Ok(())
+    }
+
+    /// The handshake hash (empty until established): a value both sides
+    /// share and nobody else can choose, fresh for every handshake.
+    pub fn handshake_hash(&self) -> &[u8] {
+        &self.handshake_hash
     }
 
     pub fn is_established(&self) -> bool {
@@ -1166,6 +1178,19 @@ mod tests {
     fn open(n: &mut Noise, c: &[u8]) -> Result<Vec<u8>, Error> {
         let mut v = Vec::new();
         n.open(c, &mut v).map(|()| v)
+    }
+
+    #[test]
+    fn handshake_hash_shared_and_fresh() {
+        let (d, o) = pair(TOKEN, TOKEN, &sid(1));
+        assert_eq!(d.handshake_hash().len(), 32);
+        assert_eq!(d.handshake_hash(), o.handshake_hash());
+        let (d2, _) = pair(TOKEN, TOKEN, &sid(1));
+        assert_ne!(d.handshake_hash(), d2.handshake_hash());
+        assert!(Noise::new(Side::Dest, TOKEN, &sid(1))
+            .unwrap()
+            .handshake_hash()
+            .is_empty());
     }
 
     #[test]

@@ -470,27 +470,50 @@ impl fmt::Display for Error {
 }
 impl std::error::Error for Error {}
 
-/// Bounded exponential backoff.
+/// Bounded exponential backoff with full jitter: attempt `n` waits a
+/// uniform random time in `[0, min(BACKOFF_MAX, BACKOFF_MIN * 2^n)]`, so
+/// clients that lost the same relay at the same instant spread their
+/// reconnects over the whole interval instead of arriving in lockstep
+/// (AWS Architecture Blog, "Exponential Backoff And Jitter").
 #[derive(Debug, Clone)]
 pub struct Backoff {
-    next: Duration,
+    /// Upper bound of the next delay.
+    ceiling: Duration,
+    rng: Prng,
 }
 
 impl Default for Backoff {
     fn default() -> Self {
-        Backoff { next: BACKOFF_MIN }
+        Backoff::with_rng(Prng::from_os())
     }
 }
 
 impl Backoff {
-    /// The delay to wait now; the following one doubles (capped).
+    /// A backoff drawing its jitter from `rng` (tests pass a seeded one).
+    pub fn with_rng(rng: Prng) -> Backoff {
+        Backoff {
+            ceiling: BACKOFF_MIN,
+            rng,
+        }
+    }
+
+    /// The upper bound of the delay [`Backoff::next_delay`] returns next.
+    pub fn ceiling(&self) -> Duration {
+        self.ceiling
+    }
+
+    /// The delay to wait now (uniform in `[0, ceiling]`); the ceiling of
+    /// the following one doubles, capped at [`BACKOFF_MAX`].
     pub fn next_delay(&mut self) -> Duration {
-        let d = self.next;
-        self.next = (self.next * 2).min(BACKOFF_MAX);
+        // ceiling <= 10 s: its nanoseconds fit a u64 with room for + 1.
+        let span = self.ceiling.as_nanos() as u64 + 1;
+        let d = Duration::from_nanos(self.rng.next_u64() % span);
+        self.ceiling = (self.ceiling * 2).min(BACKOFF_MAX);
         d
     }
+
     pub fn reset(&mut self) {
-        self.next = BACKOFF_MIN;
+        self.ceiling = BACKOFF_MIN;
     }
 }
 
@@ -505,6 +528,16 @@ impl Backoff {
 pub struct Prng(u64);
 
 impl Prng {
+    /// A deterministic generator (tests). A zero seed is replaced, since
+    /// xorshift would stay at zero forever.
+    pub fn from_seed(seed: u64) -> Prng {
+        Prng(if seed == 0 {
+            0x9e37_79b9_7f4a_7c15
+        } else {
+            seed
+        })
+    }
+
     pub fn from_os() -> Prng {
         let mut seed = [0u8; 8];
         let ok = std::fs::File::open("/dev/urandom")
@@ -590,14 +623,51 @@ mod tests {
 
     #[test]
     fn backoff_doubles_to_cap() {
-        let mut b = Backoff::default();
-        let v: Vec<_> = (0..10).map(|_| b.next_delay().as_millis()).collect();
+        let mut b = Backoff::with_rng(Prng::from_seed(7));
+        let mut ceilings = Vec::new();
+        for _ in 0..10 {
+            let c = b.ceiling();
+            ceilings.push(c.as_millis());
+            let d = b.next_delay();
+            assert!(d <= c, "{d:?} above its ceiling {c:?}");
+        }
         assert_eq!(
-            v,
+            ceilings,
             [100, 200, 400, 800, 1600, 3200, 6400, 10000, 10000, 10000]
         );
         b.reset();
-        assert_eq!(b.next_delay(), BACKOFF_MIN);
+        assert_eq!(b.ceiling(), BACKOFF_MIN);
+        assert!(b.next_delay() <= BACKOFF_MIN);
+    }
+
+    #[test]
+    fn backoff_jitter_is_full_and_seeded() {
+        // Same seed, same delays: the jitter comes only from the rng.
+        let run = |seed| {
+            let mut b = Backoff::with_rng(Prng::from_seed(seed));
+            (0..12).map(|_| b.next_delay()).collect::<Vec<_>>()
+        };
+        assert_eq!(run(42), run(42));
+        assert_ne!(run(42), run(43));
+        // At the cap, 2000 draws cover [0, 10 s] roughly uniformly: every
+        // tenth of the interval is hit, and the mean is near 5 s.
+        let mut b = Backoff::with_rng(Prng::from_seed(1));
+        for _ in 0..8 {
+            b.next_delay();
+        }
+        assert_eq!(b.ceiling(), BACKOFF_MAX);
+        let mut buckets = [0u32; 10];
+        let mut sum = 0.0;
+        for _ in 0..2000 {
+            let d = b.next_delay();
+            assert!(d <= BACKOFF_MAX);
+            let i = ((d.as_secs_f64() / BACKOFF_MAX.as_secs_f64()) * 10.0) as usize;
+            buckets[i.min(9)] += 1;
+            sum += d.as_secs_f64();
+        }
+        assert!(buckets.iter().all(|&n| n > 120), "{buckets:?}");
+        let mean = sum / 2000.0;
+        assert!((4.5..5.5).contains(&mean), "mean {mean}");
     }
 
     #[test]

@@ -21,16 +21,52 @@
 //! Ids come from the dest's counter (1, 2, ...) and are never reused within
 //! an epoch, so a record for a forgotten id is simply ignored, while a record
 //! for an id that was never opened is a protocol error.
+//!
+//! # v2: a mux that outlives its link ([`Mux::with_resume`])
+//!
+//! A v2 mux keeps every byte it sent until the peer has consumed it
+//! (CREDIT, EOF_ACK), so it can outlive a relay link: README "Reliability"
+//! has the protocol, `resume.rs` the SESSION record. Wiring it into a loop:
+//! - make it once per process run with a random secret
+//!   (32 bytes from the OS) and `--resume-window`; only with end-to-end
+//!   encryption (the proof needs the Noise handshake hash);
+//! - link lost: [`Mux::suspend`]. `false`: nothing to resume (v1 peer, first
+//!   SESSION not done, protocol error): the channels got
+//!   [`Event::Closed`]; drop the mux and make a new one for the next link
+//!   as today. `true`: keep the mux and the unix sockets. Stop reading
+//!   them: [`Mux::send_window`] is 0. Keep writing what
+//!   [`Mux::pending`] still holds. Do not accept new connections:
+//!   [`Mux::open`] answers [`Error::Suspended`]. Arm a timer at
+//!   [`Mux::poll_timeout`] and call [`Mux::handle_timeout`] from it;
+//! - new link, Noise established: [`Mux::resume`] with
+//!   `Noise::handshake_hash()`, then feed messages as usual.
+//!   [`Mux::take_session_outcome`] says when the exchange is done (and
+//!   whether the old channels carried over). [`Mux::is_live`] turns true,
+//!   and the [`Event::Service`] events restart the channels;
+//! - a peer that changed (another dest instance) is handled inside: its
+//!   old channels get [`Event::Closed`] and the session goes on fresh.
 
 pub mod record;
+pub mod resume;
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::time::{Duration, Instant};
 
 use record::{Kind, Record, HEADER_LEN, MAX_REASON_LEN};
 
-/// Protocol version carried in HELLO.
+/// Protocol version carried in HELLO. v2 (resumable channels) keeps it at
+/// 1, because a v1 peer refuses any other value: a v2 mux says so in the
+/// low byte of its advertised window instead ([`V2_WINDOW_MARK`]), which a
+/// v1 peer reads as a window like any other.
 pub const VERSION: u16 = 1;
+/// Low byte of the window a v2 mux advertises. v1 binaries always
+/// advertise [`INITIAL_WINDOW`] (low byte 0).
+pub const V2_WINDOW_MARK: u32 = 0x52;
+/// Default `--resume-window`.
+pub const DEFAULT_RESUME_WINDOW: Duration = Duration::from_secs(60);
+/// Cleanly finished or closed channel ids remembered for a resume.
+const MAX_TOMBSTONES: usize = 4096;
 /// Per-channel, per-direction window we advertise: the most a peer may send
 /// on one channel before we grant credit, hence the most we buffer for it.
 pub const INITIAL_WINDOW: u32 = 256 * 1024;
@@ -102,6 +138,10 @@ pub enum Error {
     },
     /// Dest only: all 2^32 - 1 channel ids of this epoch are used.
     IdsExhausted,
+    /// v2: a SESSION record or resume state that does not add up.
+    Resume(&'static str),
+    /// The link is down (suspended or resuming): no new channel now.
+    Suspended,
 }
 
 impl Error {
@@ -138,6 +178,8 @@ impl fmt::Display for Error {
             }
             Error::CreditOverflow { channel } => write!(f, "credit overflow on channel {channel}"),
             Error::IdsExhausted => write!(f, "channel ids exhausted"),
+            Error::Resume(why) => write!(f, "mux resume: {why}"),
+            Error::Suspended => write!(f, "mux link is down"),
         }
     }
 }
@@ -188,6 +230,18 @@ struct Channel {
     eof_delivered: bool,
     /// Origin, lazy OPEN_OK: accepted, OPEN_OK not queued yet.
     ok_pending: bool,
+    // ---- v2 retention (see resume.rs) ----
+    /// Bytes taken by `send_data` so far.
+    sent_total: u64,
+    /// Bytes the peer consumed (sum of CREDIT, or a RESUME entry).
+    acked: u64,
+    /// Sent bytes `[acked, sent_total)`. A ring, so freeing acknowledged
+    /// bytes never moves the rest.
+    retained: VecDeque<u8>,
+    recv_total: u64,
+    consumed_total: u64,
+    /// The peer delivered our EOF (EOF_ACK or a RESUME entry).
+    eof_acked: bool,
 }
 
 impl Channel {
@@ -203,14 +257,38 @@ impl Channel {
             eof_recv: false,
             eof_delivered: false,
             ok_pending: false,
+            sent_total: 0,
+            acked: 0,
+            retained: VecDeque::new(),
+            recv_total: 0,
+            consumed_total: 0,
+            eof_acked: false,
+        }
+    }
+    /// Retained bytes from `skip` on (absolute offset `acked + skip`).
+    fn retained_from(&self, skip: usize) -> Vec<u8> {
+        let skip = skip.min(self.retained.len());
+        self.retained.range(skip..).copied().collect()
+    }
+    /// The peer consumed up to `to` (absolute): free what it covers.
+    fn ack_to(&mut self, to: u64) {
+        let n = to
+            .saturating_sub(self.acked)
+            .min(self.retained.len() as u64) as usize;
+        self.acked = to;
+        self.retained.drain(..n);
+        if self.retained.is_empty() && self.retained.capacity() > 4096 {
+            // An idle channel keeps no buffer.
+            self.retained = VecDeque::new();
         }
     }
     fn pending(&self) -> &[u8] {
         &self.recv[self.recv_pos..]
     }
-    fn finished(&self) -> bool {
+    fn finished(&self, v2: bool) -> bool {
         self.open == OpenState::Open
             && self.eof_sent
+            && (!v2 || self.eof_acked)
             && self.eof_recv
             && self.eof_delivered
             && self.recv_pos == self.recv.len()
@@ -271,6 +349,66 @@ pub struct Mux {
     spare: Vec<Vec<u8>>,
     events: VecDeque<Event>,
     failed: Option<Error>,
+    /// Resume support (None: a v1-only mux, [`Mux::new`]).
+    v2: Option<Box<V2>>,
+    /// From the peer's HELLO: whether it speaks v2 (None: not known yet).
+    peer_v2: Option<bool>,
+    /// v2: output after HELLO is held until the peer's HELLO says which
+    /// version to speak (a v1 peer must never see a v2 record).
+    hold: bool,
+    /// The HELLO batch is still at the front of `out`.
+    hello_pending: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    Live,
+    /// Link lost; channels kept.
+    Suspended,
+    /// New link: HELLO/SESSION under way.
+    Resuming,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    Fresh,
+    Resume,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PeerSession {
+    /// Nothing yet on this link.
+    None,
+    /// A RESUME we could not use; its FRESH follows.
+    AwaitFresh,
+    Done,
+}
+
+/// v2 state that outlives links. Debug hides the secrets.
+struct V2 {
+    secret: [u8; resume::SECRET_LEN],
+    peer_secret: Option<[u8; resume::SECRET_LEN]>,
+    link: Link,
+    deadline: Option<Instant>,
+    window: Duration,
+    hash: Vec<u8>,
+    sent: Option<Sent>,
+    peer: PeerSession,
+    /// Recently forgotten ids: None finished cleanly, Some(reason) closed.
+    tombstones: VecDeque<(ChannelId, Option<String>)>,
+    /// Outcome of the last SESSION exchange, until taken.
+    outcome: Option<bool>,
+}
+
+impl fmt::Debug for V2 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("V2")
+            .field("link", &self.link)
+            .field("deadline", &self.deadline)
+            .field("sent", &self.sent)
+            .field("peer", &self.peer)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Mux {
@@ -292,12 +430,83 @@ impl Mux {
             spare: Vec::new(),
             events: VecDeque::new(),
             failed: None,
+            v2: None,
+            peer_v2: None,
+            hold: false,
+            hello_pending: false,
         };
+        mux.push_hello();
+        mux
+    }
+
+    /// A v2 mux: resumable channels when the peer speaks v2 too (else
+    /// plain v1). `secret` must be random per process (32 bytes from the
+    /// OS); `resume_window` bounds how long channels wait for a new link.
+    pub fn with_resume(
+        side: Side,
+        cfg: Config,
+        secret: [u8; resume::SECRET_LEN],
+        resume_window: Duration,
+    ) -> Mux {
+        let window = (cfg.window.max(MIN_WINDOW) & !0xff) | V2_WINDOW_MARK;
+        let mut mux = Mux::new(side, Config { window, ..cfg });
+        mux.out.clear();
+        mux.out_bytes = 0;
+        mux.v2 = Some(Box::new(V2 {
+            secret,
+            peer_secret: None,
+            link: Link::Live,
+            deadline: None,
+            window: resume_window,
+            hash: Vec::new(),
+            sent: None,
+            peer: PeerSession::None,
+            tombstones: VecDeque::new(),
+            outcome: None,
+        }));
+        mux.push_hello();
+        mux
+    }
+
+    fn push_hello(&mut self) {
         let mut hello = [0u8; record::HELLO_LEN];
         hello[..2].copy_from_slice(&VERSION.to_be_bytes());
-        hello[2..].copy_from_slice(&cfg.window.to_be_bytes());
-        mux.push_record(Kind::Hello, 0, &hello);
-        mux
+        hello[2..].copy_from_slice(&self.cfg.window.to_be_bytes());
+        self.push_record(Kind::Hello, 0, &hello);
+        if self.v2.is_some() {
+            self.hold = true;
+            self.hello_pending = true;
+        }
+    }
+
+    fn link(&self) -> Link {
+        self.v2.as_ref().map_or(Link::Live, |v| v.link)
+    }
+
+    /// v2 negotiated with this peer.
+    fn v2_active(&self) -> bool {
+        self.v2.is_some() && self.peer_v2 == Some(true)
+    }
+
+    /// Keep sent bytes until acknowledged (v2 possible with this peer).
+    fn retaining(&self) -> bool {
+        self.v2.is_some() && self.peer_v2 != Some(false)
+    }
+
+    /// False while the link is down or a resume is under way: the loop
+    /// opens no channel and moves no bytes to the mux then.
+    pub fn is_live(&self) -> bool {
+        self.link() == Link::Live && self.failed.is_none()
+    }
+
+    /// Whether v2 (resume) was negotiated with the current peer.
+    pub fn resumable(&self) -> bool {
+        self.v2_active()
+    }
+
+    /// Bytes held for retransmission on `ch` (at most one peer window).
+    pub fn retained_bytes(&self, ch: ChannelId) -> usize {
+        self.channels.get(&ch).map_or(0, |c| c.retained.len())
     }
 
     pub fn side(&self) -> Side {
@@ -337,6 +546,12 @@ impl Mux {
 
     /// The next outgoing batch (one WebSocket message), oldest first.
     pub fn pop_batch(&mut self) -> Option<Vec<u8>> {
+        if self.hold {
+            if !self.hello_pending {
+                return None;
+            }
+            self.hello_pending = false;
+        }
         let b = self.out.pop_front()?;
         self.out_bytes -= b.len();
         Some(b)
@@ -352,10 +567,12 @@ impl Mux {
 
     /// Room in the back batch; a new batch is started when `need` won't fit.
     fn batch_for(&mut self, need: usize) -> &mut Vec<u8> {
-        let fits = self
-            .out
-            .back()
-            .is_some_and(|b| b.len() + need <= self.cfg.max_batch);
+        let hello_alone = self.hold && self.hello_pending && self.out.len() == 1;
+        let fits = !hello_alone
+            && self
+                .out
+                .back()
+                .is_some_and(|b| b.len() + need <= self.cfg.max_batch);
         if !fits {
             let b = self.spare.pop().unwrap_or_default();
             self.out.push_back(b);
@@ -364,6 +581,12 @@ impl Mux {
     }
 
     fn push_record(&mut self, kind: Kind, ch: ChannelId, payload: &[u8]) {
+        // While the link is down nothing goes out: every record a channel
+        // operation would queue is regenerated from channel state when
+        // the resume exchange completes (see `reconcile`).
+        if self.link() != Link::Live && !matches!(kind, Kind::Hello | Kind::Session) {
+            return;
+        }
         debug_assert!(HEADER_LEN + payload.len() <= self.cfg.max_batch);
         let b = self.batch_for(HEADER_LEN + payload.len());
         record::encode(b, kind, ch, payload);
@@ -443,20 +666,46 @@ impl Mux {
                 return Err(Error::WindowTooSmall(window));
             }
             self.peer_window = Some(window);
-            // Channels opened before HELLO (dest) get their send window now.
-            let mut ids: Vec<_> = self.channels.keys().copied().collect();
-            ids.sort_unstable();
-            for id in ids {
-                if let Some(c) = self.channels.get_mut(&id) {
-                    c.send_window = window as u64;
-                }
-                self.events.push_back(Event::Service(id));
+            let peer_v2 = window & 0xff == V2_WINDOW_MARK;
+            if self.v2.is_some() {
+                return self.on_hello_v2(window, peer_v2);
             }
+            self.peer_v2 = Some(false);
+            self.hello_windows(window);
             self.events.push_front(Event::Ready { window });
             return Ok(());
         };
+        if self.v2_active() {
+            let peer = self.v2.as_ref().map_or(PeerSession::Done, |v| v.peer);
+            match rec {
+                Record::Session { payload } => return self.on_session(payload),
+                _ if peer != PeerSession::Done => {
+                    return Err(Error::Resume("first record after HELLO is not SESSION"))
+                }
+                _ => {}
+            }
+        }
         match rec {
             Record::Hello { .. } => return Err(Error::Hello("second HELLO")),
+            Record::Session { .. } => {
+                return Err(unexpected(Kind::Session, 0, "SESSION without v2"))
+            }
+            Record::EofAck { channel } => {
+                if !self.v2_active() {
+                    return Err(unexpected(kind, channel, "EOF_ACK without v2"));
+                }
+                if !self.lookup(kind, channel)? {
+                    return Ok(());
+                }
+                let c = self.channels.get_mut(&channel).expect("looked up");
+                if !c.eof_sent {
+                    return Err(unexpected(kind, channel, "EOF_ACK before our EOF"));
+                }
+                c.eof_acked = true;
+                let all = c.sent_total;
+                c.ack_to(all);
+                self.check_finished(channel);
+            }
             Record::Open { channel } => {
                 if self.side != Side::Origin {
                     return Err(unexpected(kind, channel, "OPEN sent to the dest"));
@@ -502,6 +751,7 @@ impl Mux {
                     return Err(Error::WindowExceeded { channel });
                 }
                 c.recv_window -= data.len() as u64;
+                c.recv_total += data.len() as u64;
                 if data.is_empty() {
                     return Ok(());
                 }
@@ -532,6 +782,7 @@ impl Mux {
                     .push_back(Event::Closed(channel, reason.to_string()));
             }
             Record::Credit { channel, increment } => {
+                let v2 = self.v2_active();
                 if !self.lookup(kind, channel)? {
                     return Ok(());
                 }
@@ -541,6 +792,11 @@ impl Mux {
                 if c.send_window > u32::MAX as u64 {
                     return Err(Error::CreditOverflow { channel });
                 }
+                if c.acked + increment as u64 > c.sent_total && v2 {
+                    return Err(unexpected(kind, channel, "credit for bytes never sent"));
+                }
+                let to = c.acked + increment as u64;
+                c.ack_to(to);
                 if was_closed && increment > 0 && !c.eof_sent {
                     self.events.push_back(Event::Service(channel));
                 }
@@ -558,6 +814,9 @@ impl Mux {
         assert_eq!(self.side, Side::Dest, "only the dest opens channels");
         if let Some(e) = &self.failed {
             return Err(e.clone());
+        }
+        if self.link() != Link::Live {
+            return Err(Error::Suspended);
         }
         if self.id_mark == u32::MAX {
             return Err(Error::IdsExhausted);
@@ -614,6 +873,7 @@ impl Mux {
                 .is_some_and(|c| c.open == OpenState::Pending)
         {
             self.channels.remove(&ch);
+            self.tombstone(ch, Some(reason));
             self.push_reason(Kind::OpenFail, ch, reason);
         }
     }
@@ -622,6 +882,9 @@ impl Mux {
     /// half-closed channels, or while the peer's HELLO is outstanding).
     pub fn send_window(&self, ch: ChannelId) -> usize {
         if self.failed.is_some() {
+            return 0;
+        }
+        if self.link() != Link::Live {
             return 0;
         }
         match self.channels.get(&ch) {
@@ -640,9 +903,20 @@ impl Mux {
         }
         data = &data[..take];
         self.send_open_ok(ch);
+        let retain = self.retaining();
         if let Some(c) = self.channels.get_mut(&ch) {
             c.send_window -= take as u64;
+            c.sent_total += take as u64;
+            if retain {
+                c.retained.extend(data);
+            }
         }
+        self.push_data(ch, data);
+        take
+    }
+
+    /// Queue DATA records for `data` (already accounted for).
+    fn push_data(&mut self, ch: ChannelId, mut data: &[u8]) {
         let max_batch = self.cfg.max_batch;
         while !data.is_empty() {
             let room = self
@@ -660,7 +934,6 @@ impl Mux {
             self.out_bytes += HEADER_LEN + chunk;
             data = &data[chunk..];
         }
-        take
     }
 
     /// The local socket reached EOF: queue EOF (our direction is finished).
@@ -685,6 +958,7 @@ impl Mux {
             return;
         }
         if self.channels.remove(&ch).is_some() {
+            self.tombstone(ch, Some(reason));
             self.push_reason(Kind::Close, ch, reason);
         }
     }
@@ -710,6 +984,7 @@ impl Mux {
             return;
         }
         let threshold = (self.cfg.window as u64 / 2).max(1);
+        let live = self.link() == Link::Live;
         let Some(c) = self.channels.get_mut(&ch) else {
             return;
         };
@@ -730,7 +1005,8 @@ impl Mux {
             c.recv_pos = 0;
         }
         c.unacked += n as u64;
-        if c.unacked >= threshold && !c.eof_recv {
+        c.consumed_total += n as u64;
+        if live && c.unacked >= threshold && !c.eof_recv {
             // unacked <= window <= u32::MAX: it fits the record.
             let inc = c.unacked as u32;
             c.unacked = 0;
@@ -743,10 +1019,16 @@ impl Mux {
 
     /// The loop did `shutdown(SHUT_WR)` after the peer's EOF.
     pub fn eof_delivered(&mut self, ch: ChannelId) {
+        let v2 = self.v2_active();
+        let mut ack = false;
         if let Some(c) = self.channels.get_mut(&ch) {
-            if c.eof_recv {
+            if c.eof_recv && !c.eof_delivered {
                 c.eof_delivered = true;
+                ack = v2;
             }
+        }
+        if ack {
+            self.push_record(Kind::EofAck, ch, &[]);
         }
         self.check_finished(ch);
     }
@@ -765,8 +1047,462 @@ impl Mux {
     /// knows the other has nothing more to send). The loop notices with
     /// [`Mux::contains`] and drops the socket.
     fn check_finished(&mut self, ch: ChannelId) {
-        if self.channels.get(&ch).is_some_and(Channel::finished) {
+        let v2 = self.v2_active();
+        if self.channels.get(&ch).is_some_and(|c| c.finished(v2)) {
             self.channels.remove(&ch);
+            self.tombstone(ch, None);
+        }
+    }
+
+    fn tombstone(&mut self, ch: ChannelId, reason: Option<&str>) {
+        if !self.retaining() {
+            return;
+        }
+        if let Some(v) = self.v2.as_mut() {
+            if v.tombstones.len() >= MAX_TOMBSTONES {
+                v.tombstones.pop_front();
+            }
+            v.tombstones.push_back((ch, reason.map(str::to_string)));
+        }
+    }
+}
+
+impl Mux {
+    // ---- v2: suspend and resume --------------------------------------
+
+    /// Channels opened before HELLO (dest) get their send window now.
+    fn hello_windows(&mut self, window: u32) {
+        let mut ids: Vec<_> = self.channels.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            if let Some(c) = self.channels.get_mut(&id) {
+                c.send_window = window as u64;
+            }
+            self.events.push_back(Event::Service(id));
+        }
+    }
+
+    fn side_byte(side: Side) -> u8 {
+        match side {
+            Side::Origin => b'o',
+            Side::Dest => b'd',
+        }
+    }
+
+    fn on_hello_v2(&mut self, window: u32, peer_v2: bool) -> Result<()> {
+        self.peer_v2 = Some(peer_v2);
+        let resuming = self.link() == Link::Resuming;
+        // Release held output, SESSION first (right after HELLO).
+        let mut rest = std::mem::take(&mut self.out);
+        if self.hello_pending {
+            if let Some(h) = rest.pop_front() {
+                self.out.push_back(h);
+            }
+        }
+        self.hold = false;
+        if !peer_v2 {
+            for c in self.channels.values_mut() {
+                c.retained = VecDeque::new();
+            }
+            if let Some(v) = self.v2.as_mut() {
+                v.tombstones.clear();
+            }
+            if resuming {
+                self.close_all("the peer does not support resume (mux v1)");
+                self.set_live();
+            } else {
+                self.hello_windows(window);
+            }
+            self.out.extend(rest);
+            self.events.push_front(Event::Ready { window });
+            return Ok(());
+        }
+        let Some(v) = self.v2.as_mut() else {
+            return Ok(());
+        };
+        // No handshake hash (plaintext mode): a proof would be replayable
+        // by the relay, so never resume.
+        let payload = if resuming && v.peer_secret.is_some() && !v.hash.is_empty() {
+            v.sent = Some(Sent::Resume);
+            let entries = self.resume_entries();
+            let v = self.v2.as_ref().expect("v2");
+            resume::encode_resume(
+                &v.secret,
+                Mux::side_byte(self.side),
+                &v.hash,
+                self.id_mark,
+                &entries,
+            )
+        } else {
+            v.sent = Some(Sent::Fresh);
+            if resuming {
+                // Starting over on a link that cannot resume: what we held
+                // is gone, and the secret we now send is a new one.
+                v.secret = resume::rotate(&v.secret, &v.hash);
+                v.peer_secret = None;
+            }
+            let p = resume::encode_fresh(&v.secret);
+            if resuming {
+                self.close_all("this link cannot resume channels (no end-to-end handshake)");
+                if self.side == Side::Origin {
+                    self.id_mark = 0;
+                }
+            }
+            p
+        };
+        self.push_record(Kind::Session, 0, &payload);
+        self.out.extend(rest);
+        if !resuming {
+            self.hello_windows(window);
+        }
+        self.events.push_front(Event::Ready { window });
+        Ok(())
+    }
+
+    /// Our channels' receive state for RESUME; from here on our receive
+    /// windows restart from what we report.
+    fn resume_entries(&mut self) -> Vec<resume::Entry> {
+        let w = self.cfg.window as u64;
+        let mut ids: Vec<_> = self.channels.keys().copied().collect();
+        ids.sort_unstable();
+        ids.into_iter()
+            .filter_map(|id| {
+                let c = self.channels.get_mut(&id)?;
+                c.unacked = 0;
+                c.recv_window = (c.consumed_total + w).saturating_sub(c.recv_total);
+                let mut flags = 0;
+                if c.open == OpenState::Open {
+                    flags |= resume::F_OPEN;
+                }
+                if c.eof_recv {
+                    flags |= resume::F_EOF_RECV;
+                }
+                if c.eof_delivered {
+                    flags |= resume::F_EOF_DELIVERED;
+                }
+                Some(resume::Entry {
+                    channel: id,
+                    flags,
+                    recv_total: c.recv_total,
+                    consumed: c.consumed_total,
+                })
+            })
+            .collect()
+    }
+
+    fn set_live(&mut self) {
+        if let Some(v) = self.v2.as_mut() {
+            v.link = Link::Live;
+            v.deadline = None;
+        }
+    }
+
+    /// Close every channel locally (the peer does the same on its side, or
+    /// already forgot them); each gets an [`Event::Closed`].
+    fn close_all(&mut self, why: &str) {
+        let mut ids: Vec<_> = self.channels.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            self.channels.remove(&id);
+            self.events.push_back(Event::Closed(id, why.to_string()));
+        }
+        if let Some(v) = self.v2.as_mut() {
+            v.tombstones.clear();
+        }
+    }
+
+    /// Old channels cannot continue on this link: close them, start a fresh
+    /// session with a rotated secret.
+    fn start_over(&mut self, why: &str) {
+        self.close_all(why);
+        if self.side == Side::Origin {
+            // A new dest instance counts its ids from 1 again.
+            self.id_mark = 0;
+        }
+        let Some(v) = self.v2.as_mut() else {
+            return;
+        };
+        v.secret = resume::rotate(&v.secret, &v.hash);
+        v.peer_secret = None;
+        v.sent = Some(Sent::Fresh);
+        let p = resume::encode_fresh(&v.secret);
+        self.push_record(Kind::Session, 0, &p);
+    }
+
+    fn on_session(&mut self, payload: &[u8]) -> Result<()> {
+        let session = resume::decode(payload).ok_or(Error::Resume("malformed SESSION"))?;
+        let Some(v) = self.v2.as_mut() else {
+            return Err(Error::Resume("SESSION without v2"));
+        };
+        if v.peer == PeerSession::Done {
+            return Err(Error::Resume("second SESSION"));
+        }
+        match session {
+            resume::Session::Fresh { secret } => {
+                let we_resumed = v.sent == Some(Sent::Resume);
+                if we_resumed {
+                    log::info!("mux: the peer is a new instance; its old channels are gone");
+                    self.start_over("the peer restarted or is another instance: channel lost");
+                }
+                let v = self.v2.as_mut().expect("v2");
+                v.peer_secret = Some(secret);
+                v.peer = PeerSession::Done;
+                v.outcome = Some(false);
+                self.set_live();
+            }
+            resume::Session::Resume {
+                proof,
+                id_mark,
+                entries,
+                signed,
+            } => {
+                if v.peer == PeerSession::AwaitFresh {
+                    return Err(Error::Resume("second RESUME"));
+                }
+                if v.sent != Some(Sent::Resume) {
+                    // We are fresh: the peer learns it from our FRESH and
+                    // answers with its own.
+                    v.peer = PeerSession::AwaitFresh;
+                    return Ok(());
+                }
+                let peer_side = match self.side {
+                    Side::Origin => Side::Dest,
+                    Side::Dest => Side::Origin,
+                };
+                let ok = !v.hash.is_empty()
+                    && v.peer_secret.is_some_and(|ps| {
+                        resume::verify(&ps, Mux::side_byte(peer_side), &v.hash, &signed, &proof)
+                    });
+                if !ok {
+                    log::warn!("mux: resume proof failed; closing the old channels");
+                    v.peer = PeerSession::AwaitFresh;
+                    self.start_over("the peer could not prove it held this channel");
+                    return Ok(());
+                }
+                v.peer = PeerSession::Done;
+                self.reconcile(id_mark, &entries)?;
+                self.set_live();
+                if let Some(v) = self.v2.as_mut() {
+                    v.outcome = Some(true);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Both sides proved themselves: continue every channel where the
+    /// peer's entries say, regenerate what the outage swallowed.
+    fn reconcile(&mut self, peer_mark: u32, entries: &[resume::Entry]) -> Result<()> {
+        let peer_window = self.peer_window.unwrap_or(0) as u64;
+        let threshold = (self.cfg.window as u64 / 2).max(1);
+        self.set_live();
+        let mut listed = std::collections::HashSet::new();
+        for e in entries {
+            if !listed.insert(e.channel) {
+                return Err(Error::Resume("channel listed twice"));
+            }
+            let ch = e.channel;
+            let Some(c) = self.channels.get_mut(&ch) else {
+                // We forgot it (or, origin, never saw its OPEN: the dest
+                // sends that again itself).
+                let known = match self.side {
+                    Side::Dest => ch < self.id_mark,
+                    Side::Origin => ch <= self.id_mark,
+                };
+                if !known {
+                    if self.side == Side::Dest {
+                        return Err(Error::Resume("peer lists a channel never opened"));
+                    }
+                    continue;
+                }
+                let stone = self
+                    .v2
+                    .as_ref()
+                    .and_then(|v| v.tombstones.iter().find(|t| t.0 == ch).cloned());
+                match stone {
+                    Some((_, None)) if e.flags & resume::F_EOF_RECV != 0 => {
+                        self.push_record(Kind::EofAck, ch, &[]);
+                    }
+                    Some((_, Some(r))) => self.push_reason(Kind::Close, ch, &r),
+                    _ => self.push_reason(Kind::Close, ch, "channel closed during the outage"),
+                }
+                continue;
+            };
+            let eof_recv = e.flags & resume::F_EOF_RECV != 0;
+            let delivered = e.flags & resume::F_EOF_DELIVERED != 0;
+            if e.consumed > e.recv_total
+                || e.recv_total > c.sent_total
+                || e.consumed < c.acked
+                || (eof_recv && !c.eof_sent)
+                || (delivered && (!eof_recv || e.consumed != c.sent_total))
+            {
+                return Err(Error::Resume("peer's channel state contradicts ours"));
+            }
+            c.ack_to(e.consumed);
+            if delivered {
+                c.eof_acked = true;
+            }
+            c.send_window = (e.consumed + peer_window).saturating_sub(c.sent_total);
+            let skip = (e.recv_total - c.acked) as usize;
+            let resend = c.retained_from(skip);
+            let send_eof = c.eof_sent && !eof_recv;
+            let send_ok = self.side == Side::Origin
+                && c.open == OpenState::Open
+                && e.flags & resume::F_OPEN == 0;
+            c.ok_pending = false;
+            let eof_ack = c.eof_delivered;
+            let credit = if c.unacked >= threshold && !c.eof_recv {
+                let inc = c.unacked as u32;
+                c.unacked = 0;
+                c.recv_window += inc as u64;
+                Some(inc)
+            } else {
+                None
+            };
+            if send_ok {
+                self.push_record(Kind::OpenOk, ch, &[]);
+            }
+            self.push_data(ch, &resend);
+            if send_eof {
+                self.push_record(Kind::Eof, ch, &[]);
+            }
+            if eof_ack {
+                self.push_record(Kind::EofAck, ch, &[]);
+            }
+            if let Some(inc) = credit {
+                self.push_record(Kind::Credit, ch, &inc.to_be_bytes());
+            }
+            self.events.push_back(Event::Service(ch));
+        }
+        // Dest: channels whose OPEN never reached the origin start over.
+        if self.side == Side::Dest {
+            let mut ids: Vec<_> = self
+                .channels
+                .keys()
+                .copied()
+                .filter(|id| *id > peer_mark && !listed.contains(id))
+                .collect();
+            ids.sort_unstable();
+            for ch in ids {
+                let Some(c) = self.channels.get_mut(&ch) else {
+                    continue;
+                };
+                c.send_window = peer_window.saturating_sub(c.sent_total);
+                let resend = c.retained_from(0);
+                let eof = c.eof_sent;
+                self.push_record(Kind::Open, ch, &[]);
+                self.push_data(ch, &resend);
+                if eof {
+                    self.push_record(Kind::Eof, ch, &[]);
+                }
+                self.events.push_back(Event::Service(ch));
+            }
+        }
+        let ids: Vec<_> = self.channels.keys().copied().collect();
+        for ch in ids {
+            self.check_finished(ch);
+        }
+        Ok(())
+    }
+
+    /// The link is gone. A v2 mux keeps its channels (their sockets stay
+    /// open, nothing more goes out) for the resume window and returns true;
+    /// otherwise every channel is closed (events) and it returns false.
+    pub fn suspend(&mut self, now: Instant) -> bool {
+        self.out.clear();
+        self.out_bytes = 0;
+        self.hold = false;
+        self.hello_pending = false;
+        // peer_secret is only ever learnt from a v2 peer; during a resume
+        // the new peer's version may not be known yet.
+        let ok = self.failed.is_none()
+            && self.peer_v2 != Some(false)
+            && self.v2.as_ref().is_some_and(|v| v.peer_secret.is_some());
+        if !ok {
+            let why = match &self.failed {
+                Some(e) => format!("relay link lost after a protocol error ({e})"),
+                None => "relay link lost (channel resume not negotiated)".to_string(),
+            };
+            self.close_all(&why);
+            // Spent: the loop makes a new Mux for the next link.
+            self.failed
+                .get_or_insert(Error::Resume("link lost without resume"));
+            return false;
+        }
+        let mut ids: Vec<_> = self.channels.keys().copied().collect();
+        let max = resume::max_channels(self.cfg.max_batch);
+        if ids.len() > max {
+            ids.sort_unstable();
+            for id in ids.split_off(max) {
+                self.channels.remove(&id);
+                self.events
+                    .push_back(Event::Closed(id, "too many channels to resume".into()));
+            }
+        }
+        if let Some(v) = self.v2.as_mut() {
+            if v.link == Link::Live {
+                v.deadline = Some(now + v.window);
+            }
+            v.link = Link::Suspended;
+        }
+        true
+    }
+
+    /// A new link is up and its Noise handshake done (`handshake_hash`
+    /// from it): HELLO is queued, then the SESSION exchange decides which
+    /// channels continue. Without a prior [`Mux::suspend`] this does
+    /// nothing.
+    pub fn resume(&mut self, now: Instant, handshake_hash: &[u8]) {
+        let _ = now;
+        if self.v2.as_ref().is_none_or(|v| v.link != Link::Suspended) {
+            return;
+        }
+        self.out.clear();
+        self.out_bytes = 0;
+        self.peer_window = None;
+        // peer_v2 stays: until the new HELLO says otherwise, channels keep
+        // v2 rules (a channel is not forgotten before its EOF is acked).
+        if let Some(v) = self.v2.as_mut() {
+            v.link = Link::Resuming;
+            v.hash = handshake_hash.to_vec();
+            v.sent = None;
+            v.peer = PeerSession::None;
+        }
+        self.push_hello();
+    }
+
+    /// v2: once per SESSION exchange on a new link: `Some(true)` when the
+    /// old channels carried over, `Some(false)` when they were closed (each
+    /// with its own [`Event::Closed`]) or this is the first link.
+    pub fn take_session_outcome(&mut self) -> Option<bool> {
+        self.v2.as_mut().and_then(|v| v.outcome.take())
+    }
+
+    /// When [`Mux::handle_timeout`] wants to run (the resume window's end).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.v2.as_ref().and_then(|v| v.deadline)
+    }
+
+    /// The resume window passed without a resume: close every retained
+    /// channel with a reason. A resume under way fails (the loop drops the
+    /// link; the next one starts fresh).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let Some(v) = self.v2.as_mut() else {
+            return;
+        };
+        if v.deadline.is_none_or(|d| now < d) {
+            return;
+        }
+        let secs = v.window.as_secs_f64();
+        v.deadline = None;
+        v.peer_secret = None;
+        let resuming = v.link == Link::Resuming;
+        log::warn!("mux: resume window of {secs:.0} s expired; closing the channels");
+        self.close_all(&format!(
+            "relay link down longer than the resume window ({secs:.0} s)"
+        ));
+        if resuming {
+            self.fail(Error::Resume("resume window expired"));
         }
     }
 }
@@ -777,3 +1513,6 @@ fn unexpected(kind: Kind, channel: u32, why: &'static str) -> Error {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(all(test, feature = "e2e"))]
+mod tests_resume;

@@ -29,6 +29,10 @@ pub enum Kind {
     Eof = 6,
     Close = 7,
     Credit = 8,
+    /// v2 only: the sender's session state, right after HELLO.
+    Session = 9,
+    /// v2 only: the sender delivered the peer's EOF and every byte before it.
+    EofAck = 10,
 }
 
 impl Kind {
@@ -42,6 +46,8 @@ impl Kind {
             6 => Kind::Eof,
             7 => Kind::Close,
             8 => Kind::Credit,
+            9 => Kind::Session,
+            10 => Kind::EofAck,
             _ => return None,
         })
     }
@@ -58,6 +64,8 @@ pub enum Record<'a> {
     Eof { channel: u32 },
     Close { channel: u32, reason: &'a str },
     Credit { channel: u32, increment: u32 },
+    Session { payload: &'a [u8] },
+    EofAck { channel: u32 },
 }
 
 impl Record<'_> {
@@ -71,6 +79,8 @@ impl Record<'_> {
             Record::Eof { .. } => Kind::Eof,
             Record::Close { .. } => Kind::Close,
             Record::Credit { .. } => Kind::Credit,
+            Record::Session { .. } => Kind::Session,
+            Record::EofAck { .. } => Kind::EofAck,
         }
     }
 }
@@ -88,7 +98,7 @@ pub fn decode(msg: &[u8]) -> Result<(Record<'_>, usize), Error> {
     let end = HEADER_LEN + len;
     let payload = msg.get(HEADER_LEN..end).ok_or(Error::Truncated)?;
     let bad_len = || Error::BadLength { kind, len };
-    if (kind == Kind::Hello) != (channel == 0) {
+    if matches!(kind, Kind::Hello | Kind::Session) != (channel == 0) {
         return Err(Error::BadChannel { kind, channel });
     }
     let rec = match kind {
@@ -101,16 +111,18 @@ pub fn decode(msg: &[u8]) -> Result<(Record<'_>, usize), Error> {
                 window: u32::from_be_bytes([payload[2], payload[3], payload[4], payload[5]]),
             }
         }
-        Kind::Open | Kind::OpenOk | Kind::Eof => {
+        Kind::Open | Kind::OpenOk | Kind::Eof | Kind::EofAck => {
             if len != 0 {
                 return Err(bad_len());
             }
             match kind {
                 Kind::Open => Record::Open { channel },
                 Kind::OpenOk => Record::OpenOk { channel },
+                Kind::EofAck => Record::EofAck { channel },
                 _ => Record::Eof { channel },
             }
         }
+        Kind::Session => Record::Session { payload },
         Kind::OpenFail | Kind::Close => {
             let reason = std::str::from_utf8(payload).map_err(|_| Error::BadUtf8 { kind })?;
             if kind == Kind::OpenFail {
@@ -244,7 +256,7 @@ mod tests {
         assert_eq!(decode(&[5, 0, 0, 0]), Err(Error::Truncated));
         assert_eq!(decode(&[5, 0, 0, 0, 1, 0, 3, 1, 2]), Err(Error::Truncated));
         assert_eq!(decode(&[0, 0, 0, 0, 1, 0, 0]), Err(Error::UnknownType(0)));
-        assert_eq!(decode(&[9, 0, 0, 0, 1, 0, 0]), Err(Error::UnknownType(9)));
+        assert_eq!(decode(&[11, 0, 0, 0, 1, 0, 0]), Err(Error::UnknownType(11)));
         assert!(matches!(
             decode(&enc(Kind::Data, 0, b"x")),
             Err(Error::BadChannel { .. })
