@@ -3,6 +3,8 @@
 //! environment (http_proxy for ws://, https_proxy for wss:// in front of
 //! HAProxy terminating TLS), bypass it per no_proxy, report a wrong
 //! password clearly (exit 1, no retry), and retry a proxy that is down.
+// These tests drive the TLS stage; a build without the `tls` feature has none.
+#![cfg(feature = "tls")]
 
 #[path = "common/clients.rs"]
 mod support;
