@@ -30,20 +30,35 @@ impl fmt::Display for Pin {
 pub fn parse_pins(s: &str) -> Result<Vec<Pin>, String> {
     let mut pins = Vec::new();
     for part in s.split(';').map(str::trim).filter(|p| !p.is_empty()) {
-        let Some(b64) = part
-            .strip_prefix("sha256//")
-            .or_else(|| part.strip_prefix("sha256/"))
-        else {
+        // `sha256/BASE64`, or curl's `sha256//BASE64`. A hash whose base64
+        // starts with '/' makes the two look alike ("sha256//gRb…" is the
+        // single-slash form of "/gRb…"), so take whichever reading decodes
+        // to 32 bytes.
+        let readings = [part.strip_prefix("sha256/"), part.strip_prefix("sha256//")];
+        if readings.iter().all(Option::is_none) {
             return Err(format!(
                 "bad pin {part:?}: expected sha256/BASE64 (the SPKI hash, as curl's --pinnedpubkey)"
             ));
+        }
+        let mut last_err = String::new();
+        let mut digest = None;
+        for b64 in readings.into_iter().flatten() {
+            match base64::engine::general_purpose::STANDARD.decode(b64) {
+                Ok(raw) => match <[u8; 32]>::try_from(raw) {
+                    Ok(d) => {
+                        digest = Some(d);
+                        break;
+                    }
+                    Err(r) => {
+                        last_err = format!("{} bytes, a SHA-256 has 32", r.len());
+                    }
+                },
+                Err(e) => last_err = e.to_string(),
+            }
+        }
+        let Some(digest) = digest else {
+            return Err(format!("bad pin {part:?}: {last_err}"));
         };
-        let raw = base64::engine::general_purpose::STANDARD
-            .decode(b64)
-            .map_err(|e| format!("bad pin {part:?}: {e}"))?;
-        let digest: [u8; 32] = raw.try_into().map_err(|r: Vec<u8>| {
-            format!("bad pin {part:?}: {} bytes, a SHA-256 has 32", r.len())
-        })?;
         pins.push(Pin(digest));
     }
     if pins.is_empty() {
@@ -126,6 +141,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(two.len(), 2);
+        // A hash whose base64 starts with '/': single-slash form.
+        let slash = parse_pins("sha256//gRbgiIdkpFWpyVoGleRkH/YbdfQieWTu7RDNtldwpk=").unwrap();
+        assert_eq!(slash.len(), 1);
+        assert_eq!(slash[0].0[0], 0xfe);
+        // …and curl's double-slash form of the same hash.
+        let curl = parse_pins("sha256///gRbgiIdkpFWpyVoGleRkH/YbdfQieWTu7RDNtldwpk=").unwrap();
+        assert_eq!(curl, slash);
         assert_eq!(two[1].0[0], 1);
         assert_eq!(
             format!("{}", two[1]),
