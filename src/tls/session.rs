@@ -388,44 +388,33 @@ impl TlsSession {
         for _ in 0..4096 {
             let step = {
                 let rx = self.rx.pending_mut();
+                let mut fields = Fields {
+                    tx: &mut self.tx,
+                    plain: &mut self.plain,
+                    out,
+                    out_n,
+                    data,
+                    written,
+                    handshake_done: &mut self.handshake_done,
+                    peer_closed: &mut self.peer_closed,
+                    close_pending: &mut self.close_pending,
+                };
+                // The two sides' states are different types; `handle` is
+                // generic over them.
                 match &mut self.conn {
                     Conn::Client(c) => {
                         let UnbufferedStatus { discard, state } = c.process_tls_records(rx);
-                        let st = state.map_err(TlsError::from)?;
-                        let r = handle(
-                            st,
-                            &mut Fields {
-                                tx: &mut self.tx,
-                                plain: &mut self.plain,
-                                out,
-                                out_n,
-                                data,
-                                written,
-                                handshake_done: &mut self.handshake_done,
-                                peer_closed: &mut self.peer_closed,
-                                close_pending: &mut self.close_pending,
-                            },
-                        )?;
-                        (discard, r)
+                        (
+                            discard,
+                            handle(state.map_err(TlsError::from)?, &mut fields)?,
+                        )
                     }
                     Conn::Server(c) => {
                         let UnbufferedStatus { discard, state } = c.process_tls_records(rx);
-                        let st = state.map_err(TlsError::from)?;
-                        let r = handle(
-                            st,
-                            &mut Fields {
-                                tx: &mut self.tx,
-                                plain: &mut self.plain,
-                                out,
-                                out_n,
-                                data,
-                                written,
-                                handshake_done: &mut self.handshake_done,
-                                peer_closed: &mut self.peer_closed,
-                                close_pending: &mut self.close_pending,
-                            },
-                        )?;
-                        (discard, r)
+                        (
+                            discard,
+                            handle(state.map_err(TlsError::from)?, &mut fields)?,
+                        )
                     }
                 }
             };
