@@ -203,10 +203,24 @@ impl Origin {
         token: &str,
         env: &[(&str, &str)],
     ) -> Result<Origin, (Option<i32>, String)> {
-        let log = dir.path(&format!("origin-{}.log", unique()));
         let p = port.to_string();
+        Self::try_start_at(dir, &["127.0.0.1", &p], socket, extra, token, env)
+    }
+
+    /// `relay`: how the relay is given on the command line (`HOST PORT`,
+    /// or a `ws://` / `wss://` URL with its options before it).
+    pub fn try_start_at(
+        dir: &TempDir,
+        relay: &[&str],
+        socket: &Path,
+        extra: &[&str],
+        token: &str,
+        env: &[(&str, &str)],
+    ) -> Result<Origin, (Option<i32>, String)> {
+        let log = dir.path(&format!("origin-{}.log", unique()));
         let mut args: Vec<&str> = extra.to_vec();
-        args.extend(["127.0.0.1", &p, socket.to_str().unwrap()]);
+        args.extend_from_slice(relay);
+        args.push(socket.to_str().unwrap());
         let mut envs = vec![("SOCKRELAY_TOKEN", token)];
         envs.extend_from_slice(env);
         let child = spawn(ORIGIN, &args, &envs, log.clone(), Stdio::piped());
@@ -286,10 +300,24 @@ impl Dest {
         token: &str,
         env: &[(&str, &str)],
     ) -> Dest {
-        let log = dir.path(&format!("dest-{}.log", unique()));
         let p = port.to_string();
+        Self::spawn_at(dir, &["127.0.0.1", &p], session, socket, extra, token, env)
+    }
+
+    /// `relay`: as for `Origin::try_start_at`.
+    pub fn spawn_at(
+        dir: &TempDir,
+        relay: &[&str],
+        session: &str,
+        socket: &Path,
+        extra: &[&str],
+        token: &str,
+        env: &[(&str, &str)],
+    ) -> Dest {
+        let log = dir.path(&format!("dest-{}.log", unique()));
         let mut args: Vec<&str> = extra.to_vec();
-        args.extend(["127.0.0.1", &p, session, socket.to_str().unwrap()]);
+        args.extend_from_slice(relay);
+        args.extend([session, socket.to_str().unwrap()]);
         let mut envs = vec![("SOCKRELAY_TOKEN", token)];
         envs.extend_from_slice(env);
         let child = spawn(DEST, &args, &envs, log.clone(), Stdio::null());

@@ -123,6 +123,8 @@ pub enum Attack {
     Cut { at: Target },
     /// Send the target back to whoever sent it instead of forwarding it.
     Reflect { at: Target },
+    /// Swallow the target: it never arrives, the frames after it do.
+    Drop { at: Target },
 }
 
 impl Attack {
@@ -135,7 +137,8 @@ impl Attack {
             | Attack::Reorder { at }
             | Attack::Shorten { at }
             | Attack::Cut { at }
-            | Attack::Reflect { at } => Some(*at),
+            | Attack::Reflect { at }
+            | Attack::Drop { at } => Some(*at),
         }
     }
 }
@@ -755,5 +758,224 @@ fn on_frame(ctx: &Ctx, dir: Dir, st: &mut AttackState, frame: Frame) -> bool {
             ctx.sh.fired(what("reflected to its sender"));
             back(ctx, dir, st, &frame)
         }
+        Attack::Drop { .. } => {
+            ctx.sh.fired(what("dropped"));
+            true
+        }
+    }
+}
+
+// ---- the evil relay terminating TLS ----------------------------------
+
+/// The same man-in-the-middle, reached over TLS: a front listener
+/// terminates TLS with the relay's (test CA) certificate and hands the
+/// plaintext to the proxy above through a loopback connection, so the
+/// attacks are byte for byte the same as on a plain relay. This is what a
+/// relay operator who owns the TLS key sees and controls. Cuts and
+/// half-closes pass through: when the proxy shuts a connection down, the
+/// front sends close_notify and closes the TCP connection.
+#[cfg(feature = "tls")]
+pub mod tls {
+    use super::{Attack, Mitm, LIFETIME, POLL};
+    use std::io::{ErrorKind, Read, Write};
+    use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+    use std::os::unix::io::AsRawFd;
+    use std::path::Path;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::thread::JoinHandle;
+    use std::time::{Duration, Instant};
+
+    use sockrelay::tls::{ServerTls, ServerTlsFiles};
+
+    /// The TLS front and the proxy behind it. Clients connect to `addr`.
+    pub struct TlsMitm {
+        pub addr: SocketAddr,
+        pub inner: Mitm,
+        stop: Arc<AtomicBool>,
+        accept: Option<JoinHandle<()>>,
+    }
+
+    impl std::ops::Deref for TlsMitm {
+        type Target = Mitm;
+        fn deref(&self) -> &Mitm {
+            &self.inner
+        }
+    }
+
+    impl TlsMitm {
+        pub fn start(relay: SocketAddr, attack: Attack, cert: &Path, key: &Path) -> TlsMitm {
+            Self::start_with(relay, attack, false, cert, key)
+        }
+
+        pub fn start_with(
+            relay: SocketAddr,
+            attack: Attack,
+            rewrite_dest_admission: bool,
+            cert: &Path,
+            key: &Path,
+        ) -> TlsMitm {
+            let inner = Mitm::start_with(relay, attack, rewrite_dest_admission);
+            let config = ServerTls::load(ServerTlsFiles {
+                cert: cert.to_path_buf(),
+                key: key.to_path_buf(),
+                client_ca: None,
+            })
+            .expect("the test certificate loads")
+            .config();
+            let listener = TcpListener::bind("127.0.0.1:0").expect("bind TLS front");
+            listener.set_nonblocking(true).unwrap();
+            let addr = listener.local_addr().unwrap();
+            let stop = Arc::new(AtomicBool::new(false));
+            let (stop2, behind) = (stop.clone(), inner.addr);
+            let deadline = Instant::now() + LIFETIME;
+            let accept = std::thread::spawn(move || {
+                while !stop2.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    match listener.accept() {
+                        Ok((s, _)) => {
+                            let (cfg, stop3) = (config.clone(), stop2.clone());
+                            std::thread::spawn(move || bridge(cfg, s, behind, stop3, deadline));
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                    }
+                }
+            });
+            TlsMitm {
+                addr,
+                inner,
+                stop,
+                accept: Some(accept),
+            }
+        }
+
+        pub fn port(&self) -> u16 {
+            self.addr.port()
+        }
+    }
+
+    impl Drop for TlsMitm {
+        fn drop(&mut self) {
+            self.stop.store(true, Ordering::Relaxed);
+            if let Some(t) = self.accept.take() {
+                let _ = t.join();
+            }
+        }
+    }
+
+    /// Readable (or hung up) within `POLL`: (outer, inner). A stream whose
+    /// flag is false is not watched.
+    fn poll2(a: &TcpStream, watch_a: bool, b: &TcpStream, watch_b: bool) -> (bool, bool) {
+        let fd = |s: &TcpStream, watch: bool| if watch { s.as_raw_fd() } else { -1 };
+        let mut fds = [
+            libc::pollfd {
+                fd: fd(a, watch_a),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: fd(b, watch_b),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: `fds` is a valid array of two pollfd for the duration of
+        // the call, and both descriptors are open (borrowed streams).
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, POLL.as_millis() as i32) };
+        if n <= 0 {
+            return (false, false);
+        }
+        (fds[0].revents != 0, fds[1].revents != 0)
+    }
+
+    /// One client connection: TLS on `outer`, plaintext to the proxy.
+    fn bridge(
+        config: Arc<rustls::ServerConfig>,
+        mut outer: TcpStream,
+        behind: SocketAddr,
+        stop: Arc<AtomicBool>,
+        deadline: Instant,
+    ) {
+        let Ok(mut conn) = rustls::ServerConnection::new(config) else {
+            return;
+        };
+        let Ok(mut inner) = TcpStream::connect_timeout(&behind, Duration::from_secs(5)) else {
+            return;
+        };
+        let _ = outer.set_nonblocking(false);
+        for s in [&outer, &inner] {
+            let _ = s.set_write_timeout(Some(Duration::from_secs(5)));
+            let _ = s.set_nodelay(true);
+        }
+        let mut buf = vec![0u8; 64 * 1024];
+        // Whether each direction has ended: outer→inner, inner→outer.
+        let (mut up_done, mut down_done, mut shut) = (false, false, false);
+        while !(up_done && down_done) && !stop.load(Ordering::Relaxed) && Instant::now() < deadline
+        {
+            let (outer_ready, inner_ready) = poll2(&outer, !up_done, &inner, !down_done);
+            if outer_ready && !up_done {
+                match conn.read_tls(&mut outer) {
+                    Ok(0) => up_done = true,
+                    Ok(_) => {
+                        if let Err(e) = conn.process_new_packets() {
+                            eprintln!("evil relay (TLS front): {e}");
+                            let _ = conn.write_tls(&mut outer);
+                            break;
+                        }
+                    }
+                    Err(e)
+                        if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {}
+                    Err(_) => break,
+                }
+                loop {
+                    match conn.reader().read(&mut buf) {
+                        Ok(0) => {
+                            up_done = true;
+                            break;
+                        }
+                        Ok(n) => {
+                            if inner.write_all(&buf[..n]).is_err() {
+                                up_done = true;
+                                break;
+                            }
+                        }
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                        // Unexpected EOF (no close_notify): the client is gone.
+                        Err(_) => {
+                            up_done = true;
+                            break;
+                        }
+                    }
+                }
+                if up_done {
+                    let _ = inner.shutdown(Shutdown::Write);
+                }
+            }
+            if inner_ready && !down_done {
+                match inner.read(&mut buf) {
+                    Ok(0) | Err(_) => {
+                        down_done = true;
+                        conn.send_close_notify();
+                    }
+                    Ok(n) => {
+                        if conn.writer().write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            while conn.wants_write() {
+                if conn.write_tls(&mut outer).is_err() {
+                    down_done = true;
+                    up_done = true;
+                    break;
+                }
+            }
+            if down_done && !conn.wants_write() && !shut {
+                let _ = outer.shutdown(Shutdown::Write);
+                shut = true;
+            }
+        }
+        let _ = inner.shutdown(Shutdown::Both);
+        let _ = outer.shutdown(Shutdown::Both);
     }
 }
