@@ -362,3 +362,92 @@ fn bulk_data_through_the_tls_relay_both_ways() {
     assert_eq!(back.len(), data.len());
     assert!(back == data);
 }
+
+/// At --max-pending the TLS relay answers a new connection with a plaintext
+/// fatal alert instead of completing a handshake to send a 503 (README
+/// "Deploying"): curl names the alert, the real dest reports a busy relay
+/// and keeps retrying (no exit 1: the limit is not permanent), and the
+/// relay logs the refusal.
+#[test]
+fn at_max_pending_a_tls_client_gets_an_alert_not_a_handshake() {
+    let dir = TempDir::new("tls-relay-busy");
+    let p = pki(&dir);
+    let (relay, port) = tls_relay(
+        &dir,
+        &[
+            "--tls-cert",
+            p.cert.to_str().unwrap(),
+            "--tls-key",
+            p.key.to_str().unwrap(),
+            "--max-pending",
+            "1",
+            "--handshake-timeout",
+            "60",
+        ],
+    );
+    // The one pending slot: a TCP connection that never says anything.
+    let hold = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let curl = || {
+        Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "10",
+                "--cacert",
+                p.ca.to_str().unwrap(),
+            ])
+            .arg(format!("https://127.0.0.1:{port}/healthz"))
+            .output()
+            .expect("curl")
+    };
+    let mut refused = None;
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            let out = curl();
+            let text = String::from_utf8_lossy(&out.stderr).to_lowercase();
+            let hit = !out.status.success() && text.contains("alert internal error");
+            if hit {
+                refused = Some(text);
+            }
+            hit
+        }),
+        "curl was not refused with an alert\n{}",
+        relay.log_text()
+    );
+    eprintln!("curl: {}", refused.unwrap_or_default().trim());
+    assert!(
+        wait_log(
+            &relay,
+            "too many pending handshakes (TLS alert, no handshake)",
+            5
+        ),
+        "{}",
+        relay.log_text()
+    );
+    // The real dest: a clear reason, and it retries.
+    let dsock = dir.path("busy-dest.sock");
+    let url = format!("wss://localhost:{port}");
+    let mut d = dest(
+        &dir,
+        &[
+            "--ca-file",
+            p.ca.to_str().unwrap(),
+            &url,
+            "67e55044-10b1-426f-9247-bb680e5fe0c8",
+            "busy-relay-test-token-0123456789",
+            dsock.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(
+        wait_log(
+            &d,
+            "the relay refused the connection before the handshake",
+            15
+        ),
+        "{}",
+        d.log_text()
+    );
+    assert!(d.is_running(), "the dest gave up: {}", d.log_text());
+    drop(hold);
+}

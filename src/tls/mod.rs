@@ -130,6 +130,13 @@ impl From<rustls::Error> for TlsError {
             rustls::Error::NoCertificatesPresented => {
                 TlsError::Verify("the peer presented no certificate".into())
             }
+            // What the relay sends instead of a handshake when it is at
+            // --max-connections / --max-pending: busy, worth a retry.
+            rustls::Error::AlertReceived(AlertDescription::InternalError) => TlsError::Closed(
+                "the relay refused the connection before the handshake (alert InternalError: \
+                 busy, at its connection or pending-handshake limit?)"
+                    .into(),
+            ),
             rustls::Error::AlertReceived(a) => TlsError::PeerRefused(describe_alert(a)),
             rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. } => {
                 TlsError::Protocol(format!("not TLS, or a broken peer ({e})"))

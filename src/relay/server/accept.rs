@@ -3,6 +3,11 @@
 
 use super::*;
 
+/// A TLS record, plaintext (no keys exist yet): alert, legacy version
+/// TLS 1.2, length 2, fatal, internal_error. Valid before any handshake
+/// message in TLS 1.2 and 1.3; a client reports "alert InternalError".
+const REFUSE_TLS_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x50];
+
 impl Server {
     pub(super) fn accept(&mut self, index: usize) {
         if self.accept_paused_until.is_some() || self.shutting_down.is_some() {
@@ -42,8 +47,20 @@ impl Server {
             };
             if let Some((metric, reason)) = over {
                 self.metrics.reject(metric);
-                log::warn!("refusing {addr}: {reason}");
-                let answer = handshake::error_response(503, reason);
+                // Under TLS the 503 would need a full handshake first: a
+                // key exchange and a signature per refused connection, CPU
+                // that a flood at the limit would get for free. Instead a
+                // TLS listener answers with a plaintext fatal alert
+                // (internal_error), which clients report as a busy relay
+                // and retry with backoff (README "Deploying").
+                let tls = self.tls_enabled();
+                let answer = if tls {
+                    log::warn!("refusing {addr}: {reason} (TLS alert, no handshake)");
+                    REFUSE_TLS_ALERT.to_vec()
+                } else {
+                    log::warn!("refusing {addr}: {reason}");
+                    handshake::error_response(503, reason)
+                };
                 if self.refusing >= MAX_REFUSING {
                     // Best effort: a fresh socket's send buffer is empty.
                     let _ = sock.write(&answer);
@@ -51,7 +68,7 @@ impl Server {
                 }
                 // Closing over unread request bytes would send RST, which
                 // may destroy the answer: shut down writing, drain, close.
-                if let Some(key) = self.insert_conn(sock, addr, index) {
+                if let Some(key) = self.insert_conn_as(sock, addr, index, true) {
                     self.refusing += 1;
                     self.conns[key].refused = true;
                     self.close_with_bytes(key, &answer, REFUSE_LINGER);
@@ -68,12 +85,32 @@ impl Server {
         }
     }
 
+    /// Whether accepted connections speak TLS (`--tls-cert`).
+    fn tls_enabled(&self) -> bool {
+        #[cfg(feature = "tls")]
+        return self.tls.is_some();
+        #[cfg(not(feature = "tls"))]
+        false
+    }
+
     /// Register an accepted socket as a pending connection.
     pub(super) fn insert_conn(
+        &mut self,
+        sock: TcpStream,
+        addr: SocketAddr,
+        index: usize,
+    ) -> Option<usize> {
+        self.insert_conn_as(sock, addr, index, false)
+    }
+
+    /// `insert_conn`; with `raw`, never wrapped in TLS (a refused
+    /// connection that only gets a plaintext alert).
+    fn insert_conn_as(
         &mut self,
         mut sock: TcpStream,
         addr: SocketAddr,
         index: usize,
+        raw: bool,
     ) -> Option<usize> {
         let _ = sock.set_nodelay(true);
         let generation = self.next_generation;
@@ -91,7 +128,7 @@ impl Server {
             return None;
         }
         #[cfg(feature = "tls")]
-        let sock = match &self.tls {
+        let sock = match self.tls.as_ref().filter(|_| !raw) {
             Some(tls) => match crate::tls::TlsSession::server(tls.config()) {
                 Ok(session) => RelaySock::Tls(Box::new(crate::tls::TlsStream::new(sock, session))),
                 Err(e) => {
@@ -103,7 +140,10 @@ impl Server {
             None => RelaySock::Plain(sock),
         };
         #[cfg(not(feature = "tls"))]
-        let sock = RelaySock::Plain(sock);
+        let sock = {
+            let _ = raw;
+            RelaySock::Plain(sock)
+        };
         entry.insert(Conn {
             sock,
             generation,
