@@ -327,7 +327,10 @@ impl Front {
     /// How origin and dest are told where the relay is.
     fn client_args(&self, dir: &TempDir) -> Vec<String> {
         match self {
-            Front::Plain(m) => vec!["127.0.0.1".into(), m.port().to_string()],
+            Front::Plain(m) => {
+                let _ = dir;
+                vec!["127.0.0.1".into(), m.port().to_string()]
+            }
             #[cfg(feature = "tls")]
             Front::Tls(t) => vec![
                 "--ca-file".into(),

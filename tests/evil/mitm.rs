@@ -909,8 +909,11 @@ pub mod tls {
         let mut buf = vec![0u8; 64 * 1024];
         // Whether each direction has ended: outer→inner, inner→outer.
         let (mut up_done, mut down_done, mut shut) = (false, false, false);
-        while !(up_done && down_done) && !stop.load(Ordering::Relaxed) && Instant::now() < deadline
-        {
+        loop {
+            let both_ended = up_done && down_done;
+            if both_ended || stop.load(Ordering::Relaxed) || Instant::now() >= deadline {
+                break;
+            }
             let (outer_ready, inner_ready) = poll2(&outer, !up_done, &inner, !down_done);
             if outer_ready && !up_done {
                 match conn.read_tls(&mut outer) {
