@@ -3,8 +3,7 @@
 //! behind an origin that exposes one of them; `ssh-add`, `ssh-keygen -Y`
 //! (and `ssh` against a real `sshd`) through the dest.
 
-#[path = "common/clients.rs"]
-mod support;
+mod common;
 
 use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -12,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use support::*;
+use common::clients::*;
 
 /// The agent, its socket and three keys: [exposed ed25519, hidden ed25519,
 /// hidden RSA] (private key paths; `.pub` beside them).
@@ -652,12 +651,6 @@ fn socket_mode_and_group() {
 }
 
 // ---- a real sshd -------------------------------------------------------
-
-/// A free loopback TCP port (closed again; sshd binds it next).
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
 
 #[test]
 fn ssh_logs_in_to_a_real_sshd_through_the_guard() {

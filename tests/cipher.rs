@@ -5,16 +5,15 @@
 //! fails the handshake instead of downgrading it.
 #![cfg(feature = "e2e")]
 
+mod common;
 #[path = "evil/mitm.rs"]
 mod mitm;
-#[path = "common/clients.rs"]
-mod support;
 
 use std::time::Duration;
 
+use common::clients::*;
 use mitm::{Attack, Dir, Mitm, Role, Target};
 use sha2::{Digest, Sha256};
-use support::*;
 
 const AES: &str = "end-to-end cipher: AES-256-GCM (negotiated)";
 const CHACHA_V1: &str = "end-to-end cipher: ChaCha20-Poly1305 (v1 handshake";

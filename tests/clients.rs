@@ -1,8 +1,7 @@
 //! Whole-binary tests of sockrelay-origin and sockrelay-dest through a real
 //! sockrelay-relay on loopback.
 
-#[path = "common/clients.rs"]
-mod support;
+mod common;
 
 use std::io::{Read, Write};
 use std::net::Shutdown;
@@ -10,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::*;
+use common::clients::*;
 
 /// 64 parallel channels, each echoing a random-sized payload (at most
 /// `max`; one is exactly `max`), byte-exact in both directions.

@@ -21,6 +21,9 @@
 //! that passes and the real one fails, the relay is at fault, not the harness.
 //! Env: `COMPAT_NODE` (node binary, default `node`).
 
+mod common;
+
+use common::{pattern, TempDir};
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::SocketAddr;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -274,31 +277,6 @@ fn require_node() {
     assert!(out.status.success(), "`{} --version` failed", node());
 }
 
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        // Short: unix socket paths are limited to ~107 bytes.
-        let p =
-            std::env::temp_dir().join(format!("srcompat-{tag}-{}-{nanos:x}", std::process::id()));
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 // ---------------------------------------------------------------------------
 // the pieces
 
@@ -370,18 +348,6 @@ fn start_xor_server(path: &Path) -> Arc<AtomicUsize> {
     accepted
 }
 
-fn pattern(size: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..size)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
 /// Open a connection on the dest's unix socket, send `size` bytes, read back
 /// `size` bytes and check them byte for byte (the origin side XORs them).
 fn round_trip(dest_sock: &Path, size: usize, seed: u64) {
@@ -389,7 +355,7 @@ fn round_trip(dest_sock: &Path, size: usize, seed: u64) {
         .unwrap_or_else(|e| panic!("connect {}: {e}", dest_sock.display()));
     s.set_read_timeout(Some(TRANSFER)).unwrap();
     s.set_write_timeout(Some(TRANSFER)).unwrap();
-    let data = pattern(size, seed);
+    let data = pattern(seed, size);
     let mut w = s.try_clone().unwrap();
     let to_send = data.clone();
     let writer = thread::spawn(move || w.write_all(&to_send));

@@ -55,14 +55,13 @@
 //! closes (4401) and both sides pair again: those tests check that the
 //! in-flight client is closed and the session works again.
 
+// The attacks are on the end-to-end layer (Noise, hkdf): nothing to test
+// without it.
+#![cfg(feature = "e2e")]
+
 mod common;
 #[path = "evil/mitm.rs"]
 mod mitm;
-#[path = "common/clients.rs"]
-mod support;
-#[cfg(feature = "tls")]
-#[path = "tls_support/mod.rs"]
-mod tls_support;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::Shutdown;
@@ -72,9 +71,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::clients::{self, wait_for, with_agent, TempDir};
 use mitm::{Attack, Dir, Frame, Mitm, Role, Target};
 use sockrelay::ws::frame::OpCode;
-use support::{wait_for, with_agent, TempDir};
 use uuid::Uuid;
 
 /// The shared secret of every test here (long enough not to be warned
@@ -316,7 +315,7 @@ impl Front {
             }
             #[cfg(feature = "tls")]
             Transport::Tls => {
-                let pki = tls_support::pki(dir);
+                let pki = common::tls::pki(dir);
                 Front::Tls(mitm::tls::TlsMitm::start(
                     relay, attack, &pki.cert, &pki.key,
                 ))
@@ -370,8 +369,8 @@ macro_rules! plain_and_tls {
 /// Relay, evil proxy in front of it, the origin's server, origin, dest.
 /// Field order is drop order: clients first, then the proxy and relay.
 struct World {
-    dest: Option<support::Dest>,
-    origin: support::Origin,
+    dest: Option<clients::Dest>,
+    origin: clients::Origin,
     mitm: Front,
     /// How the clients are told where the (evil) relay is.
     relay_args: Vec<String>,
@@ -389,7 +388,7 @@ fn start_dest(
     name: &str,
     extra: &[&str],
     token: &str,
-) -> support::Dest {
+) -> clients::Dest {
     start_dest_at(
         dir,
         &["127.0.0.1", &port.to_string()],
@@ -408,8 +407,8 @@ fn start_dest_at(
     name: &str,
     extra: &[&str],
     token: &str,
-) -> support::Dest {
-    let d = support::Dest::spawn_at(dir, relay, session, &dir.path(name), extra, token, &[]);
+) -> clients::Dest {
+    let d = clients::Dest::spawn_at(dir, relay, session, &dir.path(name), extra, token, &[]);
     let ready = if extra.contains(&"--insecure-plaintext") {
         "paired with origin"
     } else {
@@ -454,7 +453,7 @@ impl World {
         };
         let path = socket.map_or_else(|| server.as_ref().unwrap().path.clone(), Path::to_path_buf);
         let args = strs(&relay_args);
-        let origin = support::Origin::try_start_at(&dir, &args, &path, extra, TOKEN, &[])
+        let origin = clients::Origin::try_start_at(&dir, &args, &path, extra, TOKEN, &[])
             .unwrap_or_else(|e| panic!("origin did not start: {e:?}"));
         let session: Uuid = origin.session.parse().unwrap();
         let dest = start_dest_at(&dir, &args, &origin.session, "d.sock", extra, TOKEN);
@@ -470,7 +469,7 @@ impl World {
         }
     }
 
-    fn dest(&self) -> &support::Dest {
+    fn dest(&self) -> &clients::Dest {
         self.dest.as_ref().unwrap()
     }
 
@@ -776,7 +775,7 @@ plain_and_tls! {
 fn record_only_real_ssh_agent_the_recording_holds_no_key_material() {
     const COMMENT: &str = "evil-test-comment-XYZ";
     let dir = TempDir::new("evilagent");
-    let (_agent, agent_sock, _key) = support::agent_with_key(&dir, COMMENT);
+    let (_agent, agent_sock, _key) = clients::agent_with_key(&dir, COMMENT);
     let pubkey = std::fs::read_to_string(dir.path("id_ed25519.pub")).unwrap();
     use base64::Engine as _;
     let blob = base64::engine::general_purpose::STANDARD
@@ -1231,7 +1230,7 @@ fn a_replayed_earlier_dest_connection_gets_nothing_through() {
 #[test]
 fn wrong_token_is_refused_by_the_real_relay() {
     let w = World::start("wrong-403", Attack::None);
-    let mut bad = support::Dest::spawn(
+    let mut bad = clients::Dest::spawn(
         &w.dir,
         w.mitm.port(),
         &w.origin.session,
@@ -1269,9 +1268,9 @@ fn wrong_token_let_through_by_the_relay_fails_end_to_end() {
     let relay = common::Relay::start(&[]);
     let mitm = Mitm::start_with(relay.addr, Attack::None, true);
     let server = Recorder::start(&dir.path("srv.sock"));
-    let origin = support::Origin::try_start_env(&dir, mitm.port(), &server.path, &[], TOKEN, &[])
+    let origin = clients::Origin::try_start_env(&dir, mitm.port(), &server.path, &[], TOKEN, &[])
         .expect("origin");
-    let mut bad = support::Dest::spawn(
+    let mut bad = clients::Dest::spawn(
         &dir,
         mitm.port(),
         &origin.session,
@@ -1576,7 +1575,7 @@ fn ping_frame(payload: &[u8]) -> Vec<u8> {
 /// Watch `pid` for `for_`: the highest RSS seen. Stops early (and kills
 /// the process) once it passes `limit`, so a regression cannot eat the
 /// machine's memory.
-fn watch_rss(proc: &mut support::Proc, for_: Duration, limit: u64) -> u64 {
+fn watch_rss(proc: &mut clients::Proc, for_: Duration, limit: u64) -> u64 {
     let end = Instant::now() + for_;
     let mut peak = 0;
     while Instant::now() < end {
@@ -1600,7 +1599,7 @@ const NOT_READING: &str = "relay is not reading";
 const SILENT: &str = "relay silent for";
 
 /// Wait until `proc` logs why it dropped the link (either reason).
-fn wait_drop_reason(proc: &support::Proc, timeout: Duration) -> bool {
+fn wait_drop_reason(proc: &clients::Proc, timeout: Duration) -> bool {
     wait_for(timeout, || {
         let log = proc.log_text();
         log.contains(NOT_READING) || log.contains(SILENT)
@@ -1622,7 +1621,7 @@ fn relay_that_floods_pings_and_never_reads_cannot_exhaust_the_origin() {
     let (port, relay) = flooding_relay(frames, Duration::from_secs(6));
     let dir = TempDir::new("flood-o");
     let sock = dir.path("agent.sock");
-    let mut origin = support::Origin::try_start(&dir, port, &sock, &FLOOD_TIMING, TOKEN)
+    let mut origin = clients::Origin::try_start(&dir, port, &sock, &FLOOD_TIMING, TOKEN)
         .unwrap_or_else(|(code, log)| panic!("origin exited ({code:?}): {log}"));
     let peak = watch_rss(&mut origin.proc, Duration::from_secs(5), FLOOD_RSS_LIMIT);
     let sent = relay.join().unwrap();
@@ -1651,7 +1650,7 @@ fn relay_that_floods_peer_joined_and_never_reads_cannot_exhaust_the_dest() {
     let (port, relay) = flooding_relay(frames, Duration::from_secs(6));
     let dir = TempDir::new("flood-d");
     let sock = dir.path("dest.sock");
-    let mut dest = support::Dest::spawn(
+    let mut dest = clients::Dest::spawn(
         &dir,
         port,
         &Uuid::new_v4().to_string(),
@@ -1779,7 +1778,7 @@ fn origin_acknowledges_the_pairing_before_answering_the_dest() {
     });
     let dir = TempDir::new("ack-first");
     let sock = dir.path("agent.sock");
-    let _origin = support::Origin::try_start(&dir, port, &sock, &[], TOKEN)
+    let _origin = clients::Origin::try_start(&dir, port, &sock, &[], TOKEN)
         .unwrap_or_else(|(code, log)| panic!("origin exited ({code:?}): {log}"));
     let frames = relay.join().unwrap();
     let ack = frames

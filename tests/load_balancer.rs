@@ -5,31 +5,11 @@
 mod common;
 
 use common::ws::{connect, next_msg, wait_ping};
-use common::Relay;
-use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use common::{free_port, Daemon, Relay};
+use std::net::SocketAddr;
 use tungstenite::Message;
 
-struct Haproxy(Child);
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn start_haproxy(dir: &std::path::Path, port: u16, relays: &[SocketAddr]) -> Haproxy {
+fn start_haproxy(dir: &std::path::Path, port: u16, relays: &[SocketAddr]) -> Daemon {
     let servers: String = relays
         .iter()
         .enumerate()
@@ -45,25 +25,7 @@ fn start_haproxy(dir: &std::path::Path, port: u16, relays: &[SocketAddr]) -> Hap
     );
     let path = dir.join("haproxy.cfg");
     std::fs::write(&path, cfg).unwrap();
-    let mut child = Command::new("haproxy")
-        .args(["-db", "-f"])
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("haproxy is missing: run `bash .ci/setup` (it installs it)");
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("[haproxy] {line}");
-        }
-    });
-    let end = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < end, "haproxy did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Haproxy(child)
+    common::proc::haproxy(&path, port)
 }
 
 fn paired_sessions(relay: &Relay) -> u64 {
@@ -76,10 +38,10 @@ fn paired_sessions(relay: &Relay) -> u64 {
 
 #[test]
 fn haproxy_routes_origin_and_dest_of_a_session_to_the_same_relay() {
-    let dir = common::temp_dir("haproxy");
+    let dir = common::TempDir::new("haproxy");
     let relays = [Relay::start(&[]), Relay::start(&[])];
     let port = free_port();
-    let _lb = start_haproxy(&dir, port, &[relays[0].addr, relays[1].addr]);
+    let _lb = start_haproxy(&dir.0, port, &[relays[0].addr, relays[1].addr]);
     let lb: SocketAddr = ([127, 0, 0, 1], port).into();
     // Fixed ids: HAProxy's hash then spreads them the same way every run.
     let ids: Vec<String> = (1..=12u32)
@@ -96,7 +58,7 @@ fn haproxy_routes_origin_and_dest_of_a_session_to_the_same_relay() {
             .unwrap_or_else(|e| panic!("session {i} not found through the balancer: {e}"));
         wait_ping(&mut dest, "sockrelay peer-joined ");
         wait_ping(&mut origin, "sockrelay peer-joined ");
-        let data = common::pattern(i as u64, 0, 100_000);
+        let data = common::pattern_at(i as u64, 0, 100_000);
         origin.send(Message::binary(data.clone())).unwrap();
         assert_eq!(next_msg(&mut dest).into_data().as_ref(), &data[..]);
         dest.send(Message::binary(data.clone())).unwrap();

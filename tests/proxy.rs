@@ -6,15 +6,12 @@
 // These tests drive the TLS stage; a build without the `tls` feature has none.
 #![cfg(feature = "tls")]
 
-#[path = "common/clients.rs"]
-mod support;
-#[path = "tls_support/mod.rs"]
-mod tls_support;
+mod common;
 
 use std::time::Duration;
 
-use support::*;
-use tls_support::*;
+use common::clients::*;
+use common::tls::*;
 
 const SOME_SESSION: &str = "67e55044-10b1-426f-9247-bb680e5fe0c8";
 

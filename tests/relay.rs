@@ -6,7 +6,7 @@ mod common;
 
 use common::ws::{connect, next_msg, status_of, wait_ping, Ws};
 
-use common::{pattern, Relay};
+use common::{pattern_at, Relay, Rng, TempDir};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
@@ -72,7 +72,7 @@ fn forwards_messages_byte_exact_both_ways() {
         }
     });
     for (i, &size) in sizes.iter().enumerate() {
-        let data = pattern(i as u64, 0, size);
+        let data = pattern_at(i as u64, 0, size);
         let text: String = data.iter().map(|b| (b'a' + b % 26) as char).collect();
         tx.send((origin, Message::binary(data.clone()))).unwrap();
         assert_eq!(
@@ -152,7 +152,7 @@ fn forwards_fragmented_messages_and_answers_pings() {
         }
     }
     // A large binary message in uneven fragments the other way.
-    let data = pattern(7, 0, 300_000);
+    let data = pattern_at(7, 0, 300_000);
     let cuts = [0, 1, 70_000, 70_001, 250_000, 300_000];
     for w in cuts.windows(2) {
         let op = if w[0] == 0 {
@@ -370,7 +370,7 @@ fn slowloris_and_header_floods_cost_nothing_lasting() {
         for s in slow.iter_mut() {
             let _ = s.write_all(b"X-Slow: 1\r\n");
         }
-        let data = pattern(round, 0, 10_000);
+        let data = pattern_at(round, 0, 10_000);
         origin.send(Message::binary(data.clone())).unwrap();
         assert_eq!(next_msg(&mut dest).into_data().as_ref(), &data[..]);
         std::thread::sleep(Duration::from_millis(300));
@@ -431,7 +431,7 @@ fn stalled_dest_bounds_relay_memory_and_loses_nothing() {
         let mut sent = 0u64;
         while sent < total {
             origin
-                .send(Message::binary(pattern(1, sent, CHUNK)))
+                .send(Message::binary(pattern_at(1, sent, CHUNK)))
                 .unwrap();
             sent += CHUNK as u64;
         }
@@ -446,7 +446,7 @@ fn stalled_dest_bounds_relay_memory_and_loses_nothing() {
         let data = next_msg(&mut dest).into_data();
         assert_eq!(data.len(), CHUNK);
         assert!(
-            data.as_ref() == &pattern(1, got, CHUNK)[..],
+            data.as_ref() == &pattern_at(1, got, CHUNK)[..],
             "corrupt chunk at {got}"
         );
         got += CHUNK as u64;
@@ -565,7 +565,7 @@ fn churn_does_not_disturb_a_long_lived_session() {
     });
     let mut n = 0u64;
     while !churn.is_finished() {
-        let data = pattern(n, 0, 4096);
+        let data = pattern_at(n, 0, 4096);
         origin.send(Message::binary(data.clone())).unwrap();
         assert_eq!(next_msg(&mut dest).into_data().as_ref(), &data[..]);
         n += 1;
@@ -700,8 +700,8 @@ fn separate_origin_and_dest_listeners() {
 
 #[test]
 fn origin_keys_restrict_who_opens_sessions_and_reload_on_sighup() {
-    let dir = common::temp_dir("origin-keys");
-    let keys = dir.join("keys");
+    let dir = TempDir::new("origin-keys");
+    let keys = dir.path("keys");
     std::fs::write(&keys, "# accepted origins\nalpha-key\n").unwrap();
     let relay = Relay::start(&["--origin-keys", keys.to_str().unwrap()]);
     let open = |key: Option<&str>| {
@@ -827,20 +827,6 @@ fn dest_vanishing_inside_a_large_message_does_not_wedge_the_origin() {
         .send(Message::binary(b"fresh start".to_vec()))
         .unwrap();
     assert_eq!(next_msg(&mut dest2).into_data().as_ref(), b"fresh start");
-}
-
-/// xorshift64*: deterministic randomness for the stream test.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 #[test]
@@ -1136,7 +1122,7 @@ fn dest_reading_a_long_frame_slowly_is_not_dropped() {
     const LEN: usize = 8 << 20;
     // Made first: in a debug build under load this takes a while, and the
     // raw dest must not sit silent meanwhile.
-    let message = pattern(5, 0, LEN);
+    let message = pattern_at(5, 0, LEN);
     let expected = message.clone();
     let relay = Relay::start(&["--ping-interval", "300ms", "--pong-timeout", "300ms"]);
     let (mut origin, id) = connect(relay.addr, "/origin", Some("raw")).expect("origin");

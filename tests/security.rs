@@ -5,8 +5,6 @@
 //! kept off `/proc/<pid>/cmdline`. Every wait is bounded.
 
 mod common;
-#[path = "common/clients.rs"]
-mod support;
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -15,11 +13,11 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::Relay;
-use support::{
+use common::clients::{
     connect, echo_roundtrip, pattern, unique, wait_for, EchoServer, Proc, TempDir, DEST, ORIGIN,
     TOKEN,
 };
+use common::Relay;
 
 const WAIT: Duration = Duration::from_secs(15);
 const E2E_READY: &str = "end-to-end encryption established";

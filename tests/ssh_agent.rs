@@ -2,17 +2,16 @@
 //! signatures, and 50 concurrent clients. Skipped (with a message) when
 //! OpenSSH's tools are not installed.
 
-#[path = "common/clients.rs"]
-mod support;
+mod common;
 
 use std::process::{Command, Stdio};
 
-use support::*;
+use common::clients::*;
 
 #[test]
 fn ssh_agent_through_the_relay() {
     let dir = TempDir::new("agent");
-    let (agent, agent_sock, key) = support::agent_with_key(&dir, "sockrelay-test");
+    let (agent, agent_sock, key) = agent_with_key(&dir, "sockrelay-test");
     let fingerprint = String::from_utf8(
         Command::new("ssh-keygen")
             .arg("-lf")

@@ -5,16 +5,13 @@
 //! with a clear error and exit code 1, without retrying.
 #![cfg(feature = "tls")]
 
-#[path = "common/clients.rs"]
-mod support;
-#[path = "tls_support/mod.rs"]
-mod tls_support;
+mod common;
 
 use std::process::Command;
 use std::time::Duration;
 
-use support::*;
-use tls_support::*;
+use common::clients::*;
+use common::tls::*;
 
 const SOME_SESSION: &str = "67e55044-10b1-426f-9247-bb680e5fe0c8";
 
@@ -233,14 +230,7 @@ fn nginx_terminates_tls_and_routes_by_session_id_to_two_relays() {
 fn client_certificates_through_haproxy_requiring_them() {
     let dir = TempDir::new("tls-mtls");
     let p = pki(&dir);
-    let (ccert, ckey) = sockrelay::tls::testcerts::make_leaf(
-        &dir.0,
-        "ca",
-        "client",
-        &["DNS:client.test"],
-        sockrelay::tls::testcerts::KeyKind::Ed25519,
-        30,
-    );
+    let (ccert, ckey) = client_cert(&dir, sockrelay::tls::testcerts::KeyKind::Ed25519);
     let relay = Relay::start(&dir, 0);
     let opts = format!("ca-file {} verify required", p.ca.display());
     let (_haproxy, port) = haproxy_tls_opts(&dir, &p.combined, relay.port, &opts);

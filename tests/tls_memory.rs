@@ -3,6 +3,8 @@
 //! over 500 client/server pairs (issue 9's target: at most 4 KiB per side).
 #![cfg(feature = "tls")]
 
+mod common;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 
@@ -60,9 +62,8 @@ fn pump(a: &mut TlsSession, b: &mut TlsSession, got: &mut Vec<u8>) {
 #[test]
 fn idle_tls_connection_holds_at_most_4_kib_per_side() {
     const PAIRS: usize = 500;
-    let dir = std::env::temp_dir().join(format!("sockrelay-tlsmem-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = common::TempDir::new("tlsmem");
+    let dir = tmp.0.clone();
     let ca = make_ca(&dir, "ca");
     let (cert, key) = make_leaf(
         &dir,
@@ -125,5 +126,4 @@ fn idle_tls_connection_holds_at_most_4_kib_per_side() {
         "{per_server:.0} bytes per idle server side"
     );
     drop(servers);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -6,17 +6,14 @@
 //! broken file keeps the old one).
 #![cfg(feature = "tls")]
 
-#[path = "common/clients.rs"]
-mod support;
-#[path = "tls_support/mod.rs"]
-mod tls_support;
+mod common;
 
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::*;
-use tls_support::*;
+use common::clients::*;
+use common::tls::*;
 
 fn tls_relay(dir: &TempDir, extra: &[&str]) -> (Proc, u16) {
     let log = dir.path(&format!("relay-{}.log", unique()));
@@ -187,14 +184,7 @@ fn relay_speaks_tls_and_reloads_its_certificate_on_sighup() {
 fn relay_requires_client_certificates_with_tls_client_ca() {
     let dir = TempDir::new("tls-relay-mtls");
     let p = pki(&dir);
-    let (ccert, ckey) = sockrelay::tls::testcerts::make_leaf(
-        &dir.0,
-        "ca",
-        "client",
-        &["DNS:client.test"],
-        sockrelay::tls::testcerts::KeyKind::EcdsaP256,
-        30,
-    );
+    let (ccert, ckey) = client_cert(&dir, sockrelay::tls::testcerts::KeyKind::EcdsaP256);
     let ca = p.ca.to_str().unwrap();
     let (relay, port) = tls_relay(
         &dir,

@@ -9,10 +9,14 @@
 //! Every socket has read/write timeouts, so nothing can hang: a stuck peer
 //! turns into a failed read and a failed test within TIMEOUT.
 
+mod common;
+
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::thread;
 use std::time::Duration;
+
+use common::Rng;
 
 use sockrelay::ws::frame::{encode_close, encode_frame, parse_close, Decoder, Event, OpCode, Role};
 use sockrelay::ws::handshake::{
@@ -68,20 +72,6 @@ fn connect(port: u16) -> TcpStream {
     with_timeouts(TcpStream::connect(("127.0.0.1", port)).expect("connect"))
 }
 
-/// Deterministic xorshift64*, for payloads, masks and split points.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
 /// Exactly `len` bytes of UTF-8 with 1- to 4-byte characters, so that
 /// fragment and read boundaries fall inside characters.
 fn text_of(len: usize, seed: u64) -> String {
@@ -89,7 +79,7 @@ fn text_of(len: usize, seed: u64) -> String {
     let mut rng = Rng(seed | 1);
     let mut s = String::with_capacity(len);
     loop {
-        let c = alphabet[rng.below(alphabet.len())];
+        let c = alphabet[rng.below(alphabet.len() as u64) as usize];
         if s.len() + c.len() > len {
             break;
         }
@@ -170,7 +160,7 @@ impl Peer {
     /// fragment when given one (control frames may sit between fragments).
     fn send_message(&mut self, opcode: OpCode, payload: &[u8], pieces: usize, ping: Option<&[u8]>) {
         let mut cuts: Vec<usize> = (1..pieces)
-            .map(|_| self.rng.below(payload.len() + 1))
+            .map(|_| self.rng.below(payload.len() as u64 + 1) as usize)
             .collect();
         cuts.push(0);
         cuts.push(payload.len());

@@ -1,138 +1,24 @@
-//! Helpers shared by the client integration tests, included with `#[path]`
-//! by tests/clients.rs, ssh_agent.rs, security.rs and evil_relay.rs.
-//! Everything has a timeout so that no test can hang.
-#![allow(dead_code)]
+//! Origin/dest chains: a relay as a background service (its log in a
+//! file), origins and dests of the real binaries, a unix echo server, and
+//! a real `ssh-agent`. Everything has a timeout so that no test can hang.
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-pub const RELAY: &str = env!("CARGO_BIN_EXE_sockrelay-relay");
-pub const ORIGIN: &str = env!("CARGO_BIN_EXE_sockrelay-origin");
-pub const DEST: &str = env!("CARGO_BIN_EXE_sockrelay-dest");
+pub use super::data::*;
+pub use super::proc::*;
+
 pub const TOKEN: &str = "test-token-0123456789abcdef";
 
-/// Poll `cond` every 20 ms until it holds or `timeout` passes.
-pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= end {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A unique temporary directory, removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        // Short: unix socket paths are limited to 107 bytes.
-        let p = std::env::temp_dir().join(format!("sr-{tag}-{}-{n}-{nanos:x}", std::process::id()));
-        fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-    pub fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A child process killed on drop, its stderr in a log file.
-pub struct Proc {
-    pub child: Child,
-    pub log: PathBuf,
-}
-
-impl Proc {
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-    pub fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-    pub fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
-        wait_for(timeout, || self.log_text().contains(needle))
-    }
-    pub fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe {
-            libc::kill(self.child.id() as i32, sig);
-        }
-    }
-    /// Wait for exit (bounded); the exit code, or None on timeout/signal.
-    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
-        let end = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                return st.code();
-            }
-            if Instant::now() >= end {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-    pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-    /// Resident set size from /proc, bytes.
-    pub fn rss(&self) -> u64 {
-        rss_of(self.child.id())
-    }
-}
-
-pub fn rss_of(pid: u32) -> u64 {
-    let s = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|k| k.parse::<u64>().ok())
-        .map_or(0, |k| k * 1024)
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if self.is_running() {
-            self.signal(libc::SIGTERM);
-            if self.wait_exit(Duration::from_secs(3)).is_none() {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-            }
-        }
-    }
-}
-
+/// Spawn a client or relay binary; no token inherited from the
+/// environment.
 fn spawn(bin: &str, args: &[&str], envs: &[(&str, &str)], log: PathBuf, stdout: Stdio) -> Child {
-    let mut cmd = Command::new(bin);
-    cmd.args(args)
-        .env_remove("SOCKRELAY_TOKEN")
-        .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(fs::File::create(&log).unwrap());
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    cmd.spawn().unwrap_or_else(|e| panic!("spawn {bin}: {e}"))
+    super::proc::spawn(bin, args, envs, &["SOCKRELAY_TOKEN"], log, stdout)
 }
 
 pub struct Relay {
@@ -328,11 +214,6 @@ impl Dest {
     }
 }
 
-pub fn unique() -> usize {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    N.fetch_add(1, Ordering::Relaxed)
-}
-
 /// Connect with a timeout-guarded socket.
 pub fn connect(path: &Path) -> UnixStream {
     let s = UnixStream::connect(path).unwrap_or_else(|e| panic!("connect {}: {e}", path.display()));
@@ -416,19 +297,6 @@ fn serve(mut s: UnixStream, stop: std::sync::Arc<std::sync::atomic::AtomicBool>)
         }
     }
     let _ = s.shutdown(std::net::Shutdown::Write);
-}
-
-/// Deterministic pseudo-random bytes.
-pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// Send `data` on a fresh connection and read the echo back (a writer

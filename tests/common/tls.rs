@@ -1,16 +1,18 @@
-//! Helpers for tests/tls.rs and tests/proxy.rs (included with `#[path]`):
-//! a test PKI made by the openssl CLI, HAProxy terminating TLS in front of
-//! a plain relay, tinyproxy, and origin/dest processes given `wss://` URLs.
-#![allow(dead_code)]
+//! TLS and proxies around the relay (feature `tls`): a test PKI, HAProxy
+//! and nginx terminating TLS in front of plain relays, tinyproxy, and
+//! origin/dest processes given `wss://` URLs with no proxy or TLS
+//! variables inherited.
 
 use std::io::{BufRead, BufReader};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use super::support::{unique, wait_for, Proc, TempDir, DEST, ORIGIN};
+use super::proc::TempDir;
+use super::proc::{daemon, find_sbin, free_port, haproxy, unique, wait_for, Daemon, Proc};
+use super::proc::{DEST, ORIGIN};
 use sockrelay::tls::testcerts::{make_ca, make_leaf, KeyKind};
 
 /// Proxy and TLS variables that must not leak in from the environment.
@@ -28,14 +30,6 @@ const NET_ENV: &[&str] = &[
     "SOCKRELAY_TOKEN",
     "SOCKRELAY_JOIN",
 ];
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A CA and a relay certificate for `localhost` and 127.0.0.1.
 pub struct Pki {
@@ -73,39 +67,10 @@ pub fn pki(dir: &TempDir) -> Pki {
     }
 }
 
-/// A child killed on drop, its stderr echoed to ours with a prefix.
-pub struct Daemon(pub Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn echo_stderr(child: &mut Child, tag: &'static str) -> std::sync::Arc<std::sync::Mutex<String>> {
-    let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    if let Some(stderr) = child.stderr.take() {
-        let t = text.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[{tag}] {line}");
-                if let Ok(mut t) = t.lock() {
-                    t.push_str(&line);
-                    t.push('\n');
-                }
-            }
-        });
-    }
-    text
-}
-
-fn wait_listening(port: u16, what: &str) {
-    let end = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < end, "{what} did not start on port {port}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+/// A client certificate (`client.test`) from `pki`'s CA, of key type
+/// `kind`: (certificate, key).
+pub fn client_cert(dir: &TempDir, kind: KeyKind) -> (PathBuf, PathBuf) {
+    make_leaf(&dir.0, "ca", "client", &["DNS:client.test"], kind, 30)
 }
 
 /// HAProxy terminating TLS (`bind … ssl crt …`) in front of `backend`.
@@ -126,26 +91,7 @@ pub fn haproxy_tls_opts(dir: &TempDir, pem: &Path, backend: u16, bind_opts: &str
     );
     let path = dir.path(&format!("haproxy-{}.cfg", unique()));
     std::fs::write(&path, cfg).unwrap();
-    let mut child = Command::new("haproxy")
-        .args(["-db", "-f"])
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("haproxy is missing: run `bash .ci/setup` (it installs it)");
-    echo_stderr(&mut child, "haproxy");
-    wait_listening(port, "haproxy");
-    (Daemon(child), port)
-}
-
-fn find_sbin(name: &str) -> String {
-    for d in ["/usr/sbin", "/usr/bin", "/sbin", "/bin"] {
-        let p = format!("{d}/{name}");
-        if Path::new(&p).exists() {
-            return p;
-        }
-    }
-    name.to_string()
+    (haproxy(&path, port), port)
 }
 
 /// tinyproxy's log file (it logs CONNECT requests at `LogLevel Connect`).
@@ -188,31 +134,14 @@ pub fn tinyproxy(dir: &TempDir, auth: Option<(&str, &str)>) -> (Daemon, u16, Pro
     }
     let path = dir.path(&format!("tinyproxy-{}.conf", unique()));
     std::fs::write(&path, cfg).unwrap();
-    let mut child = Command::new(find_sbin("tinyproxy"))
-        .args(["-d", "-c"])
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("tinyproxy is missing: run `bash .ci/setup` (it installs it)");
-    echo_stderr(&mut child, "tinyproxy");
-    wait_listening(port, "tinyproxy");
-    (Daemon(child), port, ProxyLog(log_path))
+    let mut cmd = Command::new(find_sbin("tinyproxy"));
+    cmd.args(["-d", "-c"]).arg(&path);
+    (daemon(cmd, "tinyproxy", port), port, ProxyLog(log_path))
 }
 
+/// Spawn a client with none of `NET_ENV` inherited.
 fn spawn(bin: &str, args: &[&str], env: &[(&str, &str)], log: PathBuf, stdout: Stdio) -> Child {
-    let mut cmd = Command::new(bin);
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(std::fs::File::create(&log).unwrap());
-    for k in NET_ENV {
-        cmd.env_remove(k);
-    }
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.spawn().unwrap_or_else(|e| panic!("spawn {bin}: {e}"))
+    super::proc::spawn(bin, args, env, NET_ENV, log, stdout)
 }
 
 /// An origin given `args` (options, relay URL, socket) whose token is
@@ -313,19 +242,13 @@ pub fn nginx_tls(dir: &TempDir, cert: &Path, key: &Path, relays: &[u16]) -> (Dae
     );
     let path = prefix.join("nginx.conf");
     std::fs::write(&path, cfg).unwrap();
-    let mut child = Command::new(find_sbin("nginx"))
-        .arg("-p")
+    let mut cmd = Command::new(find_sbin("nginx"));
+    cmd.arg("-p")
         .arg(&prefix)
         .arg("-c")
         .arg(&path)
-        .args(["-e", "stderr"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("nginx is missing: run `bash .ci/setup` (it installs it)");
-    echo_stderr(&mut child, "nginx");
-    wait_listening(port, "nginx");
-    (Daemon(child), port)
+        .args(["-e", "stderr"]);
+    (daemon(cmd, "nginx", port), port)
 }
 
 /// One Prometheus sample of a relay's /metrics (plain HTTP).
