@@ -12,6 +12,9 @@
 //! Needs ssh-agent, ssh-add and ssh-keygen. Prints a markdown table; p50
 //! and p99 per sign request in µs.
 
+mod common;
+
+use common::{sched, wait_for, Kill, DEST, ORIGIN, RELAY, TOKEN};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -20,31 +23,6 @@ use std::time::{Duration, Instant};
 
 use sockrelay::agent::msg::build_sign_request;
 use sockrelay::agent::{Channel, Fingerprint, Guard, Policy};
-
-const RELAY: &str = env!("CARGO_BIN_EXE_sockrelay-relay");
-const ORIGIN: &str = env!("CARGO_BIN_EXE_sockrelay-origin");
-const DEST: &str = env!("CARGO_BIN_EXE_sockrelay-dest");
-const TOKEN: &str = "bench-token-0123456789abcdef";
-
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + timeout;
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
-}
 
 fn spawn_logged(bin: &str, args: &[&str], log: &Path, stdout: Stdio) -> Child {
     Command::new(bin)
@@ -59,14 +37,6 @@ fn spawn_logged(bin: &str, args: &[&str], log: &Path, stdout: Stdio) -> Child {
 
 fn read_log(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_default()
-}
-
-/// CPU time a process has run, ns (/proc/PID/schedstat, first field).
-fn cpu_ns(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
-        .ok()
-        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
-        .unwrap_or(0)
 }
 
 /// An origin on `agent` with `extra`, and a dest for it; the dest socket
@@ -250,15 +220,15 @@ fn main() {
     let mut q = Vec::new();
     for _ in 0..rounds {
         a.extend(signs(&agent_sock, &req, n / rounds.max(1)));
-        let c0 = cpu_ns(plain_pid);
+        let c0 = sched(plain_pid)[0];
         p.extend(signs(&plain, &req, n / rounds.max(1)));
-        p_cpu += cpu_ns(plain_pid) - c0;
-        let c0 = cpu_ns(guarded_pid);
+        p_cpu += sched(plain_pid)[0] - c0;
+        let c0 = sched(guarded_pid)[0];
         g.extend(signs(&guarded, &req, n / rounds.max(1)));
-        g_cpu += cpu_ns(guarded_pid) - c0;
-        let c0 = cpu_ns(quiet_pid);
+        g_cpu += sched(guarded_pid)[0] - c0;
+        let c0 = sched(quiet_pid)[0];
         q.extend(signs(&quiet, &req, n / rounds.max(1)));
-        q_cpu += cpu_ns(quiet_pid) - c0;
+        q_cpu += sched(quiet_pid)[0] - c0;
     }
     let q_cpu_us = q_cpu as f64 / 1e3 / q.len() as f64;
     let p_cpu_us = p_cpu as f64 / 1e3 / p.len() as f64;

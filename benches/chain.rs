@@ -31,19 +31,17 @@
 //!
 //! std only; every phase is bounded in time. The end prints a markdown table.
 
+mod common;
+
+use common::{rss_kib, sched, wait_for, Kill, DEST, ORIGIN, RELAY, TOKEN};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-const RELAY: &str = env!("CARGO_BIN_EXE_sockrelay-relay");
-const ORIGIN: &str = env!("CARGO_BIN_EXE_sockrelay-origin");
-const DEST: &str = env!("CARGO_BIN_EXE_sockrelay-dest");
-const TOKEN: &str = "bench-token-0123456789abcdef";
 
 /// A stream to the server: unix or TCP.
 enum Stream {
@@ -346,47 +344,6 @@ fn parallel_rtts(t: &Target, dur: Duration) -> f64 {
         th.join().unwrap();
     }
     (c1 - c0) as f64 / el.as_secs_f64()
-}
-
-/// From /proc/PID/schedstat: nanoseconds on a CPU, nanoseconds waiting
-/// for one (runnable but not running), and times scheduled in.
-fn sched(pid: u32) -> [u64; 3] {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/schedstat")).unwrap_or_default();
-    let mut f = s.split_whitespace().map(|x| x.parse().unwrap_or(0));
-    [
-        f.next().unwrap_or(0),
-        f.next().unwrap_or(0),
-        f.next().unwrap_or(0),
-    ]
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|k| k.parse().ok())
-        .unwrap_or(0)
-}
-
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + timeout;
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
 }
 
 /// One origin + dest pair on the shared relay.

@@ -10,46 +10,14 @@
 //! build with the same harness).
 //! Loopback only; every loop is bounded.
 
+mod common;
+
+use common::{hard_fd_limit, pair_relay, raise_fd_limit, rss_kib, spawn_server, Server, RELAY};
 use sockrelay::ws::frame::{encode_frame, OpCode};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
-
-const RELAY: &str = env!("CARGO_BIN_EXE_sockrelay-relay");
-
-struct Relay {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn raise_fd_limit(n: u64) -> bool {
-    // SAFETY: plain struct handed to setrlimit, which only reads it.
-    unsafe {
-        let lim = libc::rlimit {
-            rlim_cur: n,
-            rlim_max: n,
-        };
-        libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0
-    }
-}
-
-fn hard_fd_limit() -> u64 {
-    // SAFETY: getrlimit fully writes the struct it is given.
-    unsafe {
-        let mut lim: libc::rlimit = std::mem::zeroed();
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
-        lim.rlim_max
-    }
-}
 
 /// The relay under test: this build's, or `SOCKRELAY_BENCH_RELAY` (e.g. a
 /// copy of an older build, to compare before and after in one sitting).
@@ -58,7 +26,7 @@ fn relay_bin() -> &'static str {
     BIN.get_or_init(|| std::env::var("SOCKRELAY_BENCH_RELAY").unwrap_or_else(|_| RELAY.into()))
 }
 
-fn start_relay(wrapper: &[&str], fds: u64) -> Relay {
+fn start_relay(wrapper: &[&str], fds: u64) -> Server {
     let relay = relay_bin();
     let (prog, mut args): (&str, Vec<&str>) = match wrapper.split_first() {
         Some((p, rest)) => (p, rest.to_vec()),
@@ -73,84 +41,7 @@ fn start_relay(wrapper: &[&str], fds: u64) -> Relay {
     let extra: Vec<String> = extra.split_whitespace().map(String::from).collect();
     let extra: &'static [String] = Box::leak(extra.into_boxed_slice());
     args.extend(extra.iter().map(String::as_str));
-    let mut cmd = Command::new(prog);
-    cmd.args(&args).stdout(Stdio::null()).stderr(Stdio::piped());
-    // SAFETY: only async-signal-safe setrlimit between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            let lim = libc::rlimit {
-                rlim_cur: fds,
-                rlim_max: fds,
-            };
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().expect("spawn relay");
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let addr = loop {
-        let line = lines.next().expect("relay exited").expect("relay stderr");
-        if let Some(i) = line.find("listening on ") {
-            break line[i + 13..].trim().to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines.by_ref() {});
-    Relay {
-        child,
-        addr: addr.parse().unwrap(),
-    }
-}
-
-/// Raw client: upgrade to `path`, read the 101 and the relay's first ping.
-fn upgrade(addr: SocketAddr, path: &str) -> (TcpStream, String) {
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_nodelay(true).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: b\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
-         Sockrelay-Admission: bench\r\n\r\n"
-    )
-    .unwrap();
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut b).unwrap();
-        head.push(b[0]);
-    }
-    let head = String::from_utf8(head).unwrap();
-    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    let id = head
-        .lines()
-        .find_map(|l| l.strip_prefix("Sockrelay-Session: "))
-        .unwrap_or("")
-        .to_string();
-    // The relay's first frame is a small ping (session / peer-joined).
-    let mut h = [0u8; 2];
-    s.read_exact(&mut h).unwrap();
-    let mut p = vec![0u8; (h[1] & 0x7f) as usize];
-    s.read_exact(&mut p).unwrap();
-    (s, id)
-}
-
-fn pong(s: &mut TcpStream, payload: &[u8]) {
-    let mut out = Vec::new();
-    encode_frame(&mut out, true, OpCode::Pong, Some([1, 2, 3, 4]), payload);
-    s.write_all(&out).unwrap();
-}
-
-/// A paired session; the origin has acknowledged peer-joined.
-fn pair(addr: SocketAddr) -> (TcpStream, TcpStream) {
-    let (mut origin, id) = upgrade(addr, "/origin");
-    let (dest, _) = upgrade(addr, &format!("/dest?id={id}"));
-    // Origin: read the peer-joined ping and answer it.
-    let mut h = [0u8; 2];
-    origin.read_exact(&mut h).unwrap();
-    let mut p = vec![0u8; (h[1] & 0x7f) as usize];
-    origin.read_exact(&mut p).unwrap();
-    pong(&mut origin, &p);
-    (origin, dest)
+    spawn_server(prog, &args, fds)
 }
 
 /// Send `total` bytes from `tx` while `rx` drains `expect` bytes; MB/s.
@@ -217,7 +108,7 @@ fn masked_frame(payload_len: usize) -> Vec<u8> {
 }
 
 fn through_relay(addr: SocketAddr, payload_len: usize, count: usize) -> f64 {
-    let (origin, dest) = pair(addr);
+    let (origin, dest) = pair_relay(addr);
     let frame = masked_frame(payload_len);
     // The dest receives unmasked frames: 4 bytes shorter each.
     let expect = ((frame.len() - 4) * count) as u64;
@@ -251,16 +142,6 @@ fn throughput(quick: bool) {
     println!("\nrelay vs naive forwarder: {:.2}", via / fwd);
 }
 
-fn rss_of(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
-
 fn idle_memory(quick: bool) {
     let mut sessions = if quick { 2000 } else { 10_000 };
     let mut want_fds = (sessions as u64) * 2 + 256;
@@ -275,17 +156,17 @@ fn idle_memory(quick: bool) {
     }
     let relay = start_relay(&[], want_fds);
     // Warm up: one session, so lazily initialised state is in the baseline.
-    let warm = pair(relay.addr);
+    let warm = pair_relay(relay.addr);
     std::thread::sleep(Duration::from_millis(200));
-    let base = rss_of(relay.child.id());
+    let base = rss_kib(relay.child.id()) * 1024;
     let start = Instant::now();
     let mut held = Vec::with_capacity(sessions);
     for _ in 0..sessions {
-        held.push(pair(relay.addr));
+        held.push(pair_relay(relay.addr));
     }
     let setup = start.elapsed();
     std::thread::sleep(Duration::from_millis(500));
-    let after = rss_of(relay.child.id());
+    let after = rss_kib(relay.child.id()) * 1024;
     let per = (after.saturating_sub(base)) as f64 / sessions as f64;
     println!("\n## Memory per idle paired session\n");
     println!("| sessions | relay RSS before | after | bytes per session | set-up time |\n|---|---|---|---|---|");
@@ -326,7 +207,7 @@ fn instructions_per_byte() {
         let arg = format!("--callgrind-out-file={out_s}");
         let mut relay = start_relay(&["valgrind", "--tool=callgrind", &arg], 4096);
         {
-            let (mut origin, mut dest) = pair(relay.addr);
+            let (mut origin, mut dest) = pair_relay(relay.addr);
             let frame = masked_frame(1 << 20);
             let expect = ((frame.len() - 4) * bytes) as u64;
             let reader = std::thread::spawn(move || {

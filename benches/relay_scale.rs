@@ -16,81 +16,19 @@
 //! `-- --sessions N --inflight K --seconds S` to change the load).
 //! Loopback only; every loop is bounded in count and time.
 
+mod common;
+
+use common::{masked, pair_relay, read_small_frame, set_fd_limit, spawn_server, Server, RELAY};
 use mio::net::{TcpListener as MioListener, TcpStream as MioStream};
 use mio::{Events, Interest, Poll, Token};
-use sockrelay::ws::frame::{encode_frame, OpCode};
+use sockrelay::ws::frame::OpCode;
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const RELAY: &str = env!("CARGO_BIN_EXE_sockrelay-relay");
 const MSG: usize = 64;
-
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn set_fd_limit(n: u64) -> u64 {
-    // SAFETY: plain structs handed to getrlimit (fully writes it) and
-    // setrlimit (only reads it).
-    unsafe {
-        let mut lim: libc::rlimit = std::mem::zeroed();
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
-        let want = if lim.rlim_max < n { lim.rlim_max } else { n };
-        let set = libc::rlimit {
-            rlim_cur: n,
-            rlim_max: n,
-        };
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &set) == 0 {
-            return n;
-        }
-        lim.rlim_cur = want;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        want
-    }
-}
-
-/// Spawn `prog args…`, read "listening on ADDR" from stderr, drain the rest.
-fn spawn_server(prog: &str, args: &[&str], fds: u64) -> Server {
-    let mut cmd = Command::new(prog);
-    cmd.args(args).stdout(Stdio::null()).stderr(Stdio::piped());
-    // SAFETY: only async-signal-safe setrlimit between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            let lim = libc::rlimit {
-                rlim_cur: fds,
-                rlim_max: fds,
-            };
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().expect("spawn server");
-    let stderr = child.stderr.take().expect("piped stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    let addr = loop {
-        let line = lines.next().expect("server exited").expect("server stderr");
-        if let Some(i) = line.find("listening on ") {
-            break line[i + 13..].trim().to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines.by_ref() {});
-    Server {
-        child,
-        addr: addr.parse().expect("listen address"),
-    }
-}
 
 fn start_relay(fds: u64) -> Server {
     spawn_server(
@@ -159,64 +97,6 @@ impl SyscallCounter {
 }
 
 // ---- raw WebSocket clients -------------------------------------------------
-
-fn masked(op: OpCode, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(payload.len() + 14);
-    encode_frame(&mut out, true, op, Some([0x11, 0x22, 0x33, 0x44]), payload);
-    out
-}
-
-fn read_head(s: &mut TcpStream) -> String {
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut b).expect("read 101");
-        head.push(b[0]);
-        assert!(head.len() < 8192, "oversized response head");
-    }
-    String::from_utf8_lossy(&head).into_owned()
-}
-
-/// Read one small unmasked frame (the relay's pings); its payload.
-fn read_small_frame(s: &mut TcpStream) -> (u8, Vec<u8>) {
-    let mut h = [0u8; 2];
-    s.read_exact(&mut h).expect("frame header");
-    let mut p = vec![0u8; (h[1] & 0x7f) as usize];
-    s.read_exact(&mut p).expect("frame payload");
-    (h[0] & 0x0f, p)
-}
-
-fn upgrade(addr: SocketAddr, path: &str) -> (TcpStream, String) {
-    let mut s = TcpStream::connect(addr).expect("connect relay");
-    s.set_nodelay(true).expect("nodelay");
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: b\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
-         Sockrelay-Admission: bench\r\n\r\n"
-    )
-    .expect("send upgrade");
-    let head = read_head(&mut s);
-    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    let id = head
-        .lines()
-        .find_map(|l| l.strip_prefix("Sockrelay-Session: "))
-        .unwrap_or("")
-        .to_string();
-    let _ = read_small_frame(&mut s); // "session" or "peer-joined" ping
-    (s, id)
-}
-
-/// One paired relay session whose origin has answered peer-joined.
-fn pair_relay(addr: SocketAddr) -> (TcpStream, TcpStream) {
-    let (mut origin, id) = upgrade(addr, "/origin");
-    let (dest, _) = upgrade(addr, &format!("/dest?id={id}"));
-    let (_, joined) = read_small_frame(&mut origin);
-    origin
-        .write_all(&masked(OpCode::Pong, &joined))
-        .expect("pong");
-    (origin, dest)
-}
 
 /// One "session" through the naive forwarder: it pairs connections in
 /// accept order; a byte through proves the pairing.
