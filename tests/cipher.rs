@@ -1,18 +1,16 @@
 //! The negotiated transport cipher with the real binaries: data integrity
 //! over each cipher, the log line that says which one was chosen, a forced
 //! choice the peer refuses, and (through the evil relay of
-//! tests/evil/mitm.rs) that altering the offer or the answer in flight
+//! tests/common/mitm.rs) that altering the offer or the answer in flight
 //! fails the handshake instead of downgrading it.
 #![cfg(feature = "e2e")]
 
 mod common;
-#[path = "evil/mitm.rs"]
-mod mitm;
 
 use std::time::Duration;
 
 use common::clients::*;
-use mitm::{Attack, Dir, Mitm, Role, Target};
+use common::mitm::{Attack, Dir, Mitm, Role, Target};
 use sha2::{Digest, Sha256};
 
 const AES: &str = "end-to-end cipher: AES-256-GCM (negotiated)";

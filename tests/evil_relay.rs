@@ -5,7 +5,7 @@
 //! # Design
 //!
 //! The evil relay is a **byte-level WebSocket man-in-the-middle in front of
-//! the real relay** (`tests/evil/mitm.rs`), not a second relay
+//! the real relay** (`tests/common/mitm.rs`), not a second relay
 //! implementation. Origin and dest are the real binaries; they connect to
 //! the proxy's port, the proxy connects to a real `sockrelay-relay`. Why:
 //!
@@ -60,8 +60,6 @@
 #![cfg(feature = "e2e")]
 
 mod common;
-#[path = "evil/mitm.rs"]
-mod mitm;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::Shutdown;
@@ -72,7 +70,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::clients::{self, wait_for, with_agent, TempDir};
-use mitm::{Attack, Dir, Frame, Mitm, Role, Target};
+use common::mitm::{Attack, Dir, Frame, Mitm, Role, Target};
 use sockrelay::ws::frame::OpCode;
 use uuid::Uuid;
 
@@ -283,7 +281,7 @@ enum Transport {
 enum Front {
     Plain(Mitm),
     #[cfg(feature = "tls")]
-    Tls(mitm::tls::TlsMitm),
+    Tls(common::mitm::tls::TlsMitm),
 }
 
 impl std::ops::Deref for Front {
@@ -316,7 +314,7 @@ impl Front {
             #[cfg(feature = "tls")]
             Transport::Tls => {
                 let pki = common::tls::pki(dir);
-                Front::Tls(mitm::tls::TlsMitm::start(
+                Front::Tls(common::mitm::tls::TlsMitm::start(
                     relay, attack, &pki.cert, &pki.key,
                 ))
             }

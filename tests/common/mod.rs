@@ -11,12 +11,15 @@
 //! - `clients`: origin/dest chains of the real binaries, a unix echo
 //!   server, a real `ssh-agent`; re-exports `proc` and `data`, so that
 //!   `use common::clients::*;` is all a client test needs.
+//! - `mitm`: the evil relay, a byte-level WebSocket man in the middle in
+//!   front of the real relay (`tests/evil_relay.rs`, `tests/cipher.rs`).
 //! - `tls` (feature `tls`): a test PKI, HAProxy, nginx and tinyproxy, and
 //!   clients given `wss://` URLs.
 #![allow(dead_code, unused_imports)]
 
 pub mod clients;
 pub mod data;
+pub mod mitm;
 pub mod proc;
 pub mod relay;
 #[cfg(feature = "tls")]

@@ -18,8 +18,6 @@
 //!
 //! Every socket has a read timeout (`POLL`), every loop checks a stop flag
 //! and a deadline (`LIFETIME`), so nothing outlives a test by long.
-#![allow(dead_code)]
-
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
