@@ -88,32 +88,11 @@ fn text(out: &Output) -> String {
 fn sign_and_verify(dir: &TempDir, sock: &Path, key: &Path, n: usize) -> bool {
     let file = dir.path(&format!("msg-{n}.txt"));
     std::fs::write(&file, format!("message {n}\n")).unwrap();
-    let out = with_agent(
-        sock,
-        &[
-            "ssh-keygen",
-            "-Y",
-            "sign",
-            "-f",
-            pubkey(key).to_str().unwrap(),
-            "-n",
-            "file",
-            file.to_str().unwrap(),
-        ],
-    );
+    let out = ssh_sign(sock, &pubkey(key), &file);
     if !out.status.success() {
         return false;
     }
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "ssh-keygen -Y check-novalidate -n file -f {} -s {}.sig < {}",
-            pubkey(key).display(),
-            file.display(),
-            file.display()
-        ))
-        .output()
-        .unwrap();
+    let out = ssh_verify(&pubkey(key), &file);
     assert!(out.status.success(), "signature does not verify: {out:?}");
     true
 }

@@ -45,31 +45,9 @@ fn ssh_agent_through_the_relay() {
     // Sign through the relayed agent, verify locally.
     let file = dir.path("message.txt");
     std::fs::write(&file, b"signed through sockrelay\n").unwrap();
-    let out = with_agent(
-        sock,
-        &[
-            "ssh-keygen",
-            "-Y",
-            "sign",
-            "-f",
-            pubkey_path.to_str().unwrap(),
-            "-n",
-            "file",
-            file.to_str().unwrap(),
-        ],
-    );
+    let out = ssh_sign(sock, &pubkey_path, &file);
     assert!(out.status.success(), "{out:?}");
-    let sig = dir.path("message.txt.sig");
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "ssh-keygen -Y check-novalidate -n file -f {} -s {} < {}",
-            pubkey_path.display(),
-            sig.display(),
-            file.display()
-        ))
-        .output()
-        .unwrap();
+    let out = ssh_verify(&pubkey_path, &file);
     assert!(out.status.success(), "{out:?}");
 
     // 50 concurrent clients.

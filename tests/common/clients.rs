@@ -382,6 +382,39 @@ pub fn with_agent(sock: &Path, cmd: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// `ssh-keygen -Y sign` of `file` (namespace "file") with the key whose
+/// public half is `pubkey`, through the agent at `sock`; the signature is
+/// written beside it, `file.sig`.
+pub fn ssh_sign(sock: &Path, pubkey: &Path, file: &Path) -> std::process::Output {
+    with_agent(
+        sock,
+        &[
+            "ssh-keygen",
+            "-Y",
+            "sign",
+            "-f",
+            pubkey.to_str().unwrap(),
+            "-n",
+            "file",
+            file.to_str().unwrap(),
+        ],
+    )
+}
+
+/// Check `file.sig` (from `ssh_sign`) against `pubkey`, locally.
+pub fn ssh_verify(pubkey: &Path, file: &Path) -> std::process::Output {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ssh-keygen -Y check-novalidate -n file -f {} -s {}.sig < {}",
+            pubkey.display(),
+            file.display(),
+            file.display()
+        ))
+        .output()
+        .unwrap()
+}
+
 /// A real `ssh-agent -D` (our child: it dies with the test) holding a fresh
 /// ed25519 key with `comment`. Returns the agent, its socket and the key
 /// path (the public key is beside it, `.pub`).
