@@ -222,13 +222,28 @@ fn masked_frame(payload_len: usize) -> Vec<u8> {
     frame
 }
 
-fn through_relay(addr: SocketAddr, payload_len: usize, count: usize) -> f64 {
-    let (origin, dest) = pair(addr);
+/// CPU time process `pid` has run, in ns (/proc/PID/schedstat).
+fn cpu_ns(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// MB/s of payload through `relay`, and the relay's CPU µs per MB.
+fn through_relay(relay: &Relay, payload_len: usize, count: usize) -> (f64, f64) {
+    let (origin, dest) = pair(relay.addr);
     let frame = masked_frame(payload_len);
     // The dest receives unmasked frames: 4 bytes shorter each.
     let expect = ((frame.len() - 4) * count) as u64;
+    let cpu = cpu_ns(relay.child.id());
     let mbps = pump(origin, dest, &frame, count, expect);
-    mbps * payload_len as f64 / frame.len() as f64
+    let cpu = cpu_ns(relay.child.id()) - cpu;
+    let mb = (payload_len * count) as f64 / 1e6;
+    (
+        mbps * payload_len as f64 / frame.len() as f64,
+        cpu as f64 / 1e3 / mb,
+    )
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -259,12 +274,18 @@ fn throughput(quick: bool, relays: &[(&str, &str)], repeat: usize) {
     let (mut direct, mut fwd) = (Vec::new(), Vec::new());
     let mut big = vec![Vec::new(); relays.len()];
     let mut small = vec![Vec::new(); relays.len()];
+    let mut big_cpu = vec![Vec::new(); relays.len()];
+    let mut small_cpu = vec![Vec::new(); relays.len()];
     for r in 0..repeat {
         direct.push(direct_tcp(&unit, mib));
         fwd.push(forwarder_tcp(&unit, mib));
         for (i, relay) in running.iter().enumerate() {
-            big[i].push(through_relay(relay.addr, 1 << 20, mib));
-            small[i].push(through_relay(relay.addr, 16 << 10, mib * 64));
+            let (v, c) = through_relay(relay, 1 << 20, mib);
+            big[i].push(v);
+            big_cpu[i].push(c);
+            let (v, c) = through_relay(relay, 16 << 10, mib * 64);
+            small[i].push(v);
+            small_cpu[i].push(c);
         }
         eprintln!(
             "[{}/{repeat}] direct {:.0} naive {:.0} {}",
@@ -280,24 +301,28 @@ fn throughput(quick: bool, relays: &[(&str, &str)], repeat: usize) {
         );
     }
     println!(
-        "| path | MB/s | ratio to direct TCP | ratio to the naive forwarder |\n|---|---|---|---|"
+        "| path | MB/s | ratio to direct TCP | ratio to the naive forwarder | relay CPU µs per MB |\n|---|---|---|---|---|"
     );
     println!(
-        "| direct TCP (baseline) | {:.0} | 1.00 | |",
+        "| direct TCP (baseline) | {:.0} | 1.00 | | |",
         median(&direct)
     );
     println!(
-        "| naive TCP forwarder (socat-like) | {:.0} | {} | 1.00 |",
+        "| naive TCP forwarder (socat-like) | {:.0} | {} | 1.00 | |",
         median(&fwd),
         spread(&fwd, &direct)
     );
     for (i, (name, _)) in relays.iter().enumerate() {
-        for (what, v) in [("1 MiB frames", &big[i]), ("16 KiB frames", &small[i])] {
+        for (what, v, c) in [
+            ("1 MiB frames", &big[i], &big_cpu[i]),
+            ("16 KiB frames", &small[i], &small_cpu[i]),
+        ] {
             println!(
-                "| {name}, {what} | {:.0} | {} | {} |",
+                "| {name}, {what} | {:.0} | {} | {} | {:.0} |",
                 median(v),
                 spread(v, &direct),
-                spread(v, &fwd)
+                spread(v, &fwd),
+                median(c)
             );
         }
     }
