@@ -18,7 +18,8 @@
 //!   dest), e.g. `--cipher aes,chacha`; default one `auto` chain;
 //! - `--base DIR`: also run both chains with `DIR/sockrelay-origin` and
 //!   `DIR/sockrelay-dest` (an older build), interleaved: before and after
-//!   under the same load;
+//!   under the same load; if `DIR/sockrelay-relay` exists, those chains go
+//!   through a relay of that build too (a second relay process);
 //! - `--floor`: also measure three naive forwarding hops (unix → TCP → TCP →
 //!   unix, blocking threads, no WebSocket/mux/crypto): the floor for the
 //!   chain's shape on this machine;
@@ -346,11 +347,12 @@ fn parallel_rtts(t: &Target, dur: Duration) -> f64 {
     (c1 - c0) as f64 / el.as_secs_f64()
 }
 
-/// One origin + dest pair on the shared relay.
+/// One origin + dest pair on a relay.
 struct Chain {
     origin: Kill,
     dest: Kill,
     sock: PathBuf,
+    relay_pid: u32,
 }
 
 fn start_chain(
@@ -407,7 +409,12 @@ fn start_chain(
             s.write_all(b"Ex").is_ok() && s.read_exact(&mut b).is_ok()
         })
     }));
-    Chain { origin, dest, sock }
+    Chain {
+        origin,
+        dest,
+        sock,
+        relay_pid: 0,
+    }
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -545,23 +552,24 @@ fn main() {
     // Extra relay options for experiments, e.g.
     // SOCKRELAY_BENCH_RELAY_ARGS="--buffer 256K" (as in benches/relay.rs).
     let relay_extra = std::env::var("SOCKRELAY_BENCH_RELAY_ARGS").unwrap_or_default();
-    let relay = Kill(
-        Command::new(RELAY)
-            .args(["-p", "0", "-b", "127.0.0.1", "-q"])
-            .args(relay_extra.split_whitespace())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    // -q hides "listening on": find the port by asking the kernel instead.
-    let port = {
+    let start_relay = |bin: &str| {
+        let relay = Kill(
+            Command::new(bin)
+                .args(["-p", "0", "-b", "127.0.0.1", "-q"])
+                .args(relay_extra.split_whitespace())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        // -q hides "listening on": find the port by asking the kernel instead.
         let mut port = None;
         wait_for(Duration::from_secs(10), || {
             port = listening_port(relay.0.id());
             port.is_some()
         });
-        port.expect("relay port")
+        (relay, port.expect("relay port"))
     };
+    let (relay, port) = start_relay(RELAY);
     let ours = (ORIGIN, DEST);
     let mut chains: Vec<(String, Chain)> = Vec::new();
     let ciphers: Vec<String> =
@@ -602,20 +610,35 @@ fn main() {
     // older build), measured interleaved with ours: before/after under the
     // same load.
     let base = value("--base");
+    let mut base_relay = None;
     if let Some(b) = &base {
+        let r = format!("{b}/sockrelay-relay");
+        let port = if Path::new(&r).exists() {
+            let (relay, port) = start_relay(&r);
+            base_relay = Some(relay);
+            port
+        } else {
+            port
+        };
         let o = format!("{b}/sockrelay-origin");
         let d = format!("{b}/sockrelay-dest");
         let bins: (&str, &str) = (Box::leak(o.into_boxed_str()), Box::leak(d.into_boxed_str()));
+        // 0: the shared relay (filled in below).
+        let relay_pid = base_relay.as_ref().map_or(0, |r: &Kill| r.0.id());
+        let with_pid = |mut c: Chain| {
+            c.relay_pid = relay_pid;
+            c
+        };
         if want_e2e {
             chains.push((
                 "base e2e".into(),
-                start_chain(&dir, port, &srv, false, bins, "be2e", &[]),
+                with_pid(start_chain(&dir, port, &srv, false, bins, "be2e", &[])),
             ));
         }
         if want_plain {
             chains.push((
                 "base plain".into(),
-                start_chain(&dir, port, &srv, true, bins, "bplain", &[]),
+                with_pid(start_chain(&dir, port, &srv, true, bins, "bplain", &[])),
             ));
         }
     }
@@ -630,8 +653,13 @@ fn main() {
         ("direct unix", Target::Unix(srv.clone()), None),
         ("direct tcp", Target::Tcp(taddr), None),
     ];
+    for (_, c) in chains.iter_mut() {
+        if c.relay_pid == 0 {
+            c.relay_pid = relay.0.id();
+        }
+    }
     for (name, c) in &chains {
-        let pids = Some([relay.0.id(), c.origin.0.id(), c.dest.0.id()]);
+        let pids = Some([c.relay_pid, c.origin.0.id(), c.dest.0.id()]);
         targets.push((name.as_str(), Target::Unix(c.sock.clone()), pids));
     }
     if has("--floor") {
@@ -921,6 +949,7 @@ fn main() {
     }
     drop(chains);
     drop(relay);
+    drop(base_relay);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

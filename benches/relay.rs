@@ -7,15 +7,20 @@
 //!
 //! `cargo bench --bench relay` (add `-- --quick` for a shorter run; set
 //! `SOCKRELAY_BENCH_RELAY=/path/to/old/sockrelay-relay` to measure another
-//! build with the same harness).
+//! build with the same harness; `-- --base DIR` measures `DIR/sockrelay-relay`
+//! too, interleaved with this build, as "before"; `-- --repeat N` repeats the
+//! throughput runs and reports medians and ranges, default 3, 1 with
+//! `--quick`).
 //! Loopback only; every loop is bounded.
 
 mod common;
 
-use common::{hard_fd_limit, pair_relay, raise_fd_limit, rss_kib, spawn_server, Server, RELAY};
+use common::{
+    hard_fd_limit, pair_relay, raise_fd_limit, rss_kib, sched, spawn_server, Server, RELAY,
+};
 use sockrelay::ws::frame::{encode_frame, OpCode};
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -27,7 +32,10 @@ fn relay_bin() -> &'static str {
 }
 
 fn start_relay(wrapper: &[&str], fds: u64) -> Server {
-    let relay = relay_bin();
+    start_relay_bin(relay_bin(), wrapper, fds)
+}
+
+fn start_relay_bin(relay: &str, wrapper: &[&str], fds: u64) -> Server {
     let (prog, mut args): (&str, Vec<&str>) = match wrapper.split_first() {
         Some((p, rest)) => (p, rest.to_vec()),
         None => (relay, vec![]),
@@ -107,42 +115,110 @@ fn masked_frame(payload_len: usize) -> Vec<u8> {
     frame
 }
 
-fn through_relay(addr: SocketAddr, payload_len: usize, count: usize) -> f64 {
-    let (origin, dest) = pair_relay(addr);
+/// CPU time process `pid` has run, in ns (/proc/PID/schedstat).
+fn cpu_ns(pid: u32) -> u64 {
+    sched(pid)[0]
+}
+
+/// MB/s of payload through `relay`, and the relay's CPU µs per MB.
+fn through_relay(relay: &Server, payload_len: usize, count: usize) -> (f64, f64) {
+    let (origin, dest) = pair_relay(relay.addr);
     let frame = masked_frame(payload_len);
     // The dest receives unmasked frames: 4 bytes shorter each.
     let expect = ((frame.len() - 4) * count) as u64;
+    let cpu = cpu_ns(relay.child.id());
     let mbps = pump(origin, dest, &frame, count, expect);
-    mbps * payload_len as f64 / frame.len() as f64
+    let cpu = cpu_ns(relay.child.id()) - cpu;
+    let mb = (payload_len * count) as f64 / 1e6;
+    (
+        mbps * payload_len as f64 / frame.len() as f64,
+        cpu as f64 / 1e3 / mb,
+    )
 }
 
-fn throughput(quick: bool) {
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// "median (min–max)" of `v`, each divided by `per`.
+fn spread(v: &[f64], per: &[f64]) -> String {
+    let r: Vec<f64> = v.iter().zip(per).map(|(a, b)| a / b).collect();
+    let (lo, hi) = r
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(l, h), &x| (l.min(x), h.max(x)));
+    format!("{:.2} ({lo:.2}–{hi:.2})", median(&r))
+}
+
+fn throughput(quick: bool, relays: &[(&str, &str)], repeat: usize) {
     let mib = if quick { 256 } else { 2048 };
-    println!("\n## Throughput, one session, {mib} MiB in 1 MiB messages (MB/s of payload)\n");
-    println!("| path | MB/s | ratio to direct TCP |\n|---|---|---|");
+    println!(
+        "\n## Throughput, one session, {mib} MiB in 1 MiB messages (MB/s of payload; medians of {repeat}, ratios with min–max)\n"
+    );
     let unit = vec![0x5au8; 1 << 20];
-    let direct = direct_tcp(&unit, mib);
-    let fwd = forwarder_tcp(&unit, mib);
-    let relay = start_relay(&[], 4096);
-    let via = through_relay(relay.addr, 1 << 20, mib);
-    let small = through_relay(relay.addr, 16 << 10, mib * 64);
-    println!("| direct TCP (baseline) | {direct:.0} | 1.00 |");
+    let running: Vec<Server> = relays
+        .iter()
+        .map(|(_, bin)| start_relay_bin(bin, &[], 4096))
+        .collect();
+    let (mut direct, mut fwd) = (Vec::new(), Vec::new());
+    let mut big = vec![Vec::new(); relays.len()];
+    let mut small = vec![Vec::new(); relays.len()];
+    let mut big_cpu = vec![Vec::new(); relays.len()];
+    let mut small_cpu = vec![Vec::new(); relays.len()];
+    for r in 0..repeat {
+        direct.push(direct_tcp(&unit, mib));
+        fwd.push(forwarder_tcp(&unit, mib));
+        for (i, relay) in running.iter().enumerate() {
+            let (v, c) = through_relay(relay, 1 << 20, mib);
+            big[i].push(v);
+            big_cpu[i].push(c);
+            let (v, c) = through_relay(relay, 16 << 10, mib * 64);
+            small[i].push(v);
+            small_cpu[i].push(c);
+        }
+        eprintln!(
+            "[{}/{repeat}] direct {:.0} naive {:.0} {}",
+            r + 1,
+            direct[r],
+            fwd[r],
+            relays
+                .iter()
+                .enumerate()
+                .map(|(i, (n, _))| format!("{n} {:.0}/{:.0}", big[i][r], small[i][r]))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+    }
     println!(
-        "| naive TCP forwarder (socat-like) | {fwd:.0} | {:.2} |",
-        fwd / direct
+        "| path | MB/s | ratio to direct TCP | ratio to the naive forwarder | relay CPU µs per MB |\n|---|---|---|---|---|"
     );
     println!(
-        "| sockrelay-relay, 1 MiB frames | {via:.0} | {:.2} |",
-        via / direct
+        "| direct TCP (baseline) | {:.0} | 1.00 | | |",
+        median(&direct)
     );
     println!(
-        "| sockrelay-relay, 16 KiB frames | {small:.0} | {:.2} |",
-        small / direct
+        "| naive TCP forwarder (socat-like) | {:.0} | {} | 1.00 | |",
+        median(&fwd),
+        spread(&fwd, &direct)
     );
-    println!("\nrelay vs naive forwarder: {:.2}", via / fwd);
+    for (i, (name, _)) in relays.iter().enumerate() {
+        for (what, v, c) in [
+            ("1 MiB frames", &big[i], &big_cpu[i]),
+            ("16 KiB frames", &small[i], &small_cpu[i]),
+        ] {
+            println!(
+                "| {name}, {what} | {:.0} | {} | {} | {:.0} |",
+                median(v),
+                spread(v, &direct),
+                spread(v, &fwd),
+                median(c)
+            );
+        }
+    }
 }
 
-fn idle_memory(quick: bool) {
+fn idle_memory(quick: bool, name: &str, bin: &str) {
     let mut sessions = if quick { 2000 } else { 10_000 };
     let mut want_fds = (sessions as u64) * 2 + 256;
     if !raise_fd_limit(want_fds) {
@@ -154,7 +230,7 @@ fn idle_memory(quick: bool) {
         raise_fd_limit(hard);
         eprintln!("fd hard limit {hard}: measuring {sessions} sessions");
     }
-    let relay = start_relay(&[], want_fds);
+    let relay = start_relay_bin(bin, &[], want_fds);
     // Warm up: one session, so lazily initialised state is in the baseline.
     let warm = pair_relay(relay.addr);
     std::thread::sleep(Duration::from_millis(200));
@@ -168,7 +244,7 @@ fn idle_memory(quick: bool) {
     std::thread::sleep(Duration::from_millis(500));
     let after = rss_kib(relay.child.id()) * 1024;
     let per = (after.saturating_sub(base)) as f64 / sessions as f64;
-    println!("\n## Memory per idle paired session\n");
+    println!("\n## Memory per idle paired session: {name}\n");
     println!("| sessions | relay RSS before | after | bytes per session | set-up time |\n|---|---|---|---|---|");
     println!(
         "| {sessions} | {:.1} MiB | {:.1} MiB | {per:.0} | {:.2} s |",
@@ -245,13 +321,38 @@ fn instructions_per_byte() {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
-    let only = args.iter().skip(1).find(|a| !a.starts_with('-')).cloned();
+    // The first word that is neither a flag nor a flag's value.
+    let only = args
+        .iter()
+        .enumerate()
+        .skip(1)
+        .find(|(i, a)| {
+            !a.starts_with('-') && !matches!(args[i - 1].as_str(), "--base" | "--repeat")
+        })
+        .map(|(_, a)| a.clone());
     let run = |name: &str| only.as_deref().is_none_or(|o| name.contains(o));
+    let value = |f: &str| {
+        args.iter()
+            .position(|a| a == f)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let repeat: usize = value("--repeat")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if quick { 1 } else { 3 })
+        .max(1);
+    let mut relays: Vec<(&str, &str)> = vec![("sockrelay-relay", relay_bin())];
+    let base = value("--base").map(|d| format!("{d}/sockrelay-relay"));
+    if let Some(b) = &base {
+        relays.push(("before (--base)", b.as_str()));
+    }
     if run("throughput") {
-        throughput(quick);
+        throughput(quick, &relays, repeat);
     }
     if run("memory") {
-        idle_memory(quick);
+        for (name, bin) in &relays {
+            idle_memory(quick, name, bin);
+        }
     }
     if run("instructions") {
         instructions_per_byte();

@@ -13,7 +13,8 @@
 //!    threads in parallel. Also the relay's CPU time per session.
 //!
 //! `cargo bench --bench relay_scale` (`-- --quick` for a shorter run;
-//! `-- --sessions N --inflight K --seconds S` to change the load).
+//! `-- --sessions N --inflight K --seconds S` to change the load; set
+//! `SOCKRELAY_BENCH_RELAY=/path/to/sockrelay-relay` to measure another build).
 //! Loopback only; every loop is bounded in count and time.
 
 mod common;
@@ -31,8 +32,10 @@ use std::time::{Duration, Instant};
 const MSG: usize = 64;
 
 fn start_relay(fds: u64) -> Server {
+    // SOCKRELAY_BENCH_RELAY: another build's relay, as in benches/relay.rs.
+    let bin = std::env::var("SOCKRELAY_BENCH_RELAY").unwrap_or_else(|_| RELAY.into());
     spawn_server(
-        RELAY,
+        &bin,
         &[
             "-p",
             "0",

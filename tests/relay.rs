@@ -831,11 +831,23 @@ fn dest_vanishing_inside_a_large_message_does_not_wedge_the_origin() {
 
 #[test]
 fn random_frames_in_random_chunks_arrive_intact_through_a_small_buffer() {
-    use sockrelay::ws::frame::{encode_frame, OpCode as Op};
     // The smallest forwarding buffer (16 KiB) against frames up to 100 KB
     // in chunks up to 5000 bytes: headers and control frames straddle
     // buffer ends, exercising compaction on every path.
-    let relay = Relay::start(&["--buffer", "16K"]);
+    random_frames_arrive_intact(&["--buffer", "16K"], 5000);
+}
+
+#[test]
+fn random_frames_in_random_chunks_arrive_intact_through_growing_buffers() {
+    // Chunks up to 300 KB fill buffers, which then grow (16 KiB doubling
+    // toward 1 MiB) until the 300 KiB budget cuts them, and shrink again
+    // in the stretches of small chunks.
+    random_frames_arrive_intact(&["--buffer", "1M", "--buffer-memory", "300K"], 300_000);
+}
+
+fn random_frames_arrive_intact(relay_args: &[&str], max_chunk: u64) {
+    use sockrelay::ws::frame::{encode_frame, OpCode as Op};
+    let relay = Relay::start(relay_args);
     for seed in 1..=3u64 {
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ seed);
         let (mut origin, head) = raw_upgrade_head(&relay, "/origin");
@@ -904,7 +916,8 @@ fn random_frames_in_random_chunks_arrive_intact_through_a_small_buffer() {
         let writer = std::thread::spawn(move || {
             let mut at = 0;
             while at < stream.len() {
-                let n = (1 + rng.below(5000) as usize).min(stream.len() - at);
+                let chunk = if rng.below(2) == 0 { max_chunk } else { 5000 };
+                let n = (1 + rng.below(chunk) as usize).min(stream.len() - at);
                 origin.write_all(&stream[at..at + n]).unwrap();
                 at += n;
                 if rng.below(50) == 0 {

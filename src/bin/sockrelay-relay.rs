@@ -86,8 +86,20 @@ fn main() {
         "",
         "buffer",
         &format!(
-            "forwarding buffer per direction in flight, 16K to 64M (default {}K)",
+            "largest forwarding buffer per direction in flight, 16K to 64M: \
+             buffers start at 16K and double while a sender keeps them full \
+             (default {}K)",
             d.buffer_bytes >> 10
+        ),
+        "SIZE",
+    );
+    opts.optopt(
+        "",
+        "buffer-memory",
+        &format!(
+            "bytes all forwarding buffers may hold before none grows past 16K \
+             (default {}M)",
+            d.buffer_memory_bytes >> 20
         ),
         "SIZE",
     );
@@ -228,6 +240,10 @@ fn main() {
             fail("--buffer must be between 16K and 64M".into());
         }
         cfg.buffer_bytes = b as usize;
+    }
+    if let Some(s) = m.opt_str("buffer-memory") {
+        let b = cli::parse_size(&s).unwrap_or_else(|e| fail(format!("--buffer-memory: {e}")));
+        cfg.buffer_memory_bytes = usize::try_from(b).unwrap_or(usize::MAX);
     }
     for (name, v) in [
         ("ping-interval", &mut cfg.ping_interval),

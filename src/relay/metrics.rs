@@ -82,6 +82,8 @@ pub struct Gauges {
     pub conns_closing: usize,
     pub buffers_in_use: usize,
     pub buffers_free: usize,
+    pub buffer_bytes_in_use: usize,
+    pub buffer_bytes_free: usize,
 }
 
 impl Metrics {
@@ -109,6 +111,16 @@ impl Metrics {
             "sockrelay_buffers_free",
             "Forwarding buffers kept in the pool.",
             g.buffers_free as u64,
+        );
+        gauge(
+            "sockrelay_buffer_bytes_in_use",
+            "Bytes in forwarding buffers lent out.",
+            g.buffer_bytes_in_use as u64,
+        );
+        gauge(
+            "sockrelay_buffer_bytes_free",
+            "Bytes in forwarding buffers kept in the pool.",
+            g.buffer_bytes_free as u64,
         );
         let _ = writeln!(
             s,

@@ -33,10 +33,15 @@ pub struct Config {
     pub max_pending: usize,
     /// Largest data frame or message forwarded (1009 past it).
     pub max_message_bytes: u64,
-    /// Per-direction forwarding buffer (bounds memory per session in flight).
+    /// Largest forwarding buffer per direction (`--buffer`): buffers start
+    /// at `MIN_BUFFER_BYTES` and double up to this for a connection that
+    /// keeps them full (see `pool::Sizer`).
     pub buffer_bytes: usize,
-    /// Free buffers kept for reuse; more are returned to the allocator.
-    pub pool_keep: usize,
+    /// Bytes all lent buffers may hold together before buffers stop
+    /// growing past `MIN_BUFFER_BYTES` (`--buffer-memory`).
+    pub buffer_memory_bytes: usize,
+    /// Bytes of free buffers kept for reuse; more go back to the allocator.
+    pub pool_keep_bytes: usize,
     pub ping_interval: Duration,
     pub pong_timeout: Duration,
     pub handshake_timeout: Duration,
@@ -50,7 +55,10 @@ pub struct Config {
 pub const DEFAULT_PORT: u16 = 8080;
 /// Smallest forwarding buffer: it must hold the largest request head
 /// (`MAX_HEADER_BYTES`) plus whatever frames a client sent behind it.
+/// It is also where every connection's buffer starts (size class 0).
 pub const MIN_BUFFER_BYTES: usize = 16 << 10;
+/// Default `--buffer`: the largest a busy connection's buffer grows to.
+pub const DEFAULT_BUFFER_BYTES: usize = 256 << 10;
 
 impl Default for Config {
     fn default() -> Self {
@@ -63,8 +71,9 @@ impl Default for Config {
             max_connections: 250_000,
             max_pending: 4096,
             max_message_bytes: 64 << 20,
-            buffer_bytes: 64 << 10,
-            pool_keep: 256,
+            buffer_bytes: DEFAULT_BUFFER_BYTES,
+            buffer_memory_bytes: 64 << 20,
+            pool_keep_bytes: 16 << 20,
             ping_interval: Duration::from_secs(30),
             pong_timeout: Duration::from_secs(15),
             handshake_timeout: Duration::from_secs(10),

@@ -47,23 +47,34 @@ impl Server {
             .inb
             .as_mut()
             .expect("open connection has inbound state");
-        let buf = inb.buf.get_or_insert_with(|| self.pool.get());
+        let want = inb.sizer.want();
+        // An empty buffer may change size between rounds: nothing to copy.
+        let buf = match inb.buf.take() {
+            Some(buf) if inb.filled == 0 && buf.segs.is_empty() => self.pool.resize(buf, want),
+            Some(buf) => buf,
+            None => self.pool.get(want),
+        };
+        let buf = inb.buf.insert(buf);
         if let Some(stash) = inb.stash.take() {
             buf.data[..stash.len()].copy_from_slice(&stash);
             inb.filled = stash.len();
         }
-        if inb.filled == buf.data.len() {
+        let len = buf.data.len();
+        let room_at_start = len - inb.filled;
+        if room_at_start == 0 {
             return Ok(false);
         }
-        loop {
-            let room = buf.data.len() - inb.filled;
+        let mut got = 0;
+        let came = loop {
+            let room = len - inb.filled;
             match conn.sock.read(&mut buf.data[inb.filled..]) {
                 Ok(0) => {
                     conn.ending = Some(Ending::Vanished("closed the connection".into()));
-                    return Ok(true);
+                    break true;
                 }
                 Ok(n) => {
                     inb.filled += n;
+                    got += n;
                     conn.live.heard(self.now);
                     // A short read drained the socket (epoll(7)): skip the
                     // read that would only say EAGAIN; the next arrival
@@ -77,19 +88,22 @@ impl Server {
                     if n < room && (conn.peer_fin || tls) {
                         continue;
                     }
-                    return Ok(true);
+                    break true;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     conn.readable = false;
-                    return Ok(false);
+                    break got > 0;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     conn.ending = Some(Ending::Vanished(format!("read error: {e}")));
-                    return Ok(true);
+                    break true;
                 }
             }
-        }
+        };
+        inb.sizer
+            .on_read(self.pool.classes(), got, room_at_start, len);
+        Ok(came)
     }
 
     /// Run the decoder over `key`'s unparsed bytes, turning data frames into

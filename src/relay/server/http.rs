@@ -245,11 +245,12 @@ impl Server {
             decoder: Decoder::new(Role::Server, max),
             fwd: Forwarding::default(),
             stash: None,
+            sizer: Sizer::default(),
         };
         if !rest.is_empty() {
             // Frames the client sent right behind its request (at most
             // the header cap, copied once at the upgrade).
-            let mut buf = self.pool.get();
+            let mut buf = self.pool.get(0);
             buf.data[..rest.len()].copy_from_slice(&rest);
             inb.filled = rest.len();
             inb.buf = Some(buf);

@@ -14,7 +14,7 @@
 use super::api::{self, Route};
 use super::liveness::{Liveness, Policy, Verdict};
 use super::metrics::{Gauges, Metrics, Reject};
-use super::pool::{Buf, Pool, Seg, MAX_SEGS};
+use super::pool::{Buf, Classes, Pool, Seg, Sizer, MAX_SEGS};
 use super::session::{Action, Departure, Forwarding, Leaving, Member, Registry, SessionKey};
 use super::sock::RelaySock;
 use super::{Config, ListenRole};
@@ -125,6 +125,8 @@ struct Inbound {
     /// An incomplete header or control frame kept while the buffer is
     /// back in the pool (at most `MAX_CONTROL_FRAME_LEN` bytes).
     stash: Option<Box<[u8]>>,
+    /// Which buffer size this direction borrows (kept while idle).
+    sizer: Sizer,
 }
 
 struct Conn {
@@ -251,7 +253,8 @@ impl Server {
         // header cap) must fit a buffer at the upgrade.
         let mut cfg = cfg;
         cfg.buffer_bytes = cfg.buffer_bytes.max(super::MIN_BUFFER_BYTES);
-        let pool = Pool::new(cfg.buffer_bytes, cfg.pool_keep);
+        let classes = Classes::new(super::MIN_BUFFER_BYTES, cfg.buffer_bytes);
+        let pool = Pool::new(classes, cfg.buffer_memory_bytes, cfg.pool_keep_bytes);
         Ok(Server {
             cfg,
             poll,
@@ -560,6 +563,8 @@ impl Server {
             sessions_paired: self.sessions.paired(),
             buffers_in_use: self.pool.in_use,
             buffers_free: self.pool.free_count(),
+            buffer_bytes_in_use: self.pool.lent_bytes(),
+            buffer_bytes_free: self.pool.free_bytes(),
             ..Gauges::default()
         };
         for (_, c) in self.conns.iter() {
