@@ -2,6 +2,8 @@
 //! (tungstenite) as origin and dest: pairing, byte-exact forwarding,
 //! control frames, refusals, limits, liveness, shutdown.
 
+#[path = "common/clients.rs"]
+mod clients;
 mod common;
 
 use common::ws::{connect, next_msg, status_of, wait_ping, Ws};
@@ -285,6 +287,137 @@ fn proposed_id_is_used_and_same_admission_takes_over() {
     wait_ping(&mut origin2, "sockrelay peer-joined ");
     dest2.send(Message::binary(b"again".to_vec())).unwrap();
     assert_eq!(next_msg(&mut origin2).into_data().as_ref(), b"again");
+}
+
+#[test]
+fn a_vanished_origin_is_awaited_and_takes_its_session_back() {
+    let relay = Relay::start(&[]);
+    let id = "3c9f2a10-7d4e-4b8a-9c1d-2e5f6a7b8c9d";
+    let (mut origin, _) = connect(relay.addr, &format!("/origin?id={id}"), Some("k")).unwrap();
+    wait_ping(&mut origin, "sockrelay session ");
+    let (mut dest, _) = connect(relay.addr, &format!("/dest?id={id}"), Some("k")).unwrap();
+    wait_ping(&mut dest, "sockrelay peer-joined ");
+    wait_ping(&mut origin, "sockrelay peer-joined ");
+    // The origin's TCP connection dies without a close frame.
+    drop(origin);
+    let away = wait_ping(&mut dest, "sockrelay peer-left ");
+    assert!(away.contains(" 4001 origin away"), "{away}");
+    let (_, body) = relay.get("/metrics");
+    assert!(
+        body.contains("sockrelay_sessions_awaiting_origin 1\n"),
+        "{body}"
+    );
+    // The session is still there: a second dest is 409, not 404.
+    assert_eq!(
+        status_of(connect(relay.addr, &format!("/dest?id={id}"), Some("k")).unwrap_err()),
+        409
+    );
+    // The origin is back and takes the session: both hear of the pairing.
+    let (mut origin2, got) = connect(relay.addr, &format!("/origin?id={id}"), Some("k")).unwrap();
+    assert_eq!(got.as_deref(), Some(id));
+    wait_ping(&mut origin2, "sockrelay session ");
+    let joined = wait_ping(&mut origin2, "sockrelay peer-joined ");
+    let joined_dest = wait_ping(&mut dest, "sockrelay peer-joined ");
+    // One pairing change, one seq on both sides.
+    let seq = |t: &str| t.split(' ').nth(2).map(str::to_string);
+    assert_eq!(seq(&joined), seq(&joined_dest), "{joined} / {joined_dest}");
+    origin2.send(Message::binary(b"back".to_vec())).unwrap();
+    assert_eq!(next_msg(&mut dest).into_data().as_ref(), b"back");
+    dest.send(Message::binary(b"welcome".to_vec())).unwrap();
+    assert_eq!(next_msg(&mut origin2).into_data().as_ref(), b"welcome");
+    assert!(relay.wait_log(
+        &format!("session {id}: origin came back"),
+        Duration::from_secs(5)
+    ));
+}
+
+#[test]
+fn a_dest_waits_for_its_origin_until_the_grace_ends() {
+    let relay = Relay::start(&["--origin-grace", "1"]);
+    let id = "5a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
+    let (mut origin, _) = connect(relay.addr, &format!("/origin?id={id}"), Some("k")).unwrap();
+    wait_ping(&mut origin, "sockrelay session ");
+    drop(origin);
+    assert!(wait_gone(&relay));
+    // A dest joining meanwhile is not refused: it waits, and is told so.
+    let (mut dest, _) = connect(relay.addr, &format!("/dest?id={id}"), Some("k")).unwrap();
+    let away = wait_ping(&mut dest, "sockrelay peer-left ");
+    assert!(away.contains(" 4001 origin away"), "{away}");
+    // The origin does not come back: the dest is told it is gone.
+    let start = Instant::now();
+    let (code, reason) = close_code(next_msg(&mut dest));
+    assert_eq!(code, 4001, "{reason}");
+    assert!(start.elapsed() < Duration::from_secs(5));
+    assert_eq!(
+        status_of(connect(relay.addr, &format!("/dest?id={id}"), Some("k")).unwrap_err()),
+        404
+    );
+    // --origin-grace 0: a vanished origin ends its session at once.
+    let relay = Relay::start(&["--origin-grace", "0"]);
+    let (mut origin, _) = connect(relay.addr, &format!("/origin?id={id}"), Some("k")).unwrap();
+    wait_ping(&mut origin, "sockrelay session ");
+    let (mut dest, _) = connect(relay.addr, &format!("/dest?id={id}"), Some("k")).unwrap();
+    wait_ping(&mut dest, "sockrelay peer-joined ");
+    drop(origin);
+    assert_eq!(close_code(next_msg(&mut dest)).0, 4001);
+}
+
+/// Until the relay's metrics show no origin connection.
+fn wait_gone(relay: &Relay) -> bool {
+    let end = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < end {
+        if relay
+            .get("/metrics")
+            .1
+            .contains("sockrelay_connections{state=\"origin\"} 0")
+        {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// Real clients: the origin process is SIGKILLed; its dest stays
+/// connected and waits; a new origin process with the same session id and
+/// token takes the session back, and bytes flow through the same dest
+/// socket.
+#[test]
+fn origin_killed_and_restarted_pairs_again_with_the_waiting_dest() {
+    use clients::{echo_roundtrip, wait_for, Dest, EchoServer, Origin};
+    let dir = clients::TempDir::new("origin-grace");
+    let relay = clients::Relay::start(&dir, 0);
+    let echo = EchoServer::start(&dir.path("echo.sock"));
+    let session = "7e6d5c4b-3a29-4817-a6f5-e4d3c2b1a098";
+    let args = ["--session", session];
+    let mut origin = Origin::start(&dir, relay.port, &echo.path, &args);
+    assert_eq!(origin.session, session);
+    let dest = Dest::start(&dir, relay.port, session, &dir.path("dest.sock"), &[]);
+    assert_eq!(echo_roundtrip(&dest.socket, b"first".to_vec()), b"first");
+    origin.proc.signal(libc::SIGKILL);
+    origin.proc.wait_exit(Duration::from_secs(5));
+    assert!(dest.proc.wait_log("origin left", Duration::from_secs(10)));
+    let origin2 = Origin::start(&dir, relay.port, &echo.path, &args);
+    assert_eq!(origin2.session, session);
+    let ready = "end-to-end encryption established";
+    assert!(
+        wait_for(Duration::from_secs(15), || dest
+            .proc
+            .log_text()
+            .matches(ready)
+            .count()
+            >= 2),
+        "dest did not pair again: {}",
+        dest.proc.log_text()
+    );
+    let data = clients::pattern(7, 256 << 10);
+    assert_eq!(echo_roundtrip(&dest.socket, data.clone()), data);
+    // The dest never lost its relay connection: no 404, no reconnect.
+    let log = dest.proc.log_text();
+    assert!(!log.contains("not found on relay"), "{log}");
+    assert!(!log.contains("reconnecting"), "{log}");
+    let relay_log = relay.proc.log_text();
+    assert!(relay_log.contains("origin came back"), "{relay_log}");
 }
 
 /// Complete a WebSocket handshake by hand, for tests that must send bytes

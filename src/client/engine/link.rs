@@ -377,9 +377,19 @@ impl Engine {
                 self.start_epoch();
             }
             Control::PeerLeft { code, reason, .. } => {
-                log::info!("dest left ({code} {reason})");
                 self.dest_refused = false;
-                self.end_epoch("dest left");
+                match self.side() {
+                    Side::Origin => {
+                        log::info!("dest left ({code} {reason})");
+                        self.end_epoch("dest left");
+                    }
+                    // The relay keeps the session for a vanished origin
+                    // (`--origin-grace`): stay and wait for peer-joined.
+                    Side::Dest => {
+                        log::info!("origin left ({code} {reason})");
+                        self.end_epoch("origin left");
+                    }
+                }
             }
         }
     }

@@ -81,7 +81,7 @@ impl Server {
         let mut actions = Vec::new();
         if self
             .sessions
-            .leave(session, key, member, &leaving, &mut actions)
+            .leave(session, key, member, &leaving, self.now, &mut actions)
         {
             self.apply(actions);
         } else if matches!(self.conns[key].state, State::Open { .. }) {

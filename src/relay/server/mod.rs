@@ -15,7 +15,7 @@ use super::api::{self, Route};
 use super::liveness::{Liveness, Policy, Verdict};
 use super::metrics::{Gauges, Metrics, Reject};
 use super::pool::{Buf, Pool, Seg, MAX_SEGS};
-use super::session::{Action, Departure, Forwarding, Leaving, Member, Registry, SessionKey};
+use super::session::{self, Action, Departure, Forwarding, Leaving, Member, Registry, SessionKey};
 use super::sock::RelaySock;
 use super::{Config, ListenRole};
 use crate::control::{self, close, Control};
@@ -252,13 +252,14 @@ impl Server {
         let mut cfg = cfg;
         cfg.buffer_bytes = cfg.buffer_bytes.max(super::MIN_BUFFER_BYTES);
         let pool = Pool::new(cfg.buffer_bytes, cfg.pool_keep);
+        let grace = cfg.origin_grace;
         Ok(Server {
             cfg,
             poll,
             listeners,
             signals: None,
             conns: Slab::new(),
-            sessions: Registry::new(),
+            sessions: Registry::with_origin_grace(grace),
             timers: Timers::new(),
             pool,
             metrics: Metrics::default(),
@@ -301,7 +302,10 @@ impl Server {
                 let d = at.saturating_duration_since(self.now);
                 timeout = Some(timeout.map_or(d, |t| t.min(d)));
             }
-            if let Some(at) = self.shutting_down {
+            for at in [self.shutting_down, self.sessions.next_expiry()]
+                .into_iter()
+                .flatten()
+            {
                 let d = at.saturating_duration_since(self.now);
                 timeout = Some(timeout.map_or(d, |t| t.min(d)));
             }
@@ -354,6 +358,7 @@ impl Server {
                 }
             }
             self.run_timers();
+            self.expire_sessions();
             self.reap();
             if let Some(at) = self.shutting_down {
                 if self.conns.is_empty() || self.now >= at {
@@ -488,6 +493,26 @@ impl Server {
         }
     }
 
+    /// Sessions whose vanished origin did not come back in time end.
+    fn expire_sessions(&mut self) {
+        if self.sessions.next_expiry().is_none_or(|at| at > self.now) {
+            return;
+        }
+        let mut actions = Vec::new();
+        self.sessions.expire(self.now, &mut actions);
+        for action in &actions {
+            if let Action::Close { conn, .. } = action {
+                if let Some(c) = self.conns.get(*conn) {
+                    log::info!(
+                        "dest {}: its origin did not come back within --origin-grace; closing",
+                        c.addr
+                    );
+                }
+            }
+        }
+        self.apply(actions);
+    }
+
     fn on_signal(&mut self) {
         let Some(signals) = self.signals.as_mut() else {
             return;
@@ -558,6 +583,7 @@ impl Server {
         let mut g = Gauges {
             sessions: self.sessions.len(),
             sessions_paired: self.sessions.paired(),
+            sessions_awaiting_origin: self.sessions.awaiting_origin(),
             buffers_in_use: self.pool.in_use,
             buffers_free: self.pool.free_count(),
             ..Gauges::default()
