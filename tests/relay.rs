@@ -617,6 +617,100 @@ fn sigterm_closes_everyone_with_1001_and_exits() {
 }
 
 #[test]
+fn sigterm_says_move_then_closes_once_the_queued_data_is_out() {
+    let mut relay = Relay::start(&["--drain-timeout", "5"]);
+    let (mut origin, mut dest, _) = pair(&relay);
+    // A message in flight toward a dest that is not reading yet: part of
+    // it is in the relay's buffer, part still in the origin's socket.
+    let data = pattern(3, 0, 2 << 20);
+    origin.send(Message::binary(data.clone())).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    relay.signal(libc::SIGTERM);
+    let start = Instant::now();
+    let (mut moved, mut got, mut code) = (None, None, None);
+    while code.is_none() {
+        match dest.read().expect("read") {
+            Message::Ping(p) => {
+                let text = String::from_utf8_lossy(&p).to_string();
+                if text.starts_with("sockrelay move ") {
+                    moved = Some(text);
+                }
+            }
+            Message::Binary(b) => got = Some(b.to_vec()),
+            Message::Close(Some(cf)) => code = Some(u16::from(cf.code)),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        moved.as_deref(),
+        Some("sockrelay move 250 relay shutting down")
+    );
+    // The whole message arrived before the close.
+    assert!(got.as_deref() == Some(&data[..]), "message cut");
+    assert_eq!(code, Some(1001));
+    let status = relay
+        .wait_exit(Duration::from_secs(5))
+        .expect("relay exits");
+    assert!(status.success(), "{status:?}");
+    assert!(start.elapsed() < Duration::from_secs(5));
+    assert!(TcpStream::connect(relay.addr).is_err());
+    assert!(
+        relay.log().contains("telling 2 clients to move"),
+        "{}",
+        relay.log()
+    );
+}
+
+/// Real clients through a relay that gets SIGTERM: they are told to move,
+/// the relay exits well within --drain-timeout, and once a new relay
+/// listens on the same port the session pairs again and bytes flow.
+#[test]
+fn sigterm_moves_real_clients_to_the_next_relay_on_the_same_port() {
+    use clients::{echo_roundtrip, wait_for, Dest, EchoServer, Origin};
+    let dir = clients::TempDir::new("relay-move");
+    let mut relay = clients::Relay::start(&dir, 0);
+    let port = relay.port;
+    let echo = EchoServer::start(&dir.path("echo.sock"));
+    let session = "2f4e6a8c-1b3d-4f5a-8e7c-9d0b1a2c3e4f";
+    let origin = Origin::start(&dir, port, &echo.path, &["--session", session]);
+    let dest = Dest::start(&dir, port, session, &dir.path("dest.sock"), &[]);
+    assert_eq!(echo_roundtrip(&dest.socket, b"before".to_vec()), b"before");
+    relay.proc.signal(libc::SIGTERM);
+    let start = Instant::now();
+    assert_eq!(relay.proc.wait_exit(Duration::from_secs(9)), Some(0));
+    // Default --drain-timeout is 10 s; idle links drain at once.
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    let relay_log = relay.proc.log_text();
+    assert!(relay_log.contains("relay stopped"), "{relay_log}");
+    for client in [&origin.proc, &dest.proc] {
+        assert!(
+            client.wait_log("relay asks us to move", Duration::from_secs(5)),
+            "{}",
+            client.log_text()
+        );
+    }
+    let relay2 = clients::Relay::start(&dir, port);
+    assert_eq!(relay2.port, port);
+    let ready = "end-to-end encryption established";
+    assert!(
+        wait_for(Duration::from_secs(20), || dest
+            .proc
+            .log_text()
+            .matches(ready)
+            .count()
+            >= 2),
+        "dest did not pair again: {}",
+        dest.proc.log_text()
+    );
+    let data = clients::pattern(9, 128 << 10);
+    assert_eq!(echo_roundtrip(&dest.socket, data.clone()), data);
+}
+
+#[test]
 fn session_limit_answers_503() {
     let relay = Relay::start(&["--max-sessions", "2"]);
     let (_o1, _) = connect(relay.addr, "/origin", Some("a")).unwrap();

@@ -585,15 +585,15 @@ impl Registry {
     /// The relay shuts down: every session ends with 1001.
     pub fn end_all(&mut self, actions: &mut Vec<Action>) {
         for key in self.keys() {
-            self.end(
-                key,
-                close::GOING_AWAY,
-                "relay shutting down",
-                close::GOING_AWAY,
-                "relay shutting down",
-                actions,
-            );
+            self.end_going_away(key, actions);
         }
+    }
+
+    /// The relay shuts down and session `key` has drained: both members
+    /// are closed with 1001.
+    pub fn end_going_away(&mut self, key: SessionKey, actions: &mut Vec<Action>) {
+        let why = "relay shutting down";
+        self.end(key, close::GOING_AWAY, why, close::GOING_AWAY, why, actions);
     }
 
     /// End session `key`: close its origin and its dest (if any).

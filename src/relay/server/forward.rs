@@ -40,7 +40,10 @@ impl Server {
     /// Read into `key`'s buffer while there is room. Returns whether bytes came.
     pub(super) fn read_inbound(&mut self, key: usize) -> io::Result<bool> {
         let conn = &mut self.conns[key];
-        if !conn.readable || conn.ending.is_some() {
+        // Shutting down: read only to finish a frame being forwarded, so
+        // that its receiver can still get a close frame after it.
+        let draining = self.shutting_down.is_some() && !forwarding_a_frame(conn);
+        if !conn.readable || conn.ending.is_some() || draining {
             return Ok(false);
         }
         let inb = conn
@@ -362,6 +365,13 @@ impl Server {
             self.pool.put(buf);
         }
     }
+}
+
+/// `conn` is inside a data frame that is being forwarded to its peer.
+pub(super) fn forwarding_a_frame(conn: &Conn) -> bool {
+    conn.inb
+        .as_ref()
+        .is_some_and(|i| i.fwd.frame && i.decoder.in_frame())
 }
 
 /// Append a segment, merging it with the previous one when contiguous.
