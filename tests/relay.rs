@@ -1191,6 +1191,47 @@ fn raw_read_frame(s: &mut TcpStream) -> (u8, Vec<u8>) {
     (h[0] & 0x0f, p)
 }
 
+/// The relay answers pings through the shared endpoint policy: one pong
+/// for the latest ping of a burst (RFC 6455 §5.5.3), not one per ping.
+#[test]
+fn a_ping_flood_gets_the_latest_pong_only() {
+    use sockrelay::ws::frame::{encode_frame, OpCode as Op};
+    let relay = Relay::start(&[]);
+    let mut s = raw_upgrade(&relay, "/origin");
+    let (op, p) = raw_read_frame(&mut s);
+    assert_eq!(op, 0x9);
+    assert!(p.starts_with(b"sockrelay session "));
+    let mut burst = Vec::new();
+    for i in 0..5000u32 {
+        let payload = format!("p{i}");
+        encode_frame(
+            &mut burst,
+            true,
+            Op::Ping,
+            Some(i.to_be_bytes()),
+            payload.as_bytes(),
+        );
+    }
+    s.write_all(&burst).unwrap();
+    let mut pongs = 0;
+    loop {
+        let (op, p) = raw_read_frame(&mut s);
+        if op == 0xA {
+            pongs += 1;
+            if p == b"p4999" {
+                break;
+            }
+        }
+    }
+    assert!(pongs < 500, "{pongs} pongs for 5000 pings");
+    // Still open and answering.
+    let mut one = Vec::new();
+    encode_frame(&mut one, true, Op::Ping, Some([1, 2, 3, 4]), b"again");
+    s.write_all(&one).unwrap();
+    assert_eq!(raw_read_frame(&mut s), (0xA, b"again".to_vec()));
+    assert!(!relay.log().contains("floods control frames"));
+}
+
 #[test]
 fn many_small_frames_then_eof_all_arrive() {
     use sockrelay::ws::frame::{encode_frame, OpCode as Op};

@@ -642,12 +642,10 @@ pub const ORIGIN_AWAY: &str = "origin away; waiting for it to come back";
 
 /// A close frame without a code (1005, never on the wire) is passed on as
 /// a normal close.
+/// The shared endpoint rule (`ws::endpoint::echo_code`): a code that may
+/// not be on the wire is echoed as 1000.
 pub fn no_status_as_normal(code: u16) -> u16 {
-    if code == close::NO_STATUS {
-        close::NORMAL
-    } else {
-        code
-    }
+    crate::ws::endpoint::echo_code(Some(code))
 }
 
 const fn refusal(status: u16, reason: &'static str, metric: Reject) -> Refusal {

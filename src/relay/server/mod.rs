@@ -21,6 +21,7 @@ use super::{Config, ListenRole};
 use crate::control::{self, close, Control};
 use crate::sys::{self, Signal, Signals};
 use crate::timer::Timers;
+use crate::ws::endpoint::{self, Limits, PongSlot};
 use crate::ws::frame::{self, Decoder, Event, FrameHeader, OpCode, Role};
 use crate::ws::handshake;
 use mio::net::{TcpListener, TcpStream};
@@ -50,9 +51,11 @@ const REFUSE_LINGER: Duration = Duration::from_millis(500);
 const MAX_REFUSING: usize = 1024;
 /// After accept() fails for lack of file descriptors, wait this long.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-/// Relay-originated bytes queued toward one connection (pongs, control
-/// pings, close frames, HTTP answers) past which it is considered abusive.
-const MAX_CTRL_BYTES: usize = 16 << 10;
+/// The caps of the shared WebSocket endpoint policy (`ws::endpoint`) on
+/// relay-originated bytes queued toward one connection (pongs, control
+/// pings): a pong waits while 8 KiB are queued, and past 16 KiB the
+/// connection is considered abusive.
+const CONTROL_LIMITS: Limits = Limits::relay();
 /// On shutdown, once every connection has been closed (close frame and
 /// FIN sent), how long after the signal the relay still waits for the
 /// clients' FINs before it exits (it exits earlier once all are gone).
@@ -151,6 +154,14 @@ struct Conn {
     /// frame boundaries of the forwarded stream.
     ctrl: Vec<u8>,
     ctrl_pos: usize,
+    /// Its close state (shared endpoint policy): no pong once a close was
+    /// received or sent.
+    policy: endpoint::Policy,
+    /// The pong owed for its latest ping (RFC 6455 §5.5.3: one, however
+    /// many pings came), boxed so that a connection owes nothing costs 8
+    /// bytes; moved into `ctrl` when the stream toward it is between
+    /// frames and `ctrl` has room.
+    pong: Option<Box<PongSlot>>,
     /// The forwarded stream toward this connection stopped inside a frame.
     fwd_mid_frame: bool,
     /// Refused at accept (counted in `Server::refusing` until removed).
