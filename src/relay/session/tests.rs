@@ -567,3 +567,20 @@ fn sessions_awaiting_their_origin_count_against_the_limit() {
         Ok((key, id))
     );
 }
+
+#[test]
+fn an_origin_lost_twice_in_one_instant_counts_once() {
+    // Found by fuzz/relay_session: two identical deadlines for one session.
+    let mut reg = Registry::with_origin_grace(GRACE);
+    let (key, id) = paired_as(&mut reg, Some(Uuid::new_v4()));
+    let mut actions = Vec::new();
+    assert!(reg.leave(key, 1, Member::Origin, &vanished("eof"), t0(), &mut actions));
+    reg.open_origin(3, Some(id), ADM, 10, &mut actions).unwrap();
+    assert!(reg.leave(key, 3, Member::Origin, &vanished("eof"), t0(), &mut actions));
+    assert_eq!(reg.awaiting_origin(), 1);
+    actions.clear();
+    reg.expire(t0() + GRACE, &mut actions);
+    assert_eq!(actions.len(), 1, "{actions:?}");
+    assert!(reg.is_empty());
+    assert_eq!(reg.next_expiry(), None);
+}
