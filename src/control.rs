@@ -66,13 +66,23 @@ pub enum Control<'a> {
     /// To both at pairing: `addr` is the other side's address as the relay
     /// sees it. `seq` is absent from relays older than the pong ack.
     PeerJoined { seq: Option<u32>, addr: &'a str },
-    /// To the origin: its dest left with this close code and reason.
+    /// To the origin: its dest left with this close code and reason. To a
+    /// dest (4001): its origin vanished and the relay waits for it.
     PeerLeft {
         seq: Option<u32>,
         code: u16,
         reason: &'a str,
     },
+    /// To everyone, before the relay stops (SIGTERM): the link is about to
+    /// close (1001) once what is queued toward the client is out; reconnect
+    /// as soon as it has, without backoff, after a random delay of at most
+    /// `spread_ms` (so that thousands of clients do not come back at one
+    /// instant).
+    Move { spread_ms: u32, reason: &'a str },
 }
+
+/// The spread a relay asks for in `move` (README "Reliability").
+pub const MOVE_SPREAD_MS: u32 = 250;
 
 /// Why a `sockrelay ` payload did not parse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +92,7 @@ pub enum ParseError {
     BadSessionId,
     BadCode,
     MissingField,
+    BadDelay,
 }
 
 impl fmt::Display for ParseError {
@@ -92,6 +103,7 @@ impl fmt::Display for ParseError {
             ParseError::BadSessionId => "control message has a malformed session id",
             ParseError::BadCode => "control message has a malformed close code",
             ParseError::MissingField => "control message is missing a field",
+            ParseError::BadDelay => "control message has a malformed delay",
         })
     }
 }
@@ -145,6 +157,18 @@ impl<'a> Control<'a> {
                     reason,
                 }
             }
+            "move" => {
+                if first.is_empty() {
+                    return Err(ParseError::MissingField);
+                }
+                if !is_seq(first) {
+                    return Err(ParseError::BadDelay);
+                }
+                Control::Move {
+                    spread_ms: first.parse().map_err(|_| ParseError::BadDelay)?,
+                    reason: after,
+                }
+            }
             _ => return Err(ParseError::UnknownKind),
         };
         Ok(Some(msg))
@@ -170,6 +194,13 @@ impl<'a> Control<'a> {
                     write!(out, "{code} {reason}")
                 })
             }
+            Control::Move {
+                spread_ms,
+                reason: "",
+            } => write!(out, "{PREFIX}move {spread_ms}"),
+            Control::Move { spread_ms, reason } => {
+                write!(out, "{PREFIX}move {spread_ms} {reason}")
+            }
         };
         let mut end = (start + MAX_PAYLOAD_BYTES).min(out.len());
         // Cut on a char boundary: a UTF-8 continuation byte is 0b10xx_xxxx.
@@ -189,7 +220,7 @@ impl<'a> Control<'a> {
     /// The sequence number a pong echoing this message acknowledges.
     pub fn seq(&self) -> Option<u32> {
         match self {
-            Control::Session { .. } => None,
+            Control::Session { .. } | Control::Move { .. } => None,
             Control::PeerJoined { seq, .. } | Control::PeerLeft { seq, .. } => *seq,
         }
     }
@@ -268,6 +299,47 @@ mod tests {
             code: 4001,
             reason: "bye now",
         });
+        round_trip(Control::Move {
+            spread_ms: 250,
+            reason: "relay shutting down",
+        });
+        round_trip(Control::Move {
+            spread_ms: 0,
+            reason: "",
+        });
+        round_trip(Control::Move {
+            spread_ms: u32::MAX,
+            reason: " two  spaces ",
+        });
+    }
+
+    #[test]
+    fn move_parses_and_refuses_what_it_should() {
+        assert_eq!(
+            Control::parse(b"sockrelay move 250"),
+            Ok(Some(Control::Move {
+                spread_ms: 250,
+                reason: ""
+            }))
+        );
+        assert_eq!(
+            Control::parse(b"sockrelay move"),
+            Err(ParseError::MissingField)
+        );
+        assert_eq!(
+            Control::parse(b"sockrelay move +5 x"),
+            Err(ParseError::BadDelay)
+        );
+        assert_eq!(
+            Control::parse(b"sockrelay move 99999999999 x"),
+            Err(ParseError::BadDelay)
+        );
+        assert_eq!(
+            Control::parse(b"sockrelay move soon"),
+            Err(ParseError::BadDelay)
+        );
+        // Not a pairing change: its pong acknowledges nothing.
+        assert_eq!(acked_seq(b"sockrelay move 5 x"), None);
     }
 
     #[test]
@@ -293,6 +365,14 @@ mod tests {
             }
             .to_vec(),
             b"sockrelay peer-left 9 1006 gone"
+        );
+        assert_eq!(
+            Control::Move {
+                spread_ms: 250,
+                reason: "relay shutting down"
+            }
+            .to_vec(),
+            b"sockrelay move 250 relay shutting down"
         );
     }
 

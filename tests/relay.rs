@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::clients;
 use common::ws::{connect, next_msg, status_of, wait_ping, Ws};
 
 use common::{pattern_at, Relay, Rng, TempDir};
@@ -287,6 +288,137 @@ fn proposed_id_is_used_and_same_admission_takes_over() {
     assert_eq!(next_msg(&mut origin2).into_data().as_ref(), b"again");
 }
 
+#[test]
+fn a_vanished_origin_is_awaited_and_takes_its_session_back() {
+    let relay = Relay::start(&[]);
+    let id = "3c9f2a10-7d4e-4b8a-9c1d-2e5f6a7b8c9d";
+    let (mut origin, _) = connect(relay.addr, &format!("/origin?id={id}"), Some("k")).unwrap();
+    wait_ping(&mut origin, "sockrelay session ");
+    let (mut dest, _) = connect(relay.addr, &format!("/dest?id={id}"), Some("k")).unwrap();
+    wait_ping(&mut dest, "sockrelay peer-joined ");
+    wait_ping(&mut origin, "sockrelay peer-joined ");
+    // The origin's TCP connection dies without a close frame.
+    drop(origin);
+    let away = wait_ping(&mut dest, "sockrelay peer-left ");
+    assert!(away.contains(" 4001 origin away"), "{away}");
+    let (_, body) = relay.get("/metrics");
+    assert!(
+        body.contains("sockrelay_sessions_awaiting_origin 1\n"),
+        "{body}"
+    );
+    // The session is still there: a second dest is 409, not 404.
+    assert_eq!(
+        status_of(connect(relay.addr, &format!("/dest?id={id}"), Some("k")).unwrap_err()),
+        409
+    );
+    // The origin is back and takes the session: both hear of the pairing.
+    let (mut origin2, got) = connect(relay.addr, &format!("/origin?id={id}"), Some("k")).unwrap();
+    assert_eq!(got.as_deref(), Some(id));
+    wait_ping(&mut origin2, "sockrelay session ");
+    let joined = wait_ping(&mut origin2, "sockrelay peer-joined ");
+    let joined_dest = wait_ping(&mut dest, "sockrelay peer-joined ");
+    // One pairing change, one seq on both sides.
+    let seq = |t: &str| t.split(' ').nth(2).map(str::to_string);
+    assert_eq!(seq(&joined), seq(&joined_dest), "{joined} / {joined_dest}");
+    origin2.send(Message::binary(b"back".to_vec())).unwrap();
+    assert_eq!(next_msg(&mut dest).into_data().as_ref(), b"back");
+    dest.send(Message::binary(b"welcome".to_vec())).unwrap();
+    assert_eq!(next_msg(&mut origin2).into_data().as_ref(), b"welcome");
+    assert!(relay.wait_log(
+        &format!("session {id}: origin came back"),
+        Duration::from_secs(5)
+    ));
+}
+
+#[test]
+fn a_dest_waits_for_its_origin_until_the_grace_ends() {
+    let relay = Relay::start(&["--origin-grace", "1"]);
+    let id = "5a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
+    let (mut origin, _) = connect(relay.addr, &format!("/origin?id={id}"), Some("k")).unwrap();
+    wait_ping(&mut origin, "sockrelay session ");
+    drop(origin);
+    assert!(wait_gone(&relay));
+    // A dest joining meanwhile is not refused: it waits, and is told so.
+    let (mut dest, _) = connect(relay.addr, &format!("/dest?id={id}"), Some("k")).unwrap();
+    let away = wait_ping(&mut dest, "sockrelay peer-left ");
+    assert!(away.contains(" 4001 origin away"), "{away}");
+    // The origin does not come back: the dest is told it is gone.
+    let start = Instant::now();
+    let (code, reason) = close_code(next_msg(&mut dest));
+    assert_eq!(code, 4001, "{reason}");
+    assert!(start.elapsed() < Duration::from_secs(5));
+    assert_eq!(
+        status_of(connect(relay.addr, &format!("/dest?id={id}"), Some("k")).unwrap_err()),
+        404
+    );
+    // --origin-grace 0: a vanished origin ends its session at once.
+    let relay = Relay::start(&["--origin-grace", "0"]);
+    let (mut origin, _) = connect(relay.addr, &format!("/origin?id={id}"), Some("k")).unwrap();
+    wait_ping(&mut origin, "sockrelay session ");
+    let (mut dest, _) = connect(relay.addr, &format!("/dest?id={id}"), Some("k")).unwrap();
+    wait_ping(&mut dest, "sockrelay peer-joined ");
+    drop(origin);
+    assert_eq!(close_code(next_msg(&mut dest)).0, 4001);
+}
+
+/// Until the relay's metrics show no origin connection.
+fn wait_gone(relay: &Relay) -> bool {
+    let end = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < end {
+        if relay
+            .get("/metrics")
+            .1
+            .contains("sockrelay_connections{state=\"origin\"} 0")
+        {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// Real clients: the origin process is SIGKILLed; its dest stays
+/// connected and waits; a new origin process with the same session id and
+/// token takes the session back, and bytes flow through the same dest
+/// socket.
+#[test]
+fn origin_killed_and_restarted_pairs_again_with_the_waiting_dest() {
+    use clients::{echo_roundtrip, wait_for, Dest, EchoServer, Origin};
+    let dir = clients::TempDir::new("origin-grace");
+    let relay = clients::Relay::start(&dir, 0);
+    let echo = EchoServer::start(&dir.path("echo.sock"));
+    let session = "7e6d5c4b-3a29-4817-a6f5-e4d3c2b1a098";
+    let args = ["--session", session];
+    let mut origin = Origin::start(&dir, relay.port, &echo.path, &args);
+    assert_eq!(origin.session, session);
+    let dest = Dest::start(&dir, relay.port, session, &dir.path("dest.sock"), &[]);
+    assert_eq!(echo_roundtrip(&dest.socket, b"first".to_vec()), b"first");
+    origin.proc.signal(libc::SIGKILL);
+    origin.proc.wait_exit(Duration::from_secs(5));
+    assert!(dest.proc.wait_log("origin left", Duration::from_secs(10)));
+    let origin2 = Origin::start(&dir, relay.port, &echo.path, &args);
+    assert_eq!(origin2.session, session);
+    let ready = "end-to-end encryption established";
+    assert!(
+        wait_for(Duration::from_secs(15), || dest
+            .proc
+            .log_text()
+            .matches(ready)
+            .count()
+            >= 2),
+        "dest did not pair again: {}",
+        dest.proc.log_text()
+    );
+    let data = clients::pattern(7, 256 << 10);
+    assert_eq!(echo_roundtrip(&dest.socket, data.clone()), data);
+    // The dest never lost its relay connection: no 404, no reconnect.
+    let log = dest.proc.log_text();
+    assert!(!log.contains("not found on relay"), "{log}");
+    assert!(!log.contains("reconnecting"), "{log}");
+    let relay_log = relay.proc.log_text();
+    assert!(relay_log.contains("origin came back"), "{relay_log}");
+}
+
 /// Complete a WebSocket handshake by hand, for tests that must send bytes
 /// no conforming client would.
 fn raw_upgrade(relay: &Relay, path: &str) -> TcpStream {
@@ -481,6 +613,100 @@ fn sigterm_closes_everyone_with_1001_and_exits() {
     assert!(status.success(), "{status:?}");
     assert!(start.elapsed() < Duration::from_millis(1500));
     assert!(TcpStream::connect(relay.addr).is_err());
+}
+
+#[test]
+fn sigterm_says_move_then_closes_once_the_queued_data_is_out() {
+    let mut relay = Relay::start(&["--drain-timeout", "5"]);
+    let (mut origin, mut dest, _) = pair(&relay);
+    // A message in flight toward a dest that is not reading yet: part of
+    // it is in the relay's buffer, part still in the origin's socket.
+    let data = pattern_at(3, 0, 2 << 20);
+    origin.send(Message::binary(data.clone())).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    relay.signal(libc::SIGTERM);
+    let start = Instant::now();
+    let (mut moved, mut got, mut code) = (None, None, None);
+    while code.is_none() {
+        match dest.read().expect("read") {
+            Message::Ping(p) => {
+                let text = String::from_utf8_lossy(&p).to_string();
+                if text.starts_with("sockrelay move ") {
+                    moved = Some(text);
+                }
+            }
+            Message::Binary(b) => got = Some(b.to_vec()),
+            Message::Close(Some(cf)) => code = Some(u16::from(cf.code)),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        moved.as_deref(),
+        Some("sockrelay move 250 relay shutting down")
+    );
+    // The whole message arrived before the close.
+    assert!(got.as_deref() == Some(&data[..]), "message cut");
+    assert_eq!(code, Some(1001));
+    let status = relay
+        .wait_exit(Duration::from_secs(5))
+        .expect("relay exits");
+    assert!(status.success(), "{status:?}");
+    assert!(start.elapsed() < Duration::from_secs(5));
+    assert!(TcpStream::connect(relay.addr).is_err());
+    assert!(
+        relay.log().contains("telling 2 clients to move"),
+        "{}",
+        relay.log()
+    );
+}
+
+/// Real clients through a relay that gets SIGTERM: they are told to move,
+/// the relay exits well within --drain-timeout, and once a new relay
+/// listens on the same port the session pairs again and bytes flow.
+#[test]
+fn sigterm_moves_real_clients_to_the_next_relay_on_the_same_port() {
+    use clients::{echo_roundtrip, wait_for, Dest, EchoServer, Origin};
+    let dir = clients::TempDir::new("relay-move");
+    let mut relay = clients::Relay::start(&dir, 0);
+    let port = relay.port;
+    let echo = EchoServer::start(&dir.path("echo.sock"));
+    let session = "2f4e6a8c-1b3d-4f5a-8e7c-9d0b1a2c3e4f";
+    let origin = Origin::start(&dir, port, &echo.path, &["--session", session]);
+    let dest = Dest::start(&dir, port, session, &dir.path("dest.sock"), &[]);
+    assert_eq!(echo_roundtrip(&dest.socket, b"before".to_vec()), b"before");
+    relay.proc.signal(libc::SIGTERM);
+    let start = Instant::now();
+    assert_eq!(relay.proc.wait_exit(Duration::from_secs(9)), Some(0));
+    // Default --drain-timeout is 10 s; idle links drain at once.
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    let relay_log = relay.proc.log_text();
+    assert!(relay_log.contains("relay stopped"), "{relay_log}");
+    for client in [&origin.proc, &dest.proc] {
+        assert!(
+            client.wait_log("relay asks us to move", Duration::from_secs(5)),
+            "{}",
+            client.log_text()
+        );
+    }
+    let relay2 = clients::Relay::start(&dir, port);
+    assert_eq!(relay2.port, port);
+    let ready = "end-to-end encryption established";
+    assert!(
+        wait_for(Duration::from_secs(20), || dest
+            .proc
+            .log_text()
+            .matches(ready)
+            .count()
+            >= 2),
+        "dest did not pair again: {}",
+        dest.proc.log_text()
+    );
+    let data = clients::pattern(9, 128 << 10);
+    assert_eq!(echo_roundtrip(&dest.socket, data.clone()), data);
 }
 
 #[test]
@@ -961,6 +1187,47 @@ fn raw_read_frame(s: &mut TcpStream) -> (u8, Vec<u8>) {
     let mut p = vec![0u8; len];
     s.read_exact(&mut p).unwrap();
     (h[0] & 0x0f, p)
+}
+
+/// The relay answers pings through the shared endpoint policy: one pong
+/// for the latest ping of a burst (RFC 6455 §5.5.3), not one per ping.
+#[test]
+fn a_ping_flood_gets_the_latest_pong_only() {
+    use sockrelay::ws::frame::{encode_frame, OpCode as Op};
+    let relay = Relay::start(&[]);
+    let mut s = raw_upgrade(&relay, "/origin");
+    let (op, p) = raw_read_frame(&mut s);
+    assert_eq!(op, 0x9);
+    assert!(p.starts_with(b"sockrelay session "));
+    let mut burst = Vec::new();
+    for i in 0..5000u32 {
+        let payload = format!("p{i}");
+        encode_frame(
+            &mut burst,
+            true,
+            Op::Ping,
+            Some(i.to_be_bytes()),
+            payload.as_bytes(),
+        );
+    }
+    s.write_all(&burst).unwrap();
+    let mut pongs = 0;
+    loop {
+        let (op, p) = raw_read_frame(&mut s);
+        if op == 0xA {
+            pongs += 1;
+            if p == b"p4999" {
+                break;
+            }
+        }
+    }
+    assert!(pongs < 500, "{pongs} pongs for 5000 pings");
+    // Still open and answering.
+    let mut one = Vec::new();
+    encode_frame(&mut one, true, Op::Ping, Some([1, 2, 3, 4]), b"again");
+    s.write_all(&one).unwrap();
+    assert_eq!(raw_read_frame(&mut s), (0xA, b"again".to_vec()));
+    assert!(!relay.log().contains("floods control frames"));
 }
 
 #[test]

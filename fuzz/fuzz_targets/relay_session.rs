@@ -4,7 +4,9 @@
 //! frame never reaches a dest of another epoch (or anyone but the current
 //! peer); every open connection's session exists and counts it as a member,
 //! and every member is an open connection; the registry holds no more
-//! sessions than there are open origins.
+//! sessions than there are open origins plus sessions waiting for their
+//! vanished origin (`--origin-grace`, on simulated time), and a waiting
+//! session ends once its grace has passed.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use sockrelay::control::Control;
@@ -12,7 +14,10 @@ use sockrelay::relay::session::{
     Action, ConnKey, Departure, Forwarding, Leaving, Member, Registry, SessionKey,
 };
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 use uuid::Uuid;
+
+const GRACE: Duration = Duration::from_secs(30);
 
 #[derive(Default)]
 struct Conn {
@@ -30,6 +35,7 @@ struct Harness {
     conns: HashMap<ConnKey, Conn>,
     ids: Vec<Uuid>,
     next_conn: ConnKey,
+    now: Instant,
 }
 
 impl Harness {
@@ -44,14 +50,22 @@ impl Harness {
                 Action::PeerJoined { to, seq, peer } => {
                     assert!(self.conns.contains_key(&peer));
                     if let Some(c) = self.conns.get_mut(&to) {
-                        assert!(matches!(c.open, Some((_, Member::Origin))));
-                        c.last_seq = seq;
+                        match c.open {
+                            Some((_, Member::Origin)) => c.last_seq = seq,
+                            // Its vanished origin came back: a new epoch.
+                            Some((session, Member::Dest)) => {
+                                c.joined_epoch = self.reg.view(session).expect("session").epoch;
+                            }
+                            None => {}
+                        }
                     }
                 }
                 Action::PeerLeft { to, seq, .. } => {
                     if let Some(c) = self.conns.get_mut(&to) {
-                        assert!(matches!(c.open, Some((_, Member::Origin))));
-                        c.last_seq = seq;
+                        // To a dest: its origin vanished and is awaited.
+                        if matches!(c.open, Some((_, Member::Origin))) {
+                            c.last_seq = seq;
+                        }
                     }
                 }
                 Action::Discard { conn } => assert!(self.conns.contains_key(&conn)),
@@ -72,6 +86,7 @@ impl Harness {
 
     fn check(&self) {
         let mut origins = 0;
+        let mut waiting = 0;
         for (&key, c) in &self.conns {
             let Some((session, member)) = c.open else { continue };
             assert!(self.reg.view(session).is_some(), "open conn without a session");
@@ -82,13 +97,20 @@ impl Harness {
         }
         for session in self.reg.keys() {
             let v = self.reg.view(session).expect("listed session");
-            for (conn, member) in [(Some(v.origin), Member::Origin), (v.dest, Member::Dest)] {
+            if v.origin.is_none() {
+                waiting += 1;
+            }
+            for (conn, member) in [(v.origin, Member::Origin), (v.dest, Member::Dest)] {
                 let Some(conn) = conn else { continue };
                 let c = self.conns.get(&conn).expect("member is a known conn");
                 assert_eq!(c.open, Some((session, member)), "member not open");
             }
         }
-        assert_eq!(self.reg.len(), origins);
+        assert_eq!(self.reg.len(), origins + waiting);
+        assert_eq!(self.reg.awaiting_origin(), waiting);
+        if let Some(at) = self.reg.next_expiry() {
+            assert!(at > self.now, "an expired session was kept");
+        }
     }
 
     /// A forwarding decision returned `target` for `from`'s current frame.
@@ -103,17 +125,18 @@ impl Harness {
                 assert_eq!(v.dest, Some(target));
                 assert_eq!(self.conns[&target].joined_epoch, v.epoch, "dest of another epoch");
             }
-            Member::Dest => assert_eq!(target, v.origin),
+            Member::Dest => assert_eq!(Some(target), v.origin),
         }
     }
 }
 
 fuzz_target!(|data: &[u8]| {
     let mut h = Harness {
-        reg: Registry::new(),
+        reg: Registry::with_origin_grace(GRACE),
         conns: HashMap::new(),
         ids: Vec::new(),
         next_conn: 1,
+        now: Instant::now(),
     };
     let admissions = [[1u8; 20], [2u8; 20]];
     for pair in data.chunks(2).take(4096) {
@@ -196,7 +219,7 @@ fuzz_target!(|data: &[u8]| {
                     peer_mid_frame: arg & 0x40 != 0,
                     mid_message: arg & 0x80 != 0,
                 };
-                let left = h.reg.leave(session, conn, member, &leaving, &mut actions);
+                let left = h.reg.leave(session, conn, member, &leaving, h.now, &mut actions);
                 assert!(left, "an open member must be able to leave");
                 h.apply(actions);
                 h.conns.get_mut(&conn).expect("open").open = None;
@@ -206,6 +229,11 @@ fuzz_target!(|data: &[u8]| {
                     h.reg.end_all(&mut actions);
                     h.apply(actions);
                     assert!(h.reg.is_empty());
+                } else {
+                    // Time passes (up to 127 s); waiting sessions expire.
+                    h.now += Duration::from_secs(u64::from(arg >> 1));
+                    h.reg.expire(h.now, &mut actions);
+                    h.apply(actions);
                 }
             }
         }

@@ -130,6 +130,24 @@ fn main() {
         ),
         "SECS",
     );
+    opts.optopt(
+        "",
+        "origin-grace",
+        &format!(
+            "keep a session whose origin vanished (no close frame) this long for it to come back; its dest waits instead of being refused (0: off; default {}s)",
+            d.origin_grace.as_secs()
+        ),
+        "SECS",
+    );
+    opts.optopt(
+        "",
+        "drain-timeout",
+        &format!(
+            "on SIGTERM, tell clients to move, then wait at most this long for connections to drain (default {}s)",
+            d.drain_timeout.as_secs()
+        ),
+        "SECS",
+    );
     opts.optflagmulti("v", "verbose", "more logging (repeatable)");
     opts.optflagmulti("q", "quiet", "less logging (repeatable)");
     opts.optopt(
@@ -255,6 +273,14 @@ fn main() {
             if v.is_zero() {
                 fail(format!("--{name} must be more than zero"));
             }
+        }
+    }
+    for (name, v) in [
+        ("origin-grace", &mut cfg.origin_grace),
+        ("drain-timeout", &mut cfg.drain_timeout),
+    ] {
+        if let Some(s) = m.opt_str(name) {
+            *v = cli::parse_duration(&s).unwrap_or_else(|e| fail(format!("--{name}: {e}")));
         }
     }
     cfg.origin_keys = m.opt_str("origin-keys").map(Into::into);

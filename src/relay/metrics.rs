@@ -76,6 +76,8 @@ pub struct Metrics {
 pub struct Gauges {
     pub sessions: usize,
     pub sessions_paired: usize,
+    /// Sessions whose origin vanished, waiting for it (`--origin-grace`).
+    pub sessions_awaiting_origin: usize,
     pub conns_pending: usize,
     pub conns_origin: usize,
     pub conns_dest: usize,
@@ -101,6 +103,11 @@ impl Metrics {
             "sockrelay_sessions_paired",
             "Sessions with an origin and a dest.",
             g.sessions_paired as u64,
+        );
+        gauge(
+            "sockrelay_sessions_awaiting_origin",
+            "Sessions whose origin vanished, kept for it (--origin-grace).",
+            g.sessions_awaiting_origin as u64,
         );
         gauge(
             "sockrelay_buffers_in_use",

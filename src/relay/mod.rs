@@ -45,6 +45,12 @@ pub struct Config {
     pub ping_interval: Duration,
     pub pong_timeout: Duration,
     pub handshake_timeout: Duration,
+    /// How long a session whose origin vanished (no close frame) waits for
+    /// it to come back; zero ends it at once.
+    pub origin_grace: Duration,
+    /// On SIGTERM, how long the relay waits for its connections to drain
+    /// after telling the clients to move.
+    pub drain_timeout: Duration,
     /// File of accepted origin keys, one per line; `None`: anyone may open sessions.
     pub origin_keys: Option<PathBuf>,
     /// `--tls-cert`, `--tls-key`, `--tls-client-ca`: TLS on every listener.
@@ -77,6 +83,8 @@ impl Default for Config {
             ping_interval: Duration::from_secs(30),
             pong_timeout: Duration::from_secs(15),
             handshake_timeout: Duration::from_secs(10),
+            origin_grace: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(10),
             origin_keys: None,
             #[cfg(feature = "tls")]
             tls: None,

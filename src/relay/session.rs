@@ -15,7 +15,8 @@ use super::api::{self, Refusal};
 use super::metrics::Reject;
 use crate::control::close;
 use slab::Slab;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 /// A connection, as the event loop's slab key.
@@ -41,7 +42,8 @@ impl Member {
 
 struct Session {
     id: Uuid,
-    origin: ConnKey,
+    /// `None` while the origin is away (it vanished; see `origin_grace`).
+    origin: Option<ConnKey>,
     dest: Option<ConnKey>,
     admission: [u8; 20],
     /// Incremented at each pairing and unpairing.
@@ -51,6 +53,12 @@ struct Session {
     /// has seen the current pairing.
     change_seq: u32,
     origin_acked: bool,
+    /// The origin vanished: the session waits for it until then.
+    origin_away_until: Option<Instant>,
+    /// The origin named the session's id: it can come back with it, so
+    /// the session is worth keeping for it when it vanishes. (An origin
+    /// given a relay-chosen id, like the Node clients, never reclaims it.)
+    awaitable: bool,
 }
 
 /// What the event loop must do for the core.
@@ -123,13 +131,21 @@ pub struct Leaving<'a> {
 pub struct Registry {
     sessions: Slab<Session>,
     by_id: HashMap<Uuid, SessionKey>,
+    /// How long a session whose origin vanished waits for it (zero: it
+    /// ends at once).
+    origin_grace: Duration,
+    /// When each waiting session gives up, in order (the grace is the
+    /// same for all, so pushing at the back keeps it sorted). An entry is
+    /// stale once its session has its origin back or is gone.
+    expiries: VecDeque<(Instant, SessionKey, Uuid)>,
 }
 
 /// A session's id and its members, for logs and gauges.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct View {
     pub id: Uuid,
-    pub origin: ConnKey,
+    /// `None` while the session waits for its vanished origin.
+    pub origin: Option<ConnKey>,
     pub dest: Option<ConnKey>,
     pub epoch: u32,
 }
@@ -137,6 +153,16 @@ pub struct View {
 impl Registry {
     pub fn new() -> Registry {
         Registry::default()
+    }
+
+    /// A registry in which a session whose origin vanished (EOF, i/o
+    /// error, ping timeout: not a close frame) waits `grace` for the
+    /// origin to come back before its dest is told it is gone.
+    pub fn with_origin_grace(grace: Duration) -> Registry {
+        Registry {
+            origin_grace: grace,
+            ..Registry::default()
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -150,8 +176,59 @@ impl Registry {
     pub fn paired(&self) -> usize {
         self.sessions
             .iter()
-            .filter(|(_, s)| s.dest.is_some())
+            .filter(|(_, s)| s.dest.is_some() && s.origin.is_some())
             .count()
+    }
+
+    /// Sessions waiting for their vanished origin.
+    pub fn awaiting_origin(&self) -> usize {
+        // Sessions, not deadlines: a session that got its origin back and
+        // lost it again in the same instant has two identical entries
+        // (found by fuzz/relay_session).
+        self.sessions
+            .iter()
+            .filter(|(_, s)| s.origin.is_none())
+            .count()
+    }
+
+    /// Whether session `id` exists and waits for its vanished origin.
+    pub fn awaits_origin(&self, id: &Uuid) -> bool {
+        self.by_id
+            .get(id)
+            .is_some_and(|&key| self.sessions[key].origin.is_none())
+    }
+
+    fn waits_until(&self, key: SessionKey, id: Uuid) -> Option<Instant> {
+        self.sessions
+            .get(key)
+            .filter(|s| s.id == id)
+            .and_then(|s| s.origin_away_until)
+    }
+
+    /// When [`Registry::expire`] has something to do.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.expiries.front().map(|&(at, _, _)| at)
+    }
+
+    /// End the sessions whose origin did not come back in time: their
+    /// dests are closed 4001, as for an origin gone without a grace.
+    pub fn expire(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        while let Some(&(at, key, id)) = self.expiries.front() {
+            if at > now {
+                break;
+            }
+            self.expiries.pop_front();
+            if self.waits_until(key, id) == Some(at) {
+                self.end(
+                    key,
+                    close::ORIGIN_GONE,
+                    "",
+                    close::ORIGIN_GONE,
+                    "origin gone (did not come back in time)",
+                    actions,
+                );
+            }
+        }
     }
 
     pub fn view(&self, key: SessionKey) -> Option<View> {
@@ -170,7 +247,7 @@ impl Registry {
     /// Whether `conn` is `member` of session `key`.
     pub fn is_member(&self, key: SessionKey, conn: ConnKey, member: Member) -> bool {
         self.sessions.get(key).is_some_and(|s| match member {
-            Member::Origin => s.origin == conn,
+            Member::Origin => s.origin == Some(conn),
             Member::Dest => s.dest == Some(conn),
         })
     }
@@ -180,14 +257,16 @@ impl Registry {
         let s = self.sessions.get(key)?;
         match member {
             Member::Origin => s.dest,
-            Member::Dest => Some(s.origin),
+            Member::Dest => s.origin,
         }
     }
 
     /// An origin's upgrade: a new session for `origin`, with the id it
     /// proposed or a fresh one. A proposal matching a session with the same
-    /// admission digest replaces it (its members are closed, 4002/4003).
-    /// `actions` receives what the replacement requires.
+    /// admission digest takes that session back if it waits for its
+    /// vanished origin (a waiting dest is paired with it at once), and
+    /// otherwise replaces it (its members are closed, 4002/4003).
+    /// `actions` receives what the takeover or replacement requires.
     pub fn open_origin(
         &mut self,
         origin: ConnKey,
@@ -201,6 +280,10 @@ impl Registry {
                 if let Some(&old) = self.by_id.get(&id) {
                     if !api::ct_eq(&self.sessions[old].admission, &admission) {
                         return Err(refusal(409, "session id in use", Reject::IdInUse));
+                    }
+                    if self.sessions[old].origin.is_none() {
+                        self.reclaim(old, origin, actions);
+                        return Ok((old, id));
                     }
                     // The same origin (it knows the admission value) is
                     // back, e.g. after a network drop: it replaces its old
@@ -228,28 +311,55 @@ impl Registry {
         }
         let key = self.sessions.insert(Session {
             id,
-            origin,
+            origin: Some(origin),
             dest: None,
             admission,
             epoch: 0,
             change_seq: 0,
             origin_acked: true,
+            origin_away_until: None,
+            awaitable: proposed.is_some(),
         });
         self.by_id.insert(id, key);
         Ok((key, id))
+    }
+
+    /// The vanished origin of `key` is back as `origin`: a waiting dest
+    /// and the origin are both told of the pairing (a new epoch; the
+    /// origin's data waits for its ack, as at any pairing).
+    fn reclaim(&mut self, key: SessionKey, origin: ConnKey, actions: &mut Vec<Action>) {
+        let s = &mut self.sessions[key];
+        s.origin = Some(origin);
+        s.origin_away_until = None;
+        s.origin_acked = true;
+        if let Some(dest) = s.dest {
+            let seq = s.change();
+            actions.push(Action::PeerJoined {
+                to: origin,
+                seq,
+                peer: dest,
+            });
+            actions.push(Action::PeerJoined {
+                to: dest,
+                seq,
+                peer: origin,
+            });
+        }
     }
 
     /// A dest's upgrade for session `id`. On success the session is paired
     /// (a new epoch; the origin's data waits for its ack of `seq`) and
     /// `actions` tells the origin. Returns the session, its origin and the
     /// `seq` of the change (the dest's own `peer-joined` carries it too).
+    /// If the origin is away (within its grace), the dest joins and waits:
+    /// the origin is `None`, and both hear `peer-joined` once it is back.
     pub fn join_dest(
         &mut self,
         dest: ConnKey,
         id: Uuid,
         admission: [u8; 20],
         actions: &mut Vec<Action>,
-    ) -> Result<(SessionKey, ConnKey, u32), Refusal> {
+    ) -> Result<(SessionKey, Option<ConnKey>, u32), Refusal> {
         let Some(&key) = self.by_id.get(&id) else {
             return Err(refusal(
                 404,
@@ -273,13 +383,16 @@ impl Registry {
             ));
         }
         s.dest = Some(dest);
+        let Some(origin) = s.origin else {
+            return Ok((key, None, s.change_seq));
+        };
         let seq = s.change();
         actions.push(Action::PeerJoined {
-            to: s.origin,
+            to: origin,
             seq,
             peer: dest,
         });
-        Ok((key, s.origin, seq))
+        Ok((key, Some(origin), seq))
     }
 
     /// A pong from the origin of `key`: an echo of the latest pairing
@@ -310,7 +423,7 @@ impl Registry {
         };
         let target = match member {
             Member::Origin => s.dest.filter(|_| s.origin_acked),
-            Member::Dest => Some(s.origin),
+            Member::Dest => s.origin,
         };
         if !continuation {
             fwd.message = target.is_some();
@@ -335,28 +448,67 @@ impl Registry {
         };
         let target = match member {
             Member::Origin => s.dest,
-            Member::Dest => Some(s.origin),
+            Member::Dest => s.origin,
         };
         fwd.frame &= target.is_some() && fwd.epoch == s.epoch;
         target.filter(|_| fwd.frame)
     }
 
     /// `conn`, `member` of `key`, has left (its output drained, see
-    /// `LIFECYCLE.md`). Returns `false` (and does nothing) if it was not a
-    /// member. `actions` closes it (the code it sent is echoed) and does
-    /// whatever its departure means for the others.
+    /// `LIFECYCLE.md`) at `now`. Returns `false` (and does nothing) if it
+    /// was not a member. `actions` closes it (the code it sent is echoed)
+    /// and does whatever its departure means for the others.
     pub fn leave(
         &mut self,
         key: SessionKey,
         conn: ConnKey,
         member: Member,
         leaving: &Leaving<'_>,
+        now: Instant,
         actions: &mut Vec<Action>,
     ) -> bool {
         if !self.is_member(key, conn, member) {
             return false;
         }
         match member {
+            Member::Origin
+                if matches!(leaving.how, Departure::Vanished(_))
+                    && !self.origin_grace.is_zero()
+                    && self.sessions[key].awaitable
+                    && !leaving.peer_mid_frame
+                    && !leaving.mid_message =>
+            {
+                // An origin that closed (a close frame) is leaving; one
+                // whose connection died or went silent may be on its way
+                // back (network change, sleep, restart): keep the session
+                // for it. Not if its dest is inside a frame or message from
+                // it (RFC 6455 §5.4: that can never be completed).
+                let why = match leaving.how {
+                    Departure::Vanished(why) => why,
+                    _ => "",
+                };
+                actions.push(Action::Close {
+                    conn,
+                    code: close::INTERNAL_ERROR,
+                    reason: why.to_string(),
+                });
+                let until = now + self.origin_grace;
+                let s = &mut self.sessions[key];
+                s.origin = None;
+                s.origin_away_until = Some(until);
+                self.expiries.push_back((until, key, s.id));
+                if let Some(dest) = s.dest {
+                    let seq = s.change();
+                    // Frames the dest had queued for the vanished origin.
+                    actions.push(Action::Discard { conn: dest });
+                    actions.push(Action::PeerLeft {
+                        to: dest,
+                        seq,
+                        code: close::ORIGIN_GONE,
+                        reason: ORIGIN_AWAY.to_string(),
+                    });
+                }
+            }
             Member::Origin => {
                 // The origin's close ends the session; the dest gets the
                 // origin's code and reason (1005, "no code", becomes 1000).
@@ -401,8 +553,11 @@ impl Registry {
                 });
                 let s = &mut self.sessions[key];
                 s.dest = None;
+                let Some(origin) = s.origin else {
+                    // Its origin is away: nobody to tell.
+                    return true;
+                };
                 let seq = s.change();
-                let origin = s.origin;
                 // Frames the origin had queued for the departed dest.
                 actions.push(Action::Discard { conn: origin });
                 if leaving.peer_mid_frame || leaving.mid_message {
@@ -433,15 +588,15 @@ impl Registry {
     /// The relay shuts down: every session ends with 1001.
     pub fn end_all(&mut self, actions: &mut Vec<Action>) {
         for key in self.keys() {
-            self.end(
-                key,
-                close::GOING_AWAY,
-                "relay shutting down",
-                close::GOING_AWAY,
-                "relay shutting down",
-                actions,
-            );
+            self.end_going_away(key, actions);
         }
+    }
+
+    /// The relay shuts down and session `key` has drained: both members
+    /// are closed with 1001.
+    pub fn end_going_away(&mut self, key: SessionKey, actions: &mut Vec<Action>) {
+        let why = "relay shutting down";
+        self.end(key, close::GOING_AWAY, why, close::GOING_AWAY, why, actions);
     }
 
     /// End session `key`: close its origin and its dest (if any).
@@ -458,11 +613,13 @@ impl Registry {
             return;
         };
         self.by_id.remove(&s.id);
-        actions.push(Action::Close {
-            conn: s.origin,
-            code: origin_code,
-            reason: origin_reason.to_string(),
-        });
+        if let Some(origin) = s.origin {
+            actions.push(Action::Close {
+                conn: origin,
+                code: origin_code,
+                reason: origin_reason.to_string(),
+            });
+        }
         if let Some(dest) = s.dest {
             actions.push(Action::Close {
                 conn: dest,
@@ -483,14 +640,15 @@ impl Session {
     }
 }
 
+/// What a dest hears (`peer-left 4001 …`) while its origin is away.
+pub const ORIGIN_AWAY: &str = "origin away; waiting for it to come back";
+
 /// A close frame without a code (1005, never on the wire) is passed on as
 /// a normal close.
+/// The shared endpoint rule (`ws::endpoint::echo_code`): a code that may
+/// not be on the wire is echoed as 1000.
 pub fn no_status_as_normal(code: u16) -> u16 {
-    if code == close::NO_STATUS {
-        close::NORMAL
-    } else {
-        code
-    }
+    crate::ws::endpoint::echo_code(Some(code))
 }
 
 const fn refusal(status: u16, reason: &'static str, metric: Reject) -> Refusal {

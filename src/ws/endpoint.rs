@@ -22,6 +22,15 @@
 //!   signals or other sockets.
 //!
 //! Time is passed in; nothing here reads a clock or a socket.
+//!
+//! The rules live in small parts that own no buffer, shared by both ends:
+//! [`Policy`] (the close state: what may still go out), [`replaces_pong`]
+//! and [`room_for_pong`] (which pong is owed, and when it may be queued),
+//! [`echo_code`] and [`Stall`] (the not-reading clock). [`Endpoint`]
+//! puts them together for the clients, with an inline pong slot; the
+//! relay keeps its own buffers (zero-copy forwarding, a pong slot
+//! allocated only while one is owed, its own liveness) and uses the parts
+//! (`relay::server`, [`Limits::relay`]).
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -45,6 +54,21 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// The relay's caps on what it queues itself toward one connection
+    /// (pongs, control pings, close frames; forwarded data is not queued,
+    /// it waits in the sender's socket): its own control pings are a few
+    /// hundred bytes, so 16 KiB is never reached by a client that reads.
+    /// Not reading is judged by the relay's liveness (`relay::liveness`),
+    /// and reads by its buffers, so the last two caps do not apply.
+    pub const fn relay() -> Limits {
+        Limits {
+            control_room_bytes: 8 << 10,
+            max_queued_bytes: 16 << 10,
+            stall_timeout: Duration::MAX,
+            read_budget_bytes: usize::MAX,
+        }
+    }
+
     /// The clients' caps: data output is held below the engine's
     /// high-water mark (512 KiB), so 1 MiB of room leaves pongs unaffected
     /// in normal use, and 4 MiB is never reached by a peer that reads.
@@ -58,13 +82,12 @@ impl Limits {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 enum CloseState {
+    #[default]
     Open,
     /// The peer's close arrived; our echo is to be queued.
-    EchoPending {
-        code: Option<u16>,
-    },
+    EchoPending { code: Option<u16> },
     /// We queued a close (ours or the echo); nothing more goes out.
     Sent,
 }
@@ -109,15 +132,146 @@ pub struct Queued {
     pub close: bool,
 }
 
-/// The control-frame policy of one WebSocket endpoint (either role).
+/// The close state of one WebSocket endpoint (either role), four bytes
+/// and no buffer: whether pongs may still be owed, and whether a close
+/// echo is (§5.5.1: a close is answered once, and nothing follows it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Policy {
+    close: CloseState,
+}
+
+impl Policy {
+    /// Whether a ping arriving now is owed a pong (not once a close was
+    /// received or sent).
+    pub fn answers_pings(&self) -> bool {
+        self.close == CloseState::Open
+    }
+
+    /// The peer's close arrived (code as parsed, if any): its echo is
+    /// owed, unless we already sent a close. Any pending pong is void.
+    pub fn on_close(&mut self, code: Option<u16>) {
+        if self.close == CloseState::Open {
+            self.close = CloseState::EchoPending { code };
+        }
+    }
+
+    /// We queued a close of our own: nothing more goes out.
+    pub fn on_close_sent(&mut self) {
+        self.close = CloseState::Sent;
+    }
+
+    /// Whether a close went out or is owed: no data may follow.
+    pub fn is_closing(&self) -> bool {
+        self.close != CloseState::Open
+    }
+
+    /// If the close echo is owed, the code it carries ([`echo_code`]);
+    /// it then counts as sent.
+    pub fn take_echo(&mut self) -> Option<u16> {
+        let CloseState::EchoPending { code } = self.close else {
+            return None;
+        };
+        self.close = CloseState::Sent;
+        Some(echo_code(code))
+    }
+}
+
+/// The status code a close echo carries (§5.5.1: the one received), or
+/// 1000 when none came or it may not be sent (1005, 1006 …: the decoder
+/// rejects those first, but what goes out must be valid whoever calls).
+pub fn echo_code(received: Option<u16>) -> u16 {
+    received
+        .filter(|&c| frame::is_valid_close_code(c))
+        .unwrap_or(1000)
+}
+
+/// Whether a ping with payload `new` replaces the pending pong `pending`:
+/// only the latest ping is answered (§5.5.3), except that a pending relay
+/// control ping (payload starting with [`crate::control::PREFIX`]) is not
+/// replaced by a plain one: its echo is what tells the relay we acted on a
+/// pairing change, and it answers the plain ping as well (any pong proves
+/// we are alive).
+pub fn replaces_pong(pending: Option<&[u8]>, new: &[u8]) -> bool {
+    let prefix = crate::control::PREFIX.as_bytes();
+    !pending.is_some_and(|p| p.starts_with(prefix) && !new.starts_with(prefix))
+}
+
+/// Whether a pending pong may be queued behind `queued` bytes: a peer that
+/// does not read gets no more pongs queued behind the ones it has not read.
+pub fn room_for_pong(limits: &Limits, queued: usize) -> bool {
+    queued < limits.control_room_bytes
+}
+
+/// A pong payload (at most 125 bytes) and its length.
+pub type PongSlot = ([u8; MAX_CONTROL_PAYLOAD_BYTES], u8);
+
+/// `payload` in a pong slot, cut to what a control frame may carry
+/// (longer ones are rejected by the decoder first; never stored whole).
+pub fn pong_slot(payload: &[u8]) -> PongSlot {
+    let n = payload.len().min(MAX_CONTROL_PAYLOAD_BYTES);
+    let mut slot = [0u8; MAX_CONTROL_PAYLOAD_BYTES];
+    slot[..n].copy_from_slice(&payload[..n]);
+    (slot, n as u8)
+}
+
+/// The payload stored in a pong slot.
+pub fn slot_payload(slot: &PongSlot) -> &[u8] {
+    slot.0.get(..slot.1 as usize).unwrap_or(&[])
+}
+
+/// The not-reading clock: output pending (ours or the kernel's) and none
+/// taken by the peer for [`Limits::stall_timeout`], or our queue over
+/// [`Limits::max_queued_bytes`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stall {
+    /// Since when output has been queued without a byte being written.
+    since: Option<Instant>,
+}
+
+impl Stall {
+    /// See [`Endpoint::on_write`].
+    pub fn on_write(
+        &mut self,
+        limits: &Limits,
+        queued: usize,
+        unacked: usize,
+        progress: usize,
+        now: Instant,
+    ) -> Verdict {
+        if queued > limits.max_queued_bytes {
+            return Verdict::OverCap {
+                queued,
+                cap: limits.max_queued_bytes,
+            };
+        }
+        let pending = queued.saturating_add(unacked);
+        if pending == 0 || progress > 0 {
+            self.since = if pending == 0 { None } else { Some(now) };
+            return Verdict::Fine;
+        }
+        let since = *self.since.get_or_insert(now);
+        let stalled = now.saturating_duration_since(since);
+        if stalled >= limits.stall_timeout {
+            Verdict::NotReading {
+                queued: pending,
+                stalled,
+            }
+        } else {
+            Verdict::Fine
+        }
+    }
+}
+
+/// The control-frame policy of one WebSocket endpoint (either role), with
+/// its pong slot inline: the clients' (the relay composes the parts
+/// itself).
 #[derive(Debug, Clone)]
 pub struct Endpoint {
     limits: Limits,
     /// Payload of the latest unanswered ping.
-    pong: Option<([u8; MAX_CONTROL_PAYLOAD_BYTES], u8)>,
-    close: CloseState,
-    /// Since when output has been queued without a byte being written.
-    stalled_since: Option<Instant>,
+    pong: Option<PongSlot>,
+    policy: Policy,
+    stall: Stall,
     pings_received: u64,
     pongs_queued: u64,
 }
@@ -127,8 +281,8 @@ impl Endpoint {
         Endpoint {
             limits,
             pong: None,
-            close: CloseState::Open,
-            stalled_since: None,
+            policy: Policy::default(),
+            stall: Stall::default(),
             pings_received: 0,
             pongs_queued: 0,
         }
@@ -147,40 +301,31 @@ impl Endpoint {
     /// those first) are cut, never stored whole.
     pub fn on_ping(&mut self, payload: &[u8]) {
         self.pings_received += 1;
-        if self.close != CloseState::Open {
+        if !self.policy.answers_pings() {
             return;
         }
-        let prefix = crate::control::PREFIX.as_bytes();
-        if let Some((slot, n)) = &self.pong {
-            if slot[..*n as usize].starts_with(prefix) && !payload.starts_with(prefix) {
-                return;
-            }
+        if replaces_pong(self.pong.as_ref().map(slot_payload), payload) {
+            self.pong = Some(pong_slot(payload));
         }
-        let n = payload.len().min(MAX_CONTROL_PAYLOAD_BYTES);
-        let mut slot = [0u8; MAX_CONTROL_PAYLOAD_BYTES];
-        slot[..n].copy_from_slice(&payload[..n]);
-        self.pong = Some((slot, n as u8));
     }
 
     /// The peer's close arrived (code as parsed, if any). Its echo is
     /// queued by the next [`Endpoint::encode_pending`], unless we already
     /// sent a close; the pending pong is dropped (nothing follows a close).
     pub fn on_close(&mut self, code: Option<u16>) {
-        if self.close == CloseState::Open {
-            self.close = CloseState::EchoPending { code };
-        }
+        self.policy.on_close(code);
         self.pong = None;
     }
 
     /// We queued a close of our own: nothing more goes out.
     pub fn on_close_sent(&mut self) {
-        self.close = CloseState::Sent;
+        self.policy.on_close_sent();
         self.pong = None;
     }
 
     /// Whether a close went out or is owed: no data may follow.
     pub fn is_closing(&self) -> bool {
-        self.close != CloseState::Open
+        self.policy.is_closing()
     }
 
     pub fn has_pending_pong(&self) -> bool {
@@ -198,20 +343,14 @@ impl Endpoint {
         mut mask: impl FnMut() -> Option<[u8; 4]>,
     ) -> Queued {
         let mut did = Queued::default();
-        if let CloseState::EchoPending { code } = self.close {
-            // §5.5.1: echo the status code received (1000 when none came,
-            // or when it may not be sent: the decoder rejects those first,
-            // but what goes out must be valid whoever calls this).
-            let code = code.filter(|&c| frame::is_valid_close_code(c));
-            frame::encode_close(out, mask(), code.unwrap_or(1000), "");
-            self.close = CloseState::Sent;
+        if let Some(code) = self.policy.take_echo() {
+            frame::encode_close(out, mask(), code, "");
             did.close = true;
             return did;
         }
-        if queued < self.limits.control_room_bytes {
-            if let Some((slot, n)) = self.pong.take() {
-                let payload = slot.get(..n as usize).unwrap_or(&[]);
-                frame::encode_frame(out, true, OpCode::Pong, mask(), payload);
+        if room_for_pong(&self.limits, queued) {
+            if let Some(slot) = self.pong.take() {
+                frame::encode_frame(out, true, OpCode::Pong, mask(), slot_payload(&slot));
                 self.pongs_queued += 1;
                 did.pong = true;
             }
@@ -232,27 +371,8 @@ impl Endpoint {
         progress: usize,
         now: Instant,
     ) -> Verdict {
-        if queued > self.limits.max_queued_bytes {
-            return Verdict::OverCap {
-                queued,
-                cap: self.limits.max_queued_bytes,
-            };
-        }
-        let pending = queued.saturating_add(unacked);
-        if pending == 0 || progress > 0 {
-            self.stalled_since = if pending == 0 { None } else { Some(now) };
-            return Verdict::Fine;
-        }
-        let since = *self.stalled_since.get_or_insert(now);
-        let stalled = now.saturating_duration_since(since);
-        if stalled >= self.limits.stall_timeout {
-            Verdict::NotReading {
-                queued: pending,
-                stalled,
-            }
-        } else {
-            Verdict::Fine
-        }
+        self.stall
+            .on_write(&self.limits, queued, unacked, progress, now)
     }
 
     /// Pings received and pongs queued so far (for logs and tests).
@@ -479,5 +599,79 @@ mod tests {
                 cap: 1000
             }
         );
+    }
+
+    // ---- the parts the relay composes itself (relay::server) ----------
+
+    #[test]
+    fn the_policy_answers_pings_until_a_close_and_echoes_once() {
+        let mut p = Policy::default();
+        assert!(p.answers_pings() && !p.is_closing());
+        assert_eq!(p.take_echo(), None);
+        p.on_close(Some(4321));
+        assert!(!p.answers_pings() && p.is_closing());
+        assert_eq!(p.take_echo(), Some(4321));
+        assert_eq!(p.take_echo(), None);
+        // A close after ours is not echoed.
+        let mut p = Policy::default();
+        p.on_close_sent();
+        p.on_close(Some(1000));
+        assert_eq!(p.take_echo(), None);
+        assert!(!p.answers_pings());
+    }
+
+    #[test]
+    fn echo_codes_are_always_sendable() {
+        assert_eq!(echo_code(None), 1000);
+        assert_eq!(echo_code(Some(1005)), 1000);
+        assert_eq!(echo_code(Some(1006)), 1000);
+        assert_eq!(echo_code(Some(1015)), 1000);
+        assert_eq!(echo_code(Some(4001)), 4001);
+        assert_eq!(echo_code(Some(1001)), 1001);
+    }
+
+    #[test]
+    fn the_latest_ping_wins_except_over_a_control_echo() {
+        assert!(replaces_pong(None, b""));
+        assert!(replaces_pong(Some(b"a"), b"b"));
+        assert!(replaces_pong(Some(b"a"), b"sockrelay move 250 x"));
+        assert!(!replaces_pong(Some(b"sockrelay peer-joined 1 x"), b""));
+        assert!(replaces_pong(
+            Some(b"sockrelay peer-joined 1 x"),
+            b"sockrelay peer-left 2 1000 "
+        ));
+        // A slot holds at most a control frame's payload.
+        let slot = pong_slot(&[1u8; 300]);
+        assert_eq!(slot_payload(&slot), &[1u8; 125][..]);
+        assert_eq!(slot_payload(&pong_slot(b"hi")), b"hi");
+    }
+
+    #[test]
+    fn the_relay_limits_hold_pongs_behind_8k_and_cap_at_16k() {
+        let relay = Limits::relay();
+        assert!(room_for_pong(&relay, 0));
+        assert!(room_for_pong(&relay, (8 << 10) - 1));
+        assert!(!room_for_pong(&relay, 8 << 10));
+        assert_eq!(relay.max_queued_bytes, 16 << 10);
+        // The client's room is unchanged.
+        assert!(room_for_pong(
+            &Limits::client(Duration::from_secs(1)),
+            512 << 10
+        ));
+    }
+
+    #[test]
+    fn the_stall_clock_alone_matches_the_endpoint() {
+        let l = limits();
+        let mut stall = Stall::default();
+        let mut e = Endpoint::new(l);
+        let t0 = Instant::now();
+        for (i, (q, u, p)) in [(5, 0, 0), (5, 3, 0), (0, 8, 0), (0, 0, 4), (9, 0, 0)]
+            .into_iter()
+            .enumerate()
+        {
+            let now = t0 + Duration::from_millis(900 * i as u64);
+            assert_eq!(stall.on_write(&l, q, u, p, now), e.on_write(q, u, p, now));
+        }
     }
 }

@@ -4,6 +4,9 @@
 
 use super::*;
 
+/// The longest reconnect spread a relay's `move` can ask for.
+const MAX_MOVE_SPREAD_MS: u32 = 5_000;
+
 impl Engine {
     /// Stage 1 of a connection: resolve the relay's name, off the loop.
     pub(super) fn connect(&mut self) {
@@ -140,6 +143,9 @@ impl Engine {
         }
         self.addrs_left.clear();
         self.lookup = None;
+        // A relay that said `move` is stopping: come back at once (its
+        // successor, or another relay behind the same address).
+        let delay = delay.or_else(|| self.moving.take());
         if self.side() == Side::Origin && !self.upgraded_once {
             let relay = self.opts.relay.authority();
             self.stop = Some(Err(Error::Unreachable { relay, why }));
@@ -278,6 +284,7 @@ impl Engine {
             self.opts.relay.authority()
         );
         self.backoff.reset();
+        self.moving = None;
         let first = !self.upgraded_once;
         self.upgraded_once = true;
         if let Some(link) = &self.link {
@@ -355,6 +362,18 @@ impl Engine {
         };
         match msg {
             Control::Session { id } => log::debug!("relay confirms session {id}"),
+            Control::Move { spread_ms, reason } => {
+                // Jittered so that every client of a stopping relay does not
+                // come back in the same millisecond; bounded, since the
+                // relay is not trusted to pick our delays.
+                let spread = u64::from(spread_ms.min(MAX_MOVE_SPREAD_MS));
+                let delay = Duration::from_millis(self.rng.next_u64() % (spread + 1));
+                log::info!(
+                    "relay asks us to move ({reason}); reconnecting {} ms after the link closes",
+                    delay.as_millis()
+                );
+                self.moving = Some(delay);
+            }
             Control::PeerJoined { addr, .. } => {
                 match self.side() {
                     Side::Origin => log::info!("dest joined from {addr}"),
@@ -377,9 +396,19 @@ impl Engine {
                 self.start_epoch();
             }
             Control::PeerLeft { code, reason, .. } => {
-                log::info!("dest left ({code} {reason})");
                 self.dest_refused = false;
-                self.end_epoch("dest left");
+                match self.side() {
+                    Side::Origin => {
+                        log::info!("dest left ({code} {reason})");
+                        self.end_epoch("dest left");
+                    }
+                    // The relay keeps the session for a vanished origin
+                    // (`--origin-grace`): stay and wait for peer-joined.
+                    Side::Dest => {
+                        log::info!("origin left ({code} {reason})");
+                        self.end_epoch("origin left");
+                    }
+                }
             }
         }
     }

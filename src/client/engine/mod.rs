@@ -129,6 +129,9 @@ pub struct Engine {
     listener: Option<(PrivateSocket, UnixListener)>,
     link: Option<Link>,
     link_generation: u64,
+    /// The relay said `move` (it is stopping): once the link closes,
+    /// reconnect after this jittered delay instead of the backoff.
+    moving: Option<Duration>,
     /// Where to connect (the proxy's address, when one is used) and the
     /// proxy/TLS stages of each connection.
     route: super::link::Route,
@@ -239,6 +242,7 @@ impl Engine {
             listener,
             link: None,
             link_generation: 0,
+            moving: None,
             route,
             waker: Arc::new(waker),
             lookup: None,

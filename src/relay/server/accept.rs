@@ -159,6 +159,8 @@ impl Server {
             ending: None,
             ctrl: Vec::new(),
             ctrl_pos: 0,
+            policy: endpoint::Policy::default(),
+            pong: None,
             fwd_mid_frame: false,
             refused: false,
         });

@@ -81,7 +81,7 @@ impl Server {
         let mut actions = Vec::new();
         if self
             .sessions
-            .leave(session, key, member, &leaving, &mut actions)
+            .leave(session, key, member, &leaving, self.now, &mut actions)
         {
             self.apply(actions);
         } else if matches!(self.conns[key].state, State::Open { .. }) {
@@ -200,6 +200,9 @@ impl Server {
         }
         let until = self.now + linger;
         conn.state = State::Closing { fin_sent: false };
+        // Nothing follows a close frame (or an HTTP answer).
+        conn.policy.on_close_sent();
+        conn.pong = None;
         conn.ctrl.extend_from_slice(bytes);
         conn.next_check = until;
         self.timers.schedule(until, (until, key, conn.generation));
@@ -248,7 +251,7 @@ impl Server {
 
     pub(super) fn queue_ctrl(&mut self, key: usize, bytes: &[u8]) {
         let conn = &mut self.conns[key];
-        if conn.ctrl.len() + bytes.len() > MAX_CTRL_BYTES {
+        if conn.ctrl.len() + bytes.len() > CONTROL_LIMITS.max_queued_bytes {
             // It sends pings faster than it reads the pongs.
             log::info!("{} floods control frames; dropping it", conn.addr);
             conn.ending = Some(Ending::Vanished("flooded control frames".into()));

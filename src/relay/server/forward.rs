@@ -40,7 +40,10 @@ impl Server {
     /// Read into `key`'s buffer while there is room. Returns whether bytes came.
     pub(super) fn read_inbound(&mut self, key: usize) -> io::Result<bool> {
         let conn = &mut self.conns[key];
-        if !conn.readable || conn.ending.is_some() {
+        // Shutting down: read only to finish a frame being forwarded, so
+        // that its receiver can still get a close frame after it.
+        let draining = self.shutting_down.is_some() && !forwarding_a_frame(conn);
+        if !conn.readable || conn.ending.is_some() || draining {
             return Ok(false);
         }
         let inb = conn
@@ -185,9 +188,19 @@ impl Server {
                     let payload = &payload[..plen];
                     match h.opcode {
                         OpCode::Ping => {
-                            let mut pong = Vec::with_capacity(2 + plen);
-                            frame::encode_frame(&mut pong, true, OpCode::Pong, None, payload);
-                            self.queue_ctrl(key, &pong);
+                            // Only the latest ping is answered (shared
+                            // endpoint policy): a ping flood costs one slot.
+                            let conn = &mut self.conns[key];
+                            let owed = conn.pong.as_deref().map(endpoint::slot_payload);
+                            if conn.policy.answers_pings() && endpoint::replaces_pong(owed, payload)
+                            {
+                                match conn.pong.as_deref_mut() {
+                                    Some(slot) => *slot = endpoint::pong_slot(payload),
+                                    None => {
+                                        conn.pong = Some(Box::new(endpoint::pong_slot(payload)))
+                                    }
+                                }
+                            }
                         }
                         OpCode::Pong if member == Member::Origin => {
                             self.sessions.origin_pong(session, payload);
@@ -199,7 +212,11 @@ impl Server {
                                 Ok(Some((code, reason))) => (code, reason.to_string()),
                                 _ => (close::NO_STATUS, String::new()),
                             };
-                            self.conns[key].ending = Some(Ending::Closed(code, reason));
+                            let conn = &mut self.conns[key];
+                            conn.policy
+                                .on_close((code != close::NO_STATUS).then_some(code));
+                            conn.pong = None;
+                            conn.ending = Some(Ending::Closed(code, reason));
                             return true;
                         }
                         _ => {}
@@ -218,6 +235,19 @@ impl Server {
             let conn = &mut self.conns[peer];
             if !conn.writable {
                 return Ok(progress);
+            }
+            // The owed pong goes into `ctrl` only when it can go out next
+            // (between frames, with room): until then a later ping
+            // replaces it instead of queueing another.
+            let queued = conn.ctrl.len() - conn.ctrl_pos;
+            if conn.pong.is_some()
+                && !conn.fwd_mid_frame
+                && endpoint::room_for_pong(&CONTROL_LIMITS, queued)
+            {
+                if let Some(slot) = conn.pong.take() {
+                    let payload = endpoint::slot_payload(&slot);
+                    frame::encode_frame(&mut conn.ctrl, true, OpCode::Pong, None, payload);
+                }
             }
             // Relay frames go out when the forwarded stream is between
             // frames, or when one of them is already half written.
@@ -376,6 +406,13 @@ impl Server {
             self.pool.put(buf);
         }
     }
+}
+
+/// `conn` is inside a data frame that is being forwarded to its peer.
+pub(super) fn forwarding_a_frame(conn: &Conn) -> bool {
+    conn.inb
+        .as_ref()
+        .is_some_and(|i| i.fwd.frame && i.decoder.in_frame())
 }
 
 /// Append a segment, merging it with the previous one when contiguous.

@@ -153,26 +153,37 @@ impl Server {
         }
         let digest = api::admission_digest(admission);
         let mut actions = Vec::new();
+        let back = proposed.is_some_and(|id| self.sessions.awaits_origin(&id));
         let opened =
             self.sessions
                 .open_origin(key, proposed, digest, self.cfg.max_sessions, &mut actions);
-        if !actions.is_empty() {
-            log::info!(
-                "session {}: origin reconnected from {}",
-                proposed.unwrap_or_default(),
-                self.conns[key].addr
-            );
-            self.apply(actions);
-        }
+        let addr = self.conns[key].addr;
         let (session_key, id) = match opened {
             Ok(opened) => opened,
             Err(refusal) => {
+                self.apply(actions);
                 self.refuse(key, refusal.status, refusal.reason, refusal.metric);
                 return Ok(());
             }
         };
+        if back {
+            // Its session waited for it (`--origin-grace`); a waiting
+            // dest hears `peer-joined` once the origin is open.
+            log::info!("session {id}: origin came back from {addr}");
+            let out = upgrade_answer(request, &id, Control::Session { id });
+            let opened = self.become_open(key, Member::Origin, session_key, &out, rest);
+            if !actions.is_empty() {
+                self.metrics.pairings += 1;
+            }
+            self.apply(actions);
+            return opened;
+        }
+        if !actions.is_empty() {
+            log::info!("session {id}: origin reconnected from {addr}");
+            self.apply(actions);
+        }
         self.metrics.sessions_created += 1;
-        log::info!("session {id}: created by origin {}", self.conns[key].addr);
+        log::info!("session {id}: created by origin {addr}");
         let mut out = upgrade_answer(request, &id, Control::Session { id });
         if compat {
             frame::encode_frame(
@@ -210,8 +221,20 @@ impl Server {
                     return Ok(());
                 }
             };
-        self.metrics.pairings += 1;
         let dest_addr = self.conns[key].addr;
+        let Some(origin) = origin else {
+            // Its origin vanished and may come back (`--origin-grace`):
+            // the dest waits, told so, and hears `peer-joined` then.
+            log::info!("session {id}: dest {dest_addr} joined; waiting for its origin");
+            let away = Control::PeerLeft {
+                seq: Some(seq),
+                code: close::ORIGIN_GONE,
+                reason: session::ORIGIN_AWAY,
+            };
+            let out = upgrade_answer(request, &id, away);
+            return self.become_open(key, Member::Dest, session_key, &out, rest);
+        };
+        self.metrics.pairings += 1;
         let origin_addr = self.conns[origin].addr.to_string();
         log::info!("session {id}: dest {dest_addr} joined origin {origin_addr}");
         let out = upgrade_answer(

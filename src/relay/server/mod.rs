@@ -15,12 +15,13 @@ use super::api::{self, Route};
 use super::liveness::{Liveness, Policy, Verdict};
 use super::metrics::{Gauges, Metrics, Reject};
 use super::pool::{Buf, Classes, Pool, Seg, Sizer, MAX_SEGS};
-use super::session::{Action, Departure, Forwarding, Leaving, Member, Registry, SessionKey};
+use super::session::{self, Action, Departure, Forwarding, Leaving, Member, Registry, SessionKey};
 use super::sock::RelaySock;
 use super::{Config, ListenRole};
 use crate::control::{self, close, Control};
 use crate::sys::{self, Signal, Signals};
 use crate::timer::Timers;
+use crate::ws::endpoint::{self, Limits, PongSlot};
 use crate::ws::frame::{self, Decoder, Event, FrameHeader, OpCode, Role};
 use crate::ws::handshake;
 use mio::net::{TcpListener, TcpStream};
@@ -50,11 +51,17 @@ const REFUSE_LINGER: Duration = Duration::from_millis(500);
 const MAX_REFUSING: usize = 1024;
 /// After accept() fails for lack of file descriptors, wait this long.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-/// Relay-originated bytes queued toward one connection (pongs, control
-/// pings, close frames, HTTP answers) past which it is considered abusive.
-const MAX_CTRL_BYTES: usize = 16 << 10;
-/// Time allowed to drain remaining connections on shutdown.
+/// The caps of the shared WebSocket endpoint policy (`ws::endpoint`) on
+/// relay-originated bytes queued toward one connection (pongs, control
+/// pings): a pong waits while 8 KiB are queued, and past 16 KiB the
+/// connection is considered abusive.
+const CONTROL_LIMITS: Limits = Limits::relay();
+/// On shutdown, once every connection has been closed (close frame and
+/// FIN sent), how long after the signal the relay still waits for the
+/// clients' FINs before it exits (it exits earlier once all are gone).
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(900);
+/// While shutting down, how often the loop looks at what has drained.
+const DRAIN_TICK: Duration = Duration::from_millis(50);
 const READ_CHUNK: usize = 4096;
 
 /// A mio token that carries a slab key and the generation of the
@@ -149,6 +156,14 @@ struct Conn {
     /// frame boundaries of the forwarded stream.
     ctrl: Vec<u8>,
     ctrl_pos: usize,
+    /// Its close state (shared endpoint policy): no pong once a close was
+    /// received or sent.
+    policy: endpoint::Policy,
+    /// The pong owed for its latest ping (RFC 6455 §5.5.3: one, however
+    /// many pings came), boxed so that a connection owes nothing costs 8
+    /// bytes; moved into `ctrl` when the stream toward it is between
+    /// frames and `ctrl` has room.
+    pong: Option<Box<PongSlot>>,
     /// The forwarded stream toward this connection stopped inside a frame.
     fwd_mid_frame: bool,
     /// Refused at accept (counted in `Server::refusing` until removed).
@@ -177,7 +192,8 @@ pub struct Server {
     /// SIGHUP; connections keep the configuration they started with).
     #[cfg(feature = "tls")]
     tls: Option<crate::tls::ServerTls>,
-    shutting_down: Option<Instant>,
+    /// SIGTERM: when it came, and the `--drain-timeout` deadline.
+    shutting_down: Option<(Instant, Instant)>,
     /// Connections whose removal is deferred to the end of the event batch.
     dead: Vec<usize>,
     /// Connections to pump once the current event is handled: their
@@ -255,13 +271,14 @@ impl Server {
         cfg.buffer_bytes = cfg.buffer_bytes.max(super::MIN_BUFFER_BYTES);
         let classes = Classes::new(super::MIN_BUFFER_BYTES, cfg.buffer_bytes);
         let pool = Pool::new(classes, cfg.buffer_memory_bytes, cfg.pool_keep_bytes);
+        let grace = cfg.origin_grace;
         Ok(Server {
             cfg,
             poll,
             listeners,
             signals: None,
             conns: Slab::new(),
-            sessions: Registry::new(),
+            sessions: Registry::with_origin_grace(grace),
             timers: Timers::new(),
             pool,
             metrics: Metrics::default(),
@@ -304,7 +321,10 @@ impl Server {
                 let d = at.saturating_duration_since(self.now);
                 timeout = Some(timeout.map_or(d, |t| t.min(d)));
             }
-            if let Some(at) = self.shutting_down {
+            let drain = self
+                .shutting_down
+                .map(|(_, deadline)| deadline.min(self.now + DRAIN_TICK));
+            for at in [drain, self.sessions.next_expiry()].into_iter().flatten() {
                 let d = at.saturating_duration_since(self.now);
                 timeout = Some(timeout.map_or(d, |t| t.min(d)));
             }
@@ -357,11 +377,25 @@ impl Server {
                 }
             }
             self.run_timers();
+            self.expire_sessions();
             self.reap();
-            if let Some(at) = self.shutting_down {
-                if self.conns.is_empty() || self.now >= at {
+            if let Some((started, deadline)) = self.shutting_down {
+                self.drain();
+                self.reap();
+                // Everyone has been sent its close and FIN: a client that
+                // does not close its end does not hold the relay beyond
+                // the grace.
+                let said_goodbye = self
+                    .conns
+                    .iter()
+                    .all(|(_, c)| matches!(c.state, State::Closing { fin_sent: true }));
+                let done = self.conns.is_empty()
+                    || self.now >= deadline
+                    || (said_goodbye && self.now >= started + SHUTDOWN_GRACE);
+                if done {
                     log::info!(
-                        "relay stopped ({} connections dropped at exit)",
+                        "relay stopped after {:.1} s ({} connections dropped at exit)",
+                        self.now.saturating_duration_since(started).as_secs_f64(),
                         self.conns.len()
                     );
                     return Ok(());
@@ -491,6 +525,26 @@ impl Server {
         }
     }
 
+    /// Sessions whose vanished origin did not come back in time end.
+    fn expire_sessions(&mut self) {
+        if self.sessions.next_expiry().is_none_or(|at| at > self.now) {
+            return;
+        }
+        let mut actions = Vec::new();
+        self.sessions.expire(self.now, &mut actions);
+        for action in &actions {
+            if let Action::Close { conn, .. } = action {
+                if let Some(c) = self.conns.get(*conn) {
+                    log::info!(
+                        "dest {}: its origin did not come back within --origin-grace; closing",
+                        c.addr
+                    );
+                }
+            }
+        }
+        self.apply(actions);
+    }
+
     fn on_signal(&mut self) {
         let Some(signals) = self.signals.as_mut() else {
             return;
@@ -531,20 +585,42 @@ impl Server {
         }
     }
 
-    /// Stop accepting, close every WebSocket with 1001, and let `run`
-    /// return once they are gone (or the grace period ends).
+    /// Stop accepting, tell every client to move (`sockrelay move`), stop
+    /// reading from them, close each session with 1001 once what is queued
+    /// toward its members is out (`drain`), and let `run` return once they
+    /// are gone (or `--drain-timeout` passes).
     pub fn shutdown(&mut self) {
         if self.shutting_down.is_some() {
             return;
         }
-        log::info!("shutting down: closing {} connections", self.conns.len());
-        self.shutting_down = Some(self.now + SHUTDOWN_GRACE);
+        log::info!(
+            "shutting down: telling {} clients to move, draining for at most {:.1} s",
+            self.sessions_members(),
+            self.cfg.drain_timeout.as_secs_f64()
+        );
+        self.shutting_down = Some((self.now, self.now + self.cfg.drain_timeout));
         for mut l in self.listeners.drain(..) {
             let _ = self.poll.registry().deregister(&mut l.sock);
         }
-        let mut actions = Vec::new();
-        self.sessions.end_all(&mut actions);
-        self.apply(actions);
+        let open: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| matches!(c.state, State::Open { .. }))
+            .map(|(k, _)| k)
+            .collect();
+        for key in open {
+            let moving = Control::Move {
+                spread_ms: control::MOVE_SPREAD_MS,
+                reason: "relay shutting down",
+            };
+            self.send_control(key, moving);
+            // Flush what it has decoded already; nothing more is read.
+            if let Err(e) = self.pump(key) {
+                self.drop_conn(key, &format!("i/o error: {e}"));
+            }
+        }
+        self.reap();
+        self.drain();
         let pending: Vec<usize> = self
             .conns
             .iter()
@@ -557,10 +633,44 @@ impl Server {
         self.reap();
     }
 
+    /// While shutting down: end each session whose members have nothing
+    /// left to forward to each other (no frame half way, its segments
+    /// toward them out, or going nowhere) with 1001.
+    fn drain(&mut self) {
+        let mut actions = Vec::new();
+        for key in self.sessions.keys() {
+            let Some(v) = self.sessions.view(key) else {
+                continue;
+            };
+            let flushed = [v.origin, v.dest].into_iter().flatten().all(|c| {
+                self.conns.get(c).is_none_or(|c| {
+                    let queued = c
+                        .inb
+                        .as_ref()
+                        .and_then(|i| i.buf.as_ref())
+                        .is_some_and(|b| !b.segs.is_empty());
+                    !queued && (c.ending.is_some() || !forward::forwarding_a_frame(c))
+                })
+            });
+            if flushed {
+                self.sessions.end_going_away(key, &mut actions);
+            }
+        }
+        self.apply(actions);
+    }
+
+    fn sessions_members(&self) -> usize {
+        self.conns
+            .iter()
+            .filter(|(_, c)| matches!(c.state, State::Open { .. }))
+            .count()
+    }
+
     fn gauges(&self) -> Gauges {
         let mut g = Gauges {
             sessions: self.sessions.len(),
             sessions_paired: self.sessions.paired(),
+            sessions_awaiting_origin: self.sessions.awaiting_origin(),
             buffers_in_use: self.pool.in_use,
             buffers_free: self.pool.free_count(),
             buffer_bytes_in_use: self.pool.lent_bytes(),

@@ -6,6 +6,13 @@ use super::*;
 const ADM: [u8; 20] = [7; 20];
 const OTHER: [u8; 20] = [8; 20];
 
+/// The simulated clock's origin: every test's time is an offset from it.
+fn t0() -> Instant {
+    use std::sync::OnceLock;
+    static T0: OnceLock<Instant> = OnceLock::new();
+    *T0.get_or_init(Instant::now)
+}
+
 fn ack(reg: &mut Registry, key: SessionKey, seq: u32) {
     let pong = crate::control::Control::PeerJoined {
         seq: Some(seq),
@@ -17,11 +24,16 @@ fn ack(reg: &mut Registry, key: SessionKey, seq: u32) {
 
 /// Session `key` with origin 1 and dest 2, the join acknowledged.
 fn paired(reg: &mut Registry) -> (SessionKey, Uuid) {
+    paired_as(reg, None)
+}
+
+/// As `paired`, the origin proposing `proposed`.
+fn paired_as(reg: &mut Registry, proposed: Option<Uuid>) -> (SessionKey, Uuid) {
     let mut actions = Vec::new();
-    let (key, id) = reg.open_origin(1, None, ADM, 10, &mut actions).unwrap();
+    let (key, id) = reg.open_origin(1, proposed, ADM, 10, &mut actions).unwrap();
     assert!(actions.is_empty());
     let (k2, origin, seq) = reg.join_dest(2, id, ADM, &mut actions).unwrap();
-    assert_eq!((k2, origin), (key, 1));
+    assert_eq!((k2, origin), (key, Some(1)));
     assert_eq!(
         actions,
         vec![Action::PeerJoined {
@@ -88,6 +100,7 @@ fn a_message_never_reaches_the_dest_of_another_epoch() {
         2,
         Member::Dest,
         &clean(Departure::Closed(1000, "")),
+        t0(),
         &mut actions
     ));
     // The rest of the frame and the message go nowhere...
@@ -116,7 +129,7 @@ fn dest_leaving_tells_the_origin_and_the_session_waits() {
     let (key, id) = paired(&mut reg);
     let mut actions = Vec::new();
     let leaving = clean(Departure::Closed(close::NO_STATUS, ""));
-    assert!(reg.leave(key, 2, Member::Dest, &leaving, &mut actions));
+    assert!(reg.leave(key, 2, Member::Dest, &leaving, t0(), &mut actions));
     assert_eq!(
         actions,
         vec![
@@ -137,7 +150,7 @@ fn dest_leaving_tells_the_origin_and_the_session_waits() {
     assert_eq!(reg.view(key).map(|v| v.dest), Some(None));
     // A second departure of the same dest is stale: nothing happens.
     actions.clear();
-    assert!(!reg.leave(key, 2, Member::Dest, &leaving, &mut actions));
+    assert!(!reg.leave(key, 2, Member::Dest, &leaving, t0(), &mut actions));
     assert!(actions.is_empty());
     assert!(reg.join_dest(3, id, ADM, &mut actions).is_ok());
 }
@@ -153,7 +166,7 @@ fn dest_leaving_inside_a_frame_toward_the_origin_ends_the_session() {
             peer_mid_frame,
             mid_message,
         };
-        assert!(reg.leave(key, 2, Member::Dest, &leaving, &mut actions));
+        assert!(reg.leave(key, 2, Member::Dest, &leaving, t0(), &mut actions));
         assert_eq!(
             actions,
             vec![
@@ -204,7 +217,7 @@ fn origin_departures_end_the_session_with_the_right_codes() {
         let mut reg = Registry::new();
         let (key, _) = paired(&mut reg);
         let mut actions = Vec::new();
-        assert!(reg.leave(key, 1, Member::Origin, &clean(how), &mut actions));
+        assert!(reg.leave(key, 1, Member::Origin, &clean(how), t0(), &mut actions));
         assert_eq!(
             actions,
             vec![
@@ -279,6 +292,7 @@ fn the_same_origin_replaces_its_session() {
         2,
         Member::Dest,
         &clean(Departure::Vanished("x")),
+        t0(),
         &mut actions
     ));
     assert!(actions.is_empty());
@@ -308,4 +322,265 @@ fn shutdown_closes_everyone_with_1001() {
             (3, close::GOING_AWAY)
         ]
     );
+}
+
+const GRACE: Duration = Duration::from_secs(30);
+
+fn vanished(why: &str) -> Leaving<'_> {
+    clean(Departure::Vanished(why))
+}
+
+#[test]
+fn a_vanished_origin_is_awaited_and_takes_its_session_back() {
+    let mut reg = Registry::with_origin_grace(GRACE);
+    let (key, id) = paired_as(&mut reg, Some(Uuid::new_v4()));
+    let mut actions = Vec::new();
+    assert!(reg.leave(key, 1, Member::Origin, &vanished("eof"), t0(), &mut actions));
+    assert_eq!(
+        actions,
+        vec![
+            Action::Close {
+                conn: 1,
+                code: close::INTERNAL_ERROR,
+                reason: "eof".into()
+            },
+            Action::Discard { conn: 2 },
+            Action::PeerLeft {
+                to: 2,
+                seq: 2,
+                code: close::ORIGIN_GONE,
+                reason: ORIGIN_AWAY.into()
+            },
+        ]
+    );
+    assert!(reg.awaits_origin(&id));
+    assert_eq!((reg.len(), reg.paired(), reg.awaiting_origin()), (1, 0, 1));
+    assert_eq!(
+        reg.view(key).map(|v| (v.origin, v.dest)),
+        Some((None, Some(2)))
+    );
+    assert_eq!(reg.next_expiry(), Some(t0() + GRACE));
+    // The dest's frames go nowhere meanwhile.
+    let mut back = Forwarding::default();
+    assert_eq!(reg.frame_begins(key, Member::Dest, false, &mut back), None);
+    // Not yet expired.
+    actions.clear();
+    reg.expire(t0() + GRACE - Duration::from_millis(1), &mut actions);
+    assert!(actions.is_empty());
+    // A stranger cannot take it (another admission value).
+    let err = reg.open_origin(8, Some(id), OTHER, 10, &mut actions);
+    assert_eq!(err.map(|_| ()).unwrap_err().status, 409);
+    // The origin is back: both hear of the pairing, with one seq.
+    assert_eq!(
+        reg.open_origin(9, Some(id), ADM, 10, &mut actions),
+        Ok((key, id))
+    );
+    assert_eq!(
+        actions,
+        vec![
+            Action::PeerJoined {
+                to: 9,
+                seq: 3,
+                peer: 2
+            },
+            Action::PeerJoined {
+                to: 2,
+                seq: 3,
+                peer: 9
+            },
+        ]
+    );
+    assert!(!reg.awaits_origin(&id));
+    assert_eq!((reg.paired(), reg.awaiting_origin()), (1, 0));
+    // A message the dest began before is never completed to the new
+    // origin; a new one is. The origin's data waits for its ack.
+    assert_eq!(reg.frame_begins(key, Member::Dest, true, &mut back), None);
+    assert_eq!(
+        reg.frame_begins(key, Member::Dest, false, &mut back),
+        Some(9)
+    );
+    let mut fwd = Forwarding::default();
+    assert_eq!(reg.frame_begins(key, Member::Origin, false, &mut fwd), None);
+    ack(&mut reg, key, 3);
+    assert_eq!(
+        reg.frame_begins(key, Member::Origin, false, &mut fwd),
+        Some(2)
+    );
+    // The old deadline is stale now.
+    actions.clear();
+    reg.expire(t0() + GRACE * 2, &mut actions);
+    assert!(actions.is_empty());
+    assert_eq!(reg.next_expiry(), None);
+    assert!(reg.is_member(key, 9, Member::Origin));
+}
+
+#[test]
+fn a_dest_joining_while_the_origin_is_away_waits_for_it() {
+    let mut reg = Registry::with_origin_grace(GRACE);
+    let mut actions = Vec::new();
+    let (key, id) = reg
+        .open_origin(1, Some(Uuid::new_v4()), ADM, 10, &mut actions)
+        .unwrap();
+    assert!(reg.leave(
+        key,
+        1,
+        Member::Origin,
+        &vanished("ping timeout"),
+        t0(),
+        &mut actions
+    ));
+    actions.clear();
+    // No 404: the dest joins, and nobody is told yet.
+    let (k, origin, _) = reg.join_dest(3, id, ADM, &mut actions).unwrap();
+    assert_eq!((k, origin), (key, None));
+    assert!(actions.is_empty());
+    // A second dest is still refused.
+    let err = reg.join_dest(4, id, ADM, &mut actions).map(|_| ());
+    assert_eq!(err.unwrap_err().status, 409);
+    reg.open_origin(5, Some(id), ADM, 10, &mut actions).unwrap();
+    let seq = match actions.first() {
+        Some(Action::PeerJoined {
+            to: 5,
+            seq,
+            peer: 3,
+        }) => *seq,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        actions[1],
+        Action::PeerJoined {
+            to: 3,
+            seq,
+            peer: 5
+        }
+    );
+    assert_eq!(reg.paired(), 1);
+}
+
+#[test]
+fn the_grace_expires_and_the_dest_is_told_the_origin_is_gone() {
+    let mut reg = Registry::with_origin_grace(GRACE);
+    let (key, id) = paired_as(&mut reg, Some(Uuid::new_v4()));
+    let mut actions = Vec::new();
+    let later = t0() + Duration::from_secs(5);
+    assert!(reg.leave(
+        key,
+        1,
+        Member::Origin,
+        &vanished("eof"),
+        later,
+        &mut actions
+    ));
+    actions.clear();
+    reg.expire(later + GRACE, &mut actions);
+    assert_eq!(
+        actions,
+        vec![Action::Close {
+            conn: 2,
+            code: close::ORIGIN_GONE,
+            reason: "origin gone (did not come back in time)".into()
+        }]
+    );
+    assert!(reg.is_empty());
+    assert_eq!(reg.next_expiry(), None);
+    let err = reg.join_dest(3, id, ADM, &mut actions).map(|_| ());
+    assert_eq!(err.unwrap_err().status, 404);
+}
+
+#[test]
+fn a_dest_leaving_while_the_origin_is_away_leaves_the_session_waiting() {
+    let mut reg = Registry::with_origin_grace(GRACE);
+    let (key, id) = paired_as(&mut reg, Some(Uuid::new_v4()));
+    let mut actions = Vec::new();
+    assert!(reg.leave(key, 1, Member::Origin, &vanished("eof"), t0(), &mut actions));
+    actions.clear();
+    let bye = clean(Departure::Closed(close::NORMAL, "bye"));
+    assert!(reg.leave(key, 2, Member::Dest, &bye, t0(), &mut actions));
+    assert_eq!(
+        actions,
+        vec![Action::Close {
+            conn: 2,
+            code: close::NORMAL,
+            reason: "bye".into()
+        }]
+    );
+    assert!(reg.awaits_origin(&id));
+    actions.clear();
+    reg.expire(t0() + GRACE, &mut actions);
+    assert!(actions.is_empty());
+    assert!(reg.is_empty());
+}
+
+#[test]
+fn only_a_vanished_origin_between_frames_is_awaited() {
+    let mid_frame = Leaving {
+        how: Departure::Vanished("reset"),
+        peer_mid_frame: true,
+        mid_message: false,
+    };
+    let mid_message = Leaving {
+        how: Departure::Vanished("reset"),
+        peer_mid_frame: false,
+        mid_message: true,
+    };
+    for leaving in [
+        clean(Departure::Closed(close::NORMAL, "origin exiting")),
+        clean(Departure::Closed(close::NO_STATUS, "")),
+        clean(Departure::Failed(close::PROTOCOL_ERROR, "unmasked")),
+        mid_frame,
+        mid_message,
+    ] {
+        let mut reg = Registry::with_origin_grace(GRACE);
+        let (key, _) = paired_as(&mut reg, Some(Uuid::new_v4()));
+        let mut actions = Vec::new();
+        assert!(reg.leave(key, 1, Member::Origin, &leaving, t0(), &mut actions));
+        assert!(reg.is_empty(), "{leaving:?}");
+        assert_eq!(reg.next_expiry(), None);
+    }
+    // A zero grace disables the wait.
+    let mut reg = Registry::with_origin_grace(Duration::ZERO);
+    let (key, _) = paired_as(&mut reg, Some(Uuid::new_v4()));
+    let mut actions = Vec::new();
+    assert!(reg.leave(key, 1, Member::Origin, &vanished("eof"), t0(), &mut actions));
+    assert!(reg.is_empty());
+    // An origin given a relay-chosen id (it never names it to come back,
+    // like the Node clients) is not awaited either.
+    let mut reg = Registry::with_origin_grace(GRACE);
+    let (key, _) = paired(&mut reg);
+    assert!(reg.leave(key, 1, Member::Origin, &vanished("eof"), t0(), &mut actions));
+    assert!(reg.is_empty());
+}
+
+#[test]
+fn sessions_awaiting_their_origin_count_against_the_limit() {
+    let mut reg = Registry::with_origin_grace(GRACE);
+    let mut actions = Vec::new();
+    let (key, id) = reg
+        .open_origin(1, Some(Uuid::new_v4()), ADM, 1, &mut actions)
+        .unwrap();
+    assert!(reg.leave(key, 1, Member::Origin, &vanished("eof"), t0(), &mut actions));
+    let err = reg.open_origin(2, None, ADM, 1, &mut actions).map(|_| ());
+    assert_eq!(err.unwrap_err().status, 503);
+    // Its own origin still gets it back at the limit.
+    assert_eq!(
+        reg.open_origin(3, Some(id), ADM, 1, &mut actions),
+        Ok((key, id))
+    );
+}
+
+#[test]
+fn an_origin_lost_twice_in_one_instant_counts_once() {
+    // Found by fuzz/relay_session: two identical deadlines for one session.
+    let mut reg = Registry::with_origin_grace(GRACE);
+    let (key, id) = paired_as(&mut reg, Some(Uuid::new_v4()));
+    let mut actions = Vec::new();
+    assert!(reg.leave(key, 1, Member::Origin, &vanished("eof"), t0(), &mut actions));
+    reg.open_origin(3, Some(id), ADM, 10, &mut actions).unwrap();
+    assert!(reg.leave(key, 3, Member::Origin, &vanished("eof"), t0(), &mut actions));
+    assert_eq!(reg.awaiting_origin(), 1);
+    actions.clear();
+    reg.expire(t0() + GRACE, &mut actions);
+    assert_eq!(actions.len(), 1, "{actions:?}");
+    assert!(reg.is_empty());
+    assert_eq!(reg.next_expiry(), None);
 }
