@@ -499,6 +499,12 @@ impl Mux {
         self.link() == Link::Live && self.failed.is_none()
     }
 
+    /// The link is down and the channels wait for [`Mux::resume`] (they
+    /// stay until the resume window passes).
+    pub fn is_suspended(&self) -> bool {
+        self.link() == Link::Suspended && self.failed.is_none()
+    }
+
     /// Whether v2 (resume) was negotiated with the current peer.
     pub fn resumable(&self) -> bool {
         self.v2_active()
@@ -1051,6 +1057,9 @@ impl Mux {
         if self.channels.get(&ch).is_some_and(|c| c.finished(v2)) {
             self.channels.remove(&ch);
             self.tombstone(ch, None);
+            // The loop may still hold the channel's socket (v2: the last
+            // EOF_ACK arrived after both directions were done there).
+            self.events.push_back(Event::Service(ch));
         }
     }
 

@@ -161,7 +161,7 @@ impl Engine {
             let _ = link.ws.flush(Instant::now());
             let _ = self.poll.registry().deregister(link.ws.source());
         }
-        self.end_epoch("relay connection lost");
+        self.end_epoch("relay connection lost", Keep::Resume);
     }
 
     /// Close the WebSocket ourselves (protocol failure) and reconnect.
@@ -367,7 +367,7 @@ impl Engine {
                     if let Some(why) = self.opts.limits.refuse_dest(addr) {
                         // No epoch: no handshake, and whatever it sends is dropped.
                         log::warn!("refusing this dest: {why}");
-                        self.end_epoch("dest refused");
+                        self.end_epoch("dest refused", Keep::Nothing);
                         self.refusal = Some([REFUSED_PREFIX, why.as_bytes()].concat());
                         self.dest_refused = true;
                         return;
@@ -379,7 +379,14 @@ impl Engine {
             Control::PeerLeft { code, reason, .. } => {
                 log::info!("dest left ({code} {reason})");
                 self.dest_refused = false;
-                self.end_epoch("dest left");
+                // A dest that exited (1000) has no channels to resume; any
+                // other departure (a lost link) may come back.
+                let keep = if code == close::NORMAL {
+                    Keep::Nothing
+                } else {
+                    Keep::Resume
+                };
+                self.end_epoch("dest left", keep);
             }
         }
     }
