@@ -237,16 +237,13 @@ impl Engine {
     }
 
     pub(super) fn drain_mux_events(&mut self) {
-        loop {
-            let Some(ev) = self.mux.as_mut().and_then(|m| m.poll_event()) else {
-                break;
-            };
+        while let Some(ev) = self.mux.as_mut().and_then(|m| m.poll_event()) {
             match ev {
                 mux::Event::Ready { window } => log::debug!("peer ready, window {window}"),
                 mux::Event::Open(ch) => self.connect_channel(ch),
                 mux::Event::OpenOk(ch) => log::debug!("channel {ch} open"),
                 mux::Event::Closed(ch, reason) => {
-                    log::debug!("channel {ch} closed by peer: {reason}");
+                    log::debug!("channel {ch} closed: {reason}");
                     if let Some(g) = &mut self.agent {
                         g.closed(ch);
                     }
