@@ -827,3 +827,128 @@ fn a_silent_network_outage_is_detected_by_heartbeats_and_the_channels_resume() {
     drop(origin);
     drop(relay);
 }
+
+// ---- failover: two relays behind a real HAProxy ----------------------------
+
+struct Haproxy(std::process::Child);
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// HAProxy in the `docs/haproxy.cfg` shape (hash on the session id), with
+/// fast health checks so that a stopped relay is out within a second.
+fn start_haproxy(dir: &TempDir, port: u16, relays: &[u16]) -> Haproxy {
+    let servers: String = relays
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            format!("    server relay{i} 127.0.0.1:{p} check inter 300ms fall 1 rise 1\n")
+        })
+        .collect();
+    let cfg = format!(
+        "global\n    maxconn 1000\n\
+         defaults\n    mode http\n    timeout connect 2s\n    timeout client 30s\n    \
+         timeout server 30s\n    timeout tunnel 1h\n    retries 3\n    option redispatch\n\
+         frontend sockrelay\n    bind 127.0.0.1:{port}\n    default_backend relays\n\
+         backend relays\n    balance url_param id\n    hash-type consistent\n    \
+         option httpchk GET /healthz\n{servers}"
+    );
+    let path = dir.path("haproxy.cfg");
+    std::fs::write(&path, cfg).unwrap();
+    let child = std::process::Command::new("haproxy")
+        .args(["-db", "-f"])
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("haproxy is missing: run `bash .ci/setup` (it installs it)");
+    assert!(
+        wait_for(Duration::from_secs(10), || std::net::TcpStream::connect((
+            "127.0.0.1",
+            port
+        ))
+        .is_ok()),
+        "haproxy did not start"
+    );
+    Haproxy(child)
+}
+
+fn paired_on(port: u16) -> u64 {
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return 0;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n");
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body.lines()
+        .find_map(|l| l.strip_prefix("sockrelay_sessions_paired "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn stopping_the_relay_that_holds_a_session_moves_its_channels_to_the_other_behind_haproxy() {
+    let dir = TempDir::new("failover");
+    let mut relays = vec![Relay::start(&dir, 0), Relay::start(&dir, 0)];
+    let lb_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _lb = start_haproxy(&dir, lb_port, &[relays[0].port, relays[1].port]);
+    let server = OriginServer::start(&dir.path("origin.sock"));
+    let origin = Origin::start(&dir, lb_port, &server.path, &["-v"]);
+    let dest = Dest::start(&dir, lb_port, &origin.session, &dir.path("d.sock"), &["-v"]);
+    let holder = (0..2)
+        .find(|&i| paired_on(relays[i].port) == 1)
+        .expect("the session is paired on one relay");
+    let other = 1 - holder;
+    let path = dest.socket.clone();
+    let down_p = Arc::new(AtomicU64::new(0));
+    let len = 32 * MIB;
+    let down = {
+        let (p, pr) = (path.clone(), down_p.clone());
+        thread::spawn(move || download(p, len, 44, 8 * MIB, pr))
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let chat = {
+        let (p, st) = (path.clone(), stop.clone());
+        thread::spawn(move || chatter(p, st))
+    };
+    assert!(wait_bytes(&down_p, 2 * MIB, Duration::from_secs(30)));
+    // The relay holding the session goes away (a deploy); the other one
+    // takes the session, and the channels resume there.
+    relays[holder].proc.signal(libc::SIGTERM);
+    relays[holder].proc.wait_exit(Duration::from_secs(15));
+    let logs = |relays: &[Relay]| {
+        format!(
+            "--- origin:\n{}\n--- dest:\n{}\n--- other relay:\n{}",
+            origin.proc.log_text(),
+            dest.proc.log_text(),
+            relays[other].proc.log_text()
+        )
+    };
+    assert!(
+        wait_for(Duration::from_secs(30), || paired_on(relays[other].port)
+            == 1),
+        "the session did not move to the other relay\n{}",
+        logs(&relays)
+    );
+    let got = down.join().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let (answered, err) = chat.join().unwrap();
+    assert_eq!(got, format!("ok {len}"), "{}", logs(&relays));
+    assert!(
+        err.is_none() && answered >= 3,
+        "{answered} {err:?}\n{}",
+        logs(&relays)
+    );
+    for log in [origin.proc.log_text(), dest.proc.log_text()] {
+        assert!(log.contains("resumed 2 channel(s)"), "{}", logs(&relays));
+    }
+}
