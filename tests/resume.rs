@@ -680,15 +680,17 @@ fn ip(args: &[&str]) -> Result<(), String> {
 }
 
 impl Netns {
-    fn create() -> Netns {
+    /// `slot` tells apart the namespaces of tests running at once.
+    fn create(slot: u32) -> Netns {
         let id = std::process::id();
+        let net = id % 250;
         let n = Netns {
-            name: format!("sr-resume-{id}"),
-            host_if: format!("srh{}", id % 100_000),
-            relay_ip: format!("10.231.{}.2", id % 250),
+            name: format!("sr-r{slot}-{id}"),
+            host_if: format!("srh{slot}{}", id % 100_000),
+            relay_ip: format!("10.231.{net}.{}", slot * 4 + 2),
         };
-        let peer_if = format!("srn{}", id % 100_000);
-        let host_ip = format!("10.231.{}.1/30", id % 250);
+        let peer_if = format!("srn{slot}{}", id % 100_000);
+        let host_ip = format!("10.231.{net}.{}/30", slot * 4 + 1);
         let relay_cidr = format!("{}/30", n.relay_ip);
         let steps: Vec<Vec<&str>> = vec![
             vec!["netns", "add", &n.name],
@@ -722,60 +724,95 @@ impl Drop for Netns {
     }
 }
 
+/// A relay inside a fresh namespace, and origin and dest (with `extra`)
+/// reaching it over the veth pair; returns once the session is end to end.
+struct NetnsSession {
+    dest: Dest,
+    origin: Origin,
+    _server: OriginServer,
+    relay: Proc,
+    net: Netns,
+    _dir: TempDir,
+}
+
+impl NetnsSession {
+    fn start(slot: u32, extra: &[&str]) -> NetnsSession {
+        let net = Netns::create(slot);
+        let dir = TempDir::new(&format!("netns{slot}"));
+        let relay_log = dir.path("relay.log");
+        let port = 20_000 + (std::process::id() % 20_000) as u16;
+        let p = port.to_string();
+        let child = std::process::Command::new(ip_bin())
+            .args([
+                "netns",
+                "exec",
+                &net.name,
+                RELAY,
+                "-p",
+                &p,
+                "-b",
+                &net.relay_ip,
+            ])
+            .args(["--ping-interval", "1", "--pong-timeout", "2"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&relay_log).unwrap())
+            .spawn()
+            .unwrap();
+        let relay = Proc {
+            child,
+            log: relay_log,
+        };
+        assert!(
+            relay.wait_log("listening on", Duration::from_secs(10)),
+            "relay: {}",
+            relay.log_text()
+        );
+        let server = OriginServer::start(&dir.path("origin.sock"));
+        let mut opts = vec!["-v", "--keepalive", "1", "--dead-after", "3"];
+        opts.extend_from_slice(extra);
+        let at = [net.relay_ip.as_str(), p.as_str()];
+        let origin = Origin::try_start_at(&dir, &at, &server.path, &opts, TOKEN, &[])
+            .unwrap_or_else(|e| panic!("origin: {e:?}"));
+        let dest = Dest::spawn_at(
+            &dir,
+            &at,
+            &origin.session,
+            &dir.path("d.sock"),
+            &opts,
+            TOKEN,
+            &[],
+        );
+        assert!(
+            dest.proc
+                .wait_log("end-to-end encryption established", Duration::from_secs(15)),
+            "{}",
+            dest.proc.log_text()
+        );
+        NetnsSession {
+            dest,
+            origin,
+            _server: server,
+            relay,
+            net,
+            _dir: dir,
+        }
+    }
+
+    fn logs(&self) -> String {
+        format!(
+            "--- origin:\n{}\n--- dest:\n{}\n--- relay:\n{}",
+            self.origin.proc.log_text(),
+            self.dest.proc.log_text(),
+            self.relay.log_text()
+        )
+    }
+}
+
 #[test]
 fn a_silent_network_outage_is_detected_by_heartbeats_and_the_channels_resume() {
-    let net = Netns::create();
-    let dir = TempDir::new("netns");
-    let relay_log = dir.path("relay.log");
-    let port = 20_000 + (std::process::id() % 20_000) as u16;
-    let p = port.to_string();
-    let child = std::process::Command::new(ip_bin())
-        .args([
-            "netns",
-            "exec",
-            &net.name,
-            RELAY,
-            "-p",
-            &p,
-            "-b",
-            &net.relay_ip,
-        ])
-        .args(["--ping-interval", "1", "--pong-timeout", "2"])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&relay_log).unwrap())
-        .spawn()
-        .unwrap();
-    let relay = Proc {
-        child,
-        log: relay_log,
-    };
-    assert!(
-        relay.wait_log("listening on", Duration::from_secs(10)),
-        "relay: {}",
-        relay.log_text()
-    );
-    let server = OriginServer::start(&dir.path("origin.sock"));
-    let opts = ["-v", "--keepalive", "1", "--dead-after", "3"];
-    let at = [net.relay_ip.as_str(), p.as_str()];
-    let origin = Origin::try_start_at(&dir, &at, &server.path, &opts, TOKEN, &[])
-        .unwrap_or_else(|e| panic!("origin: {e:?}"));
-    let dest = Dest::spawn_at(
-        &dir,
-        &at,
-        &origin.session,
-        &dir.path("d.sock"),
-        &opts,
-        TOKEN,
-        &[],
-    );
-    assert!(
-        dest.proc
-            .wait_log("end-to-end encryption established", Duration::from_secs(15)),
-        "{}",
-        dest.proc.log_text()
-    );
-    let path = dest.socket.clone();
+    let s = NetnsSession::start(0, &[]);
+    let path = s.dest.socket.clone();
     let down_p = Arc::new(AtomicU64::new(0));
     let len = 16 * MIB;
     let down = {
@@ -789,43 +826,70 @@ fn a_silent_network_outage_is_detected_by_heartbeats_and_the_channels_resume() {
     };
     assert!(wait_bytes(&down_p, MIB, Duration::from_secs(30)));
     // The link goes down without a word to anyone for 15 s.
-    net.link(false);
+    s.net.link(false);
     let before = down_p.load(Ordering::Relaxed);
     thread::sleep(Duration::from_secs(15));
     assert!(
         down_p.load(Ordering::Relaxed) < len,
         "the transfer ended during the outage"
     );
-    net.link(true);
+    s.net.link(true);
     assert!(
         wait_bytes(&down_p, len, Duration::from_secs(60)),
-        "no resume after the outage ({} of {len}, {before} before it)\n--- origin:\n{}\n--- dest:\n{}\n--- relay:\n{}",
+        "no resume after the outage ({} of {len}, {before} before it)\n{}",
         down_p.load(Ordering::Relaxed),
-        origin.proc.log_text(),
-        dest.proc.log_text(),
-        relay.log_text()
+        s.logs()
     );
     let down = down.join().unwrap();
     stop.store(true, Ordering::Relaxed);
     let (answered, err) = chat.join().unwrap();
-    let logs = format!(
-        "--- origin:\n{}\n--- dest:\n{}",
-        origin.proc.log_text(),
-        dest.proc.log_text()
-    );
-    assert_eq!(down, format!("ok {len}"), "{logs}");
-    assert!(err.is_none(), "{err:?}\n{logs}");
+    assert_eq!(down, format!("ok {len}"), "{}", s.logs());
+    assert!(err.is_none(), "{err:?}\n{}", s.logs());
     assert!(answered >= 5, "{answered}");
-    for log in [origin.proc.log_text(), dest.proc.log_text()] {
+    for log in [s.origin.proc.log_text(), s.dest.proc.log_text()] {
         assert!(
             log.contains("relay silent") || log.contains("not reading"),
-            "{logs}"
+            "{}",
+            s.logs()
         );
-        assert!(log.contains("resumed"), "{logs}");
+        assert!(log.contains("resumed"), "{}", s.logs());
     }
-    drop(dest);
-    drop(origin);
-    drop(relay);
+}
+
+#[test]
+fn a_silent_outage_longer_than_the_resume_window_closes_the_channels_then_new_ones_work() {
+    let s = NetnsSession::start(1, &["--resume-window", "4"]);
+    let path = s.dest.socket.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let chat = {
+        let (p, st) = (path.clone(), stop.clone());
+        thread::spawn(move || chatter(p, st))
+    };
+    thread::sleep(Duration::from_millis(500));
+    s.net.link(false);
+    // Dead after 3 s, then 4 s of resume window: closed on both sides.
+    for p in [&s.origin.proc, &s.dest.proc] {
+        assert!(
+            p.wait_log("longer than the resume window", Duration::from_secs(20)),
+            "no resume-window close\n{}",
+            s.logs()
+        );
+    }
+    let (answered, err) = chat.join().unwrap();
+    assert!(answered >= 2, "{answered}");
+    assert!(err.is_some(), "the held channel was not closed");
+    s.net.link(true);
+    let ok = wait_for(Duration::from_secs(40), || {
+        let stop = Arc::new(AtomicBool::new(false));
+        let st = stop.clone();
+        let p = path.clone();
+        let t = thread::spawn(move || chatter(p, st));
+        thread::sleep(Duration::from_millis(300));
+        stop.store(true, Ordering::Relaxed);
+        let (n, e) = t.join().unwrap();
+        n >= 1 && e.is_none()
+    });
+    assert!(ok, "no new channel after the outage\n{}", s.logs());
 }
 
 // ---- failover: two relays behind a real HAProxy ----------------------------
