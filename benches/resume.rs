@@ -11,8 +11,14 @@
 //!    and how the re-pairings spread over time (the clients' full-jitter
 //!    backoff).
 //!
-//! `cargo bench --bench resume [-- --rounds N --sessions S]` (defaults 5
-//! and 200). Loopback only; every wait is bounded.
+//! 3. **Retained memory under load**: 16 channels each write 2 MiB towards
+//!    an origin-side server that never reads, so every window fills; the
+//!    origin's and the dest's RSS growth per channel, for this build and,
+//!    with `--base DIR`, for `DIR/sockrelay-origin` and `DIR/sockrelay-dest`
+//!    (a build without retention) in the same run.
+//!
+//! `cargo bench --bench resume [-- --rounds N --sessions S --base DIR]`
+//! (defaults 5 and 200). Loopback only; every wait is bounded.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -94,8 +100,18 @@ fn temp_dir() -> PathBuf {
 
 /// Origin and dest for one session (`-q`: quiet); the dest's socket path.
 fn start_pair(dir: &Path, port: u16, n: usize, server: &Path) -> (Proc, Proc, PathBuf) {
+    start_pair_with((ORIGIN, DEST), dir, port, n, server)
+}
+
+fn start_pair_with(
+    (origin_bin, dest_bin): (&str, &str),
+    dir: &Path,
+    port: u16,
+    n: usize,
+    server: &Path,
+) -> (Proc, Proc, PathBuf) {
     let p = port.to_string();
-    let mut origin = Command::new(ORIGIN)
+    let mut origin = Command::new(origin_bin)
         .args(["-q", "127.0.0.1", &p])
         .arg(server)
         .env("SOCKRELAY_TOKEN", TOKEN)
@@ -115,7 +131,7 @@ fn start_pair(dir: &Path, port: u16, n: usize, server: &Path) -> (Proc, Proc, Pa
         .expect("SOCKRELAY_SESSION=")
         .to_string();
     let sock = dir.join(format!("d{n}.sock"));
-    let dest = Command::new(DEST)
+    let dest = Command::new(dest_bin)
         .args(["-q", "127.0.0.1", &p, &session])
         .arg(&sock)
         .env("SOCKRELAY_TOKEN", TOKEN)
@@ -341,6 +357,98 @@ fn reconnect_storm(sessions: usize) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// A unix server that accepts and never reads (its connections are held
+/// until the process ends).
+fn stalled_server(path: &Path) {
+    let l = UnixListener::bind(path).expect("bind stalled server");
+    thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in l.incoming().map_while(Result::ok) {
+            held.push(s);
+        }
+    });
+}
+
+/// 3. RSS growth per channel with every window full.
+fn retained_memory(base: Option<&str>) {
+    const CHANNELS: usize = 16;
+    let dir = temp_dir();
+    let port = free_port();
+    let (_relay, _) = start_relay(port);
+    let server = dir.join("stalled.sock");
+    stalled_server(&server);
+    let mut builds = vec![("this build", ORIGIN.to_string(), DEST.to_string())];
+    if let Some(b) = base {
+        builds.push((
+            "base",
+            format!("{b}/sockrelay-origin"),
+            format!("{b}/sockrelay-dest"),
+        ));
+    }
+    println!("\n### Retained memory: {CHANNELS} channels, every window full\n");
+    println!("| build | origin RSS idle → loaded (KiB) | dest RSS idle → loaded (KiB) | per channel, origin + dest (KiB) |");
+    println!("|---|---|---|---|");
+    for (i, (name, o, d)) in builds.iter().enumerate() {
+        let (origin, dest, sock) = start_pair_with((o, d), &dir, port, 1000 + i, &server);
+        if !wait_for(Duration::from_secs(15), || {
+            UnixStream::connect(&sock).is_ok()
+        }) {
+            println!("| {name} | dest socket never appeared | | |");
+            continue;
+        }
+        thread::sleep(Duration::from_millis(300));
+        let idle = (rss_kib(origin.0.id()), rss_kib(dest.0.id()));
+        let writers: Vec<_> = (0..CHANNELS)
+            .map(|_| {
+                let sock = sock.clone();
+                thread::spawn(move || {
+                    let Ok(mut s) = UnixStream::connect(&sock) else {
+                        return;
+                    };
+                    let _ = s.set_write_timeout(Some(Duration::from_secs(3)));
+                    let chunk = vec![0x5au8; 64 * 1024];
+                    for _ in 0..32 {
+                        if s.write_all(&chunk).is_err() {
+                            break;
+                        }
+                    }
+                    // Hold the connection until the measurement is done.
+                    thread::sleep(Duration::from_secs(2));
+                })
+            })
+            .collect();
+        thread::sleep(Duration::from_secs(4));
+        let loaded = (rss_kib(origin.0.id()), rss_kib(dest.0.id()));
+        for w in writers {
+            let _ = w.join();
+        }
+        let per = (loaded.0 + loaded.1).saturating_sub(idle.0 + idle.1) as f64 / CHANNELS as f64;
+        println!(
+            "| {name} | {} → {} | {} → {} | {per:.0} |",
+            idle.0, loaded.0, idle.1, loaded.1
+        );
+        drop((origin, dest));
+    }
+    println!(
+        "\nA channel's window is {} KiB per direction: the origin buffers what its \
+         server does not read, and (this build) the dest retains what the origin has \
+         not consumed.",
+        256
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn main() {
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -354,6 +462,12 @@ fn main() {
     };
     let rounds = value("--rounds").unwrap_or(5).clamp(1, 50);
     let sessions = value("--sessions").unwrap_or(200).clamp(1, 1000);
+    let base = args
+        .iter()
+        .position(|a| a == "--base")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
     restart_to_bytes(rounds);
+    retained_memory(base.as_deref());
     reconnect_storm(sessions);
 }

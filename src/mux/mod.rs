@@ -910,10 +910,19 @@ impl Mux {
         data = &data[..take];
         self.send_open_ok(ch);
         let retain = self.retaining();
+        // Retention never exceeds the peer's window (flow control): grow
+        // the ring by doubling, but never past that, so that a full window
+        // costs one window, not the next power of two above it.
+        let cap_limit = self.peer_window.map_or(usize::MAX, |w| w as usize);
         if let Some(c) = self.channels.get_mut(&ch) {
             c.send_window -= take as u64;
             c.sent_total += take as u64;
             if retain {
+                let need = c.retained.len() + take;
+                if need > c.retained.capacity() {
+                    let target = (c.retained.capacity() * 2).min(cap_limit).max(need);
+                    c.retained.reserve_exact(target - c.retained.len());
+                }
                 c.retained.extend(data);
             }
         }
