@@ -192,7 +192,8 @@ fn origin_socket_missing_closes_client_promptly() {
 
 #[test]
 fn relay_killed_mid_transfer_then_restarted_on_the_same_port() {
-    let mut c = Chain::start("restart", &[]);
+    // Without channel resume (tests/resume.rs has the resuming case).
+    let mut c = Chain::start("restart", &["--resume-window", "0"]);
     let port = c.relay.port;
     // A long transfer in flight.
     let path = c.dest.socket.clone();
@@ -228,7 +229,7 @@ fn relay_killed_mid_transfer_then_restarted_on_the_same_port() {
         > 0));
     c.relay.proc.signal(libc::SIGKILL);
     assert!(c.relay.proc.wait_exit(Duration::from_secs(5)).is_none());
-    // The in-flight channel ends (it cannot survive the relay).
+    // The in-flight channel ends (no resume: it cannot survive the relay).
     let moved = inflight.join().unwrap();
     eprintln!("in-flight channel moved {moved} bytes before the relay died");
     std::thread::sleep(Duration::from_millis(300));

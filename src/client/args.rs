@@ -162,6 +162,15 @@ fn getopts_for(side: Side) -> getopts::Options {
         ),
         "SECS",
     );
+    o.optopt(
+        "",
+        "resume-window",
+        &format!(
+            "keep channels open for SECS while the relay link is down, and resume them (no byte lost) when it is back; 0: close them with the link (default: {})",
+            crate::mux::DEFAULT_RESUME_WINDOW.as_secs()
+        ),
+        "SECS",
+    );
     super::agent_glue::getopts(&mut o, side);
     o.optflag(
         "",
@@ -259,9 +268,21 @@ fn liveness(m: &getopts::Matches) -> Result<Liveness, String> {
             keepalive.as_secs_f64()
         ));
     }
+    let resume_window = match m.opt_str("resume-window") {
+        None => d.resume_window,
+        Some(v) => match v.parse::<f64>() {
+            Ok(s) if (0.0..=86_400.0).contains(&s) => Duration::from_secs_f64(s),
+            _ => {
+                return Err(format!(
+                    "--resume-window {v:?}: give a number of seconds from 0 (no resume) to 86400"
+                ))
+            }
+        },
+    };
     Ok(Liveness {
         keepalive,
         dead_after,
+        resume_window,
     })
 }
 
@@ -891,9 +912,22 @@ mod tests {
             with(&["--keepalive", "0.2", "--dead-after", "0.5"]).unwrap(),
             Liveness {
                 keepalive: Duration::from_millis(200),
-                dead_after: Duration::from_millis(500)
+                dead_after: Duration::from_millis(500),
+                resume_window: crate::mux::DEFAULT_RESUME_WINDOW,
             }
         );
+        assert_eq!(
+            with(&["--resume-window", "2.5"]).unwrap().resume_window,
+            Duration::from_millis(2500)
+        );
+        assert_eq!(
+            with(&["--resume-window", "0"]).unwrap().resume_window,
+            Duration::ZERO
+        );
+        for bad in ["-1", "x", "NaN", "90000"] {
+            let e = with(&["--resume-window", bad]).unwrap_err();
+            assert!(e.contains("--resume-window"), "{e}");
+        }
         assert_eq!(with(&["--keepalive", "5"]).unwrap().dead_after, DEAD_AFTER);
         for bad in [
             &["--keepalive", "0"][..],

@@ -60,6 +60,11 @@ impl E2e {
     pub fn is_established(&self) -> bool {
         self.0.is_established()
     }
+    /// The Noise handshake hash once established (the channel-resume
+    /// proof is bound to it, so a proof never fits another link).
+    pub fn handshake_hash(&self) -> &[u8] {
+        self.0.handshake_hash()
+    }
     pub fn seal(&mut self, p: &[u8], out: &mut Vec<u8>) -> Result<(), E2eError> {
         self.0.seal(p, out).map_err(E2eError::Noise)
     }
@@ -90,6 +95,9 @@ impl E2e {
     pub fn is_established(&self) -> bool {
         match *self {}
     }
+    pub fn handshake_hash(&self) -> &[u8] {
+        match *self {}
+    }
     pub fn seal(&mut self, _: &[u8], _: &mut Vec<u8>) -> Result<(), E2eError> {
         match *self {}
     }
@@ -100,4 +108,20 @@ impl E2e {
     ) -> Result<&'a [u8], E2eError> {
         match *self {}
     }
+}
+
+/// A fresh random secret naming this process's mux for channel resume
+/// (mux v2): 32 bytes from the OS. None when the OS has no randomness to
+/// give, or in a build without end-to-end encryption (resume needs it).
+#[cfg(feature = "e2e")]
+pub fn resume_secret() -> Option<[u8; crate::mux::resume::SECRET_LEN]> {
+    use ring::rand::SecureRandom;
+    let mut s = [0u8; crate::mux::resume::SECRET_LEN];
+    ring::rand::SystemRandom::new().fill(&mut s).ok()?;
+    Some(s)
+}
+
+#[cfg(not(feature = "e2e"))]
+pub fn resume_secret() -> Option<[u8; crate::mux::resume::SECRET_LEN]> {
+    None
 }

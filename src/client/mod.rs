@@ -378,6 +378,9 @@ pub struct Liveness {
     pub keepalive: Duration,
     /// Silent (or not reading) this long: dead. Longer than `keepalive`.
     pub dead_after: Duration,
+    /// How long channels wait for a lost link to come back (mux v2
+    /// resume); zero: no resume, channels close with the link.
+    pub resume_window: Duration,
 }
 
 impl Default for Liveness {
@@ -385,6 +388,7 @@ impl Default for Liveness {
         Liveness {
             keepalive: KEEPALIVE,
             dead_after: DEAD_AFTER,
+            resume_window: crate::mux::DEFAULT_RESUME_WINDOW,
         }
     }
 }

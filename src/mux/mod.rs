@@ -499,6 +499,12 @@ impl Mux {
         self.link() == Link::Live && self.failed.is_none()
     }
 
+    /// The link is down and the channels wait for [`Mux::resume`] (they
+    /// stay until the resume window passes).
+    pub fn is_suspended(&self) -> bool {
+        self.link() == Link::Suspended && self.failed.is_none()
+    }
+
     /// Whether v2 (resume) was negotiated with the current peer.
     pub fn resumable(&self) -> bool {
         self.v2_active()
@@ -904,10 +910,19 @@ impl Mux {
         data = &data[..take];
         self.send_open_ok(ch);
         let retain = self.retaining();
+        // Retention never exceeds the peer's window (flow control): grow
+        // the ring by doubling, but never past that, so that a full window
+        // costs one window, not the next power of two above it.
+        let cap_limit = self.peer_window.map_or(usize::MAX, |w| w as usize);
         if let Some(c) = self.channels.get_mut(&ch) {
             c.send_window -= take as u64;
             c.sent_total += take as u64;
             if retain {
+                let need = c.retained.len() + take;
+                if need > c.retained.capacity() {
+                    let target = (c.retained.capacity() * 2).min(cap_limit).max(need);
+                    c.retained.reserve_exact(target - c.retained.len());
+                }
                 c.retained.extend(data);
             }
         }
@@ -1051,6 +1066,9 @@ impl Mux {
         if self.channels.get(&ch).is_some_and(|c| c.finished(v2)) {
             self.channels.remove(&ch);
             self.tombstone(ch, None);
+            // The loop may still hold the channel's socket (v2: the last
+            // EOF_ACK arrived after both directions were done there).
+            self.events.push_back(Event::Service(ch));
         }
     }
 

@@ -8,9 +8,8 @@ use super::*;
 impl Engine {
     /// Origin: connect the channel to the real socket.
     pub(super) fn connect_channel(&mut self, ch: ChannelId) {
-        let Some(epoch) = &mut self.epoch else { return };
-        let generation = epoch.generation();
-        let Some(m) = epoch.mux() else { return };
+        let generation = self.mux_generation;
+        let Some(m) = &mut self.mux else { return };
         let limits = &self.opts.limits;
         if let Some(why) = limits.refuse_channel(self.channels_accepted, self.conns.len()) {
             log::warn!("channel {ch}: refused: {why}");
@@ -53,7 +52,7 @@ impl Engine {
             };
             match l.accept() {
                 Ok((sock, _)) => {
-                    let ready = self.epoch.as_ref().is_some_and(Pairing::has_mux);
+                    let ready = self.mux.as_ref().is_some_and(mux::Mux::is_live);
                     if ready {
                         self.open_channel(sock);
                     } else if self.waiting.len() < MAX_PENDING_CONNS {
@@ -77,11 +76,15 @@ impl Engine {
     }
 
     pub(super) fn open_channel(&mut self, mut sock: UnixStream) {
-        let Some(epoch) = &mut self.epoch else { return };
-        let generation = epoch.generation();
-        let Some(m) = epoch.mux() else { return };
+        let generation = self.mux_generation;
+        let Some(m) = &mut self.mux else { return };
         let ch = match m.open() {
             Ok(ch) => ch,
+            Err(mux::Error::Suspended) => {
+                // The link dropped again: wait for the session once more.
+                self.waiting.push_back((sock, Instant::now()));
+                return;
+            }
             Err(e) => {
                 log::warn!("cannot open channel: {e}");
                 return;
@@ -120,12 +123,13 @@ impl Engine {
     /// Move bytes between one unix socket and the mux, as far as readiness,
     /// windows and the high-water mark allow.
     pub(super) fn service(&mut self, ch: ChannelId) {
-        let Some(epoch) = &mut self.epoch else { return };
-        let Some(m) = epoch.mux() else { return };
+        let Some(m) = &mut self.mux else { return };
         let Some(conn) = self.conns.get_mut(&ch) else {
             return;
         };
         if !m.contains(ch) {
+            // Finished or closed inside the mux (v2: the last EOF_ACK).
+            log::debug!("channel {ch}: finished");
             self.conns.remove(&ch);
             if let Some(g) = &mut self.agent {
                 g.closed(ch);

@@ -7,7 +7,7 @@ use super::*;
 
 impl Engine {
     pub(super) fn start_epoch(&mut self) {
-        self.end_epoch("new peer");
+        self.end_epoch("new peer", Keep::Resume);
         self.epoch_generation += 1;
         let generation = self.epoch_generation;
         let now = Instant::now();
@@ -48,17 +48,47 @@ impl Engine {
             self.timers
                 .schedule(deadline, Timer::E2eDeadline(generation));
         }
-        let ready = pairing.has_mux();
+        let ready = pairing.is_established();
         self.epoch = Some(pairing);
         if ready {
-            self.on_mux_ready();
+            self.on_established();
         }
     }
 
-    /// Drop every channel of the current epoch (their unix connections
-    /// close) and the epoch itself.
-    pub(super) fn end_epoch(&mut self, why: &str) {
-        if self.epoch.take().is_some() && !self.conns.is_empty() {
+    /// The pairing ends (peer left, link lost, new peer, exit). With
+    /// [`Keep::Resume`] a mux that negotiated v2 is suspended: its channels
+    /// and their unix connections stay for `--resume-window`. Otherwise
+    /// (or when the mux cannot resume) every channel closes.
+    pub(super) fn end_epoch(&mut self, why: &str, keep: Keep) {
+        self.epoch = None;
+        let Some(m) = &mut self.mux else { return };
+        let was_suspended = m.is_suspended();
+        if keep == Keep::Resume && m.suspend(Instant::now()) {
+            // Its Closed events (channels over the resume limit) close
+            // their connections.
+            self.drain_mux_events();
+            let Some(m) = &self.mux else { return };
+            if !was_suspended {
+                if !self.conns.is_empty() {
+                    log::info!(
+                        "{why}: holding {} channel(s) for up to {} s to resume them",
+                        self.conns.len(),
+                        self.opts.liveness.resume_window.as_secs_f64()
+                    );
+                }
+                if let Some(at) = m.poll_timeout() {
+                    self.timers
+                        .schedule(at, Timer::ResumeDeadline(self.mux_generation));
+                }
+            }
+            return;
+        }
+        self.drop_mux(why);
+    }
+
+    /// Forget the mux and close every channel's unix connection.
+    pub(super) fn drop_mux(&mut self, why: &str) {
+        if self.mux.take().is_some() && !self.conns.is_empty() {
             log::info!("closing {} channel(s): {why}", self.conns.len());
         }
         self.conns.clear();
@@ -69,8 +99,42 @@ impl Engine {
         }
     }
 
-    /// The mux exists: the dest opens channels for waiting connections.
+    /// The end-to-end handshake is done (at once in plaintext): resume the
+    /// mux that survived the last link, or make a new one.
+    pub(super) fn on_established(&mut self) {
+        let now = Instant::now();
+        let hash = self.epoch.as_ref().and_then(Pairing::handshake_hash);
+        match (&mut self.mux, hash) {
+            (Some(m), Some(hash)) if m.is_suspended() => {
+                log::debug!(
+                    "resuming {} channel(s) over the new link",
+                    m.channel_count()
+                );
+                m.resume(now, hash);
+            }
+            (_, hash) => {
+                let end_to_end = hash.is_some();
+                self.drop_mux("new session");
+                self.mux_generation += 1;
+                let cfg = mux::Config::client();
+                let window = self.opts.liveness.resume_window;
+                self.mux = Some(match self.resume_secret {
+                    Some(secret) if end_to_end && !window.is_zero() => {
+                        mux::Mux::with_resume(self.side(), cfg, secret, window)
+                    }
+                    _ => mux::Mux::new(self.side(), cfg),
+                });
+            }
+        }
+        self.on_mux_ready();
+    }
+
+    /// The mux is live (new, or resumed): the dest opens channels for the
+    /// waiting connections, and starts `-- COMMAND` once.
     pub(super) fn on_mux_ready(&mut self) {
+        if !self.mux.as_ref().is_some_and(mux::Mux::is_live) {
+            return;
+        }
         while let Some((sock, _)) = self.waiting.pop_front() {
             self.open_channel(sock);
         }
@@ -83,6 +147,25 @@ impl Engine {
                     Err(e) => self.stop = Some(Err(Error::Local(e))),
                 }
             }
+        }
+    }
+
+    /// `--resume-window` passed while the link was down: the retained
+    /// channels close; a resume exchange under way fails (re-pair fresh).
+    pub(super) fn on_resume_deadline(&mut self, generation: u32, now: Instant) {
+        if generation != self.mux_generation {
+            return;
+        }
+        let Some(m) = &mut self.mux else { return };
+        m.handle_timeout(now);
+        let failed = m.error().map(|e| (e.close_code(), e.to_string()));
+        let again = m.poll_timeout();
+        self.drain_mux_events();
+        if let Some((code, why)) = failed {
+            self.drop_mux(&why);
+            self.abort_link(code, format!("channel resume failed: {why}"));
+        } else if let Some(at) = again {
+            self.timers.schedule(at, Timer::ResumeDeadline(generation));
         }
     }
 
@@ -112,56 +195,55 @@ impl Engine {
             );
             return;
         };
-        let got = match epoch.receive(msg, &mut self.plain) {
-            Ok(got) => got,
-            Err(e) => {
-                // Either side: close, so that both pair again from a clean
-                // state. (Waiting for a fresh handshake would hang when
-                // the relay, not the dest, got out of step: the dest then
-                // believes it is established and never sends one.)
-                if let PairingError::Mux(_) = e {
-                    log::error!("peer broke the mux protocol: {e}");
+        // Either side, on failure: close, so that both pair again from a
+        // clean state. (Waiting for a fresh handshake would hang when the
+        // relay, not the dest, got out of step: the dest then believes it
+        // is established and never sends one.)
+        let failed = match epoch.receive(msg, &mut self.plain) {
+            Err(e) => Some((e.close_code(), e.to_string())),
+            Ok(pairing::Received::Handshake { reply, established }) => {
+                if let (Some(reply), Some(link)) = (&reply, &mut self.link) {
+                    link.ws.send(OpCode::Binary, reply);
                 }
-                self.abort_link(e.close_code(), e.to_string());
-                return;
+                if established {
+                    match self.opts.side {
+                        Side::Dest => log::info!("end-to-end encryption established"),
+                        Side::Origin => log::debug!(
+                            "end-to-end handshake answered; waiting for the dest's first message"
+                        ),
+                    }
+                    self.on_established();
+                }
+                None
+            }
+            Ok(pairing::Received::Payload { data, confirmed }) => {
+                if confirmed && self.opts.side == Side::Origin {
+                    log::info!("end-to-end encryption established");
+                }
+                match self.mux.as_mut().map(|m| m.recv_message(data)) {
+                    Some(Err(e)) => {
+                        log::error!("peer broke the mux protocol: {e}");
+                        Some((e.close_code(), e.to_string()))
+                    }
+                    _ => None,
+                }
             }
         };
-        if let (Some(reply), Some(link)) = (&got.reply, &mut self.link) {
-            link.ws.send(OpCode::Binary, reply);
-        }
-        if got.mux_ready && !self.opts.plaintext {
-            match self.opts.side {
-                Side::Dest => log::info!("end-to-end encryption established"),
-                Side::Origin => log::debug!(
-                    "end-to-end handshake answered; waiting for the dest's first message"
-                ),
-            }
-        }
-        if got.confirmed && self.opts.side == Side::Origin {
-            log::info!("end-to-end encryption established");
-        }
-        if got.mux_ready {
-            self.on_mux_ready();
+        if let Some((code, why)) = failed {
+            self.abort_link(code, why);
+            return;
         }
         self.drain_mux_events();
     }
 
     pub(super) fn drain_mux_events(&mut self) {
-        loop {
-            let Some(ev) = self
-                .epoch
-                .as_mut()
-                .and_then(Pairing::mux)
-                .and_then(|m| m.poll_event())
-            else {
-                return;
-            };
+        while let Some(ev) = self.mux.as_mut().and_then(|m| m.poll_event()) {
             match ev {
                 mux::Event::Ready { window } => log::debug!("peer ready, window {window}"),
                 mux::Event::Open(ch) => self.connect_channel(ch),
                 mux::Event::OpenOk(ch) => log::debug!("channel {ch} open"),
                 mux::Event::Closed(ch, reason) => {
-                    log::debug!("channel {ch} closed by peer: {reason}");
+                    log::debug!("channel {ch} closed: {reason}");
                     if let Some(g) = &mut self.agent {
                         g.closed(ch);
                     }
@@ -172,6 +254,14 @@ impl Engine {
                 mux::Event::Service(ch) => self.dirty.push(ch),
             }
         }
+        // A resume exchange ended: the channels that carried over were
+        // restarted by Service events; waiting connections may open now.
+        if let Some(carried) = self.mux.as_mut().and_then(mux::Mux::take_session_outcome) {
+            if carried {
+                log::info!("resumed {} channel(s) on the new link", self.conns.len());
+            }
+            self.on_mux_ready();
+        }
     }
 
     /// Turn queued mux batches into WebSocket messages and write.
@@ -180,8 +270,10 @@ impl Engine {
         // pong that acknowledges a pairing change, and drops what comes
         // before it.
         self.queue_link_control();
-        if let (Some(epoch), Some(link)) = (&mut self.epoch, &mut self.link) {
-            if let (Some(m), mut sealer) = epoch.mux_and_e2e() {
+        if let (Some(epoch), Some(m), Some(link)) = (&mut self.epoch, &mut self.mux, &mut self.link)
+        {
+            if epoch.is_established() {
+                let mut sealer = epoch.sealer();
                 if link.ws.is_open() {
                     while let Some(batch) = m.pop_batch() {
                         match sealer.as_deref_mut() {

@@ -167,7 +167,7 @@ impl Engine {
             let _ = link.ws.flush(Instant::now());
             let _ = self.poll.registry().deregister(link.ws.source());
         }
-        self.end_epoch("relay connection lost");
+        self.end_epoch("relay connection lost", Keep::Resume);
     }
 
     /// Close the WebSocket ourselves (protocol failure) and reconnect.
@@ -386,7 +386,7 @@ impl Engine {
                     if let Some(why) = self.opts.limits.refuse_dest(addr) {
                         // No epoch: no handshake, and whatever it sends is dropped.
                         log::warn!("refusing this dest: {why}");
-                        self.end_epoch("dest refused");
+                        self.end_epoch("dest refused", Keep::Nothing);
                         self.refusal = Some([REFUSED_PREFIX, why.as_bytes()].concat());
                         self.dest_refused = true;
                         return;
@@ -397,16 +397,22 @@ impl Engine {
             }
             Control::PeerLeft { code, reason, .. } => {
                 self.dest_refused = false;
+                // A peer that exited (1000) has no channels to resume; any
+                // other departure (a lost link; the relay keeps the session
+                // of a vanished origin for `--origin-grace`) may come back.
+                let keep = if code == close::NORMAL {
+                    Keep::Nothing
+                } else {
+                    Keep::Resume
+                };
                 match self.side() {
                     Side::Origin => {
                         log::info!("dest left ({code} {reason})");
-                        self.end_epoch("dest left");
+                        self.end_epoch("dest left", keep);
                     }
-                    // The relay keeps the session for a vanished origin
-                    // (`--origin-grace`): stay and wait for peer-joined.
                     Side::Dest => {
                         log::info!("origin left ({code} {reason})");
-                        self.end_epoch("origin left");
+                        self.end_epoch("origin left", keep);
                     }
                 }
             }

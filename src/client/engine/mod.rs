@@ -72,6 +72,18 @@ enum Timer {
     Lifetime,
     /// The agent glue's wake-up (confirmation helpers, the dest's COMMAND).
     Agent,
+    /// `--resume-window` of the mux of this generation ends.
+    ResumeDeadline(u32),
+}
+
+/// What ending an epoch does to the mux and its channels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Keep {
+    /// Suspend a mux that negotiated resume: channels wait for the next
+    /// link (`--resume-window`).
+    Resume,
+    /// Close every channel (exiting, the peer left for good).
+    Nothing,
 }
 
 mod channels;
@@ -81,7 +93,7 @@ mod epoch;
 mod link;
 
 use super::e2e::SEAL_OVERHEAD;
-use super::pairing::{Pairing, PairingError};
+use super::pairing::{self, Pairing, PairingError};
 
 /// One unix connection carrying one channel. Readiness is remembered
 /// because polling is edge-triggered and we stop reading for flow control.
@@ -143,9 +155,17 @@ pub struct Engine {
     addrs_left: VecDeque<SocketAddr>,
     backoff: Backoff,
     upgraded_once: bool,
-    /// The current pairing (its end-to-end and mux state), if any.
+    /// The current pairing (its end-to-end state), if any.
     epoch: Option<Pairing>,
     epoch_generation: u32,
+    /// The channels' mux. With resume (v2) it outlives pairings and links:
+    /// suspended while the link is down, resumed on the next pairing.
+    mux: Option<mux::Mux>,
+    /// Bumped for each new mux: the high half of channel tokens, so an
+    /// event for a channel of an older mux never reaches a newer one.
+    mux_generation: u32,
+    /// This process's secret for channel resume (None: no resume).
+    resume_secret: Option<[u8; mux::resume::SECRET_LEN]>,
     conns: HashMap<ChannelId, Conn>,
     /// Dest: unix connections waiting for the session (accepted at).
     waiting: VecDeque<(UnixStream, Instant)>,
@@ -230,6 +250,18 @@ impl Engine {
             None
         };
         let agent = agent_glue::Glue::new(&opts.agent).map_err(Error::Local)?;
+        // Channel resume needs the Noise handshake hash: none in plaintext.
+        let resume_secret = if opts.plaintext || opts.liveness.resume_window.is_zero() {
+            None
+        } else {
+            let s = super::e2e::resume_secret();
+            if s.is_none() {
+                log::warn!(
+                    "no OS randomness for the resume secret: channels will not survive a lost link"
+                );
+            }
+            s
+        };
         let command = agent_glue::Command::new(&opts.agent);
         Ok(Engine {
             opts,
@@ -251,6 +283,9 @@ impl Engine {
             upgraded_once: false,
             epoch: None,
             epoch_generation: 0,
+            mux: None,
+            mux_generation: 0,
+            resume_secret,
             conns: HashMap::new(),
             waiting: VecDeque::new(),
             dirty: Vec::new(),
@@ -326,15 +361,23 @@ impl Engine {
 
     /// Best-effort goodbye to the relay on a clean stop.
     fn shutdown(&mut self) {
+        let why = match self.opts.side {
+            Side::Origin => "origin exiting",
+            Side::Dest => "dest exiting",
+        };
+        // Close every channel in the mux too, so that the peer ends them
+        // now instead of holding them for a resume that cannot come.
+        if let Some(m) = self.mux.as_mut().filter(|m| m.is_live()) {
+            for ch in m.channel_ids() {
+                m.close(ch, why);
+            }
+            self.flush();
+        }
         if let Some(link) = &mut self.link {
-            let why = match self.opts.side {
-                Side::Origin => "origin exiting",
-                Side::Dest => "dest exiting",
-            };
             link.ws.close(close::NORMAL, why);
             let _ = link.ws.flush(Instant::now());
         }
-        self.end_epoch("exiting");
+        self.end_epoch("exiting", Keep::Nothing);
     }
 
     fn on_event(&mut self, token: Token, readable: bool, writable: bool, hup: bool) {
@@ -385,11 +428,7 @@ impl Engine {
             }
             Token(t) => {
                 let (generation, ch) = ((t >> 32) as u32, t as u32);
-                if self
-                    .epoch
-                    .as_ref()
-                    .is_some_and(|e| e.generation() == generation)
-                {
+                if self.mux.is_some() && generation == self.mux_generation {
                     if let Some(c) = self.conns.get_mut(&ch) {
                         c.readable |= readable;
                         c.writable |= writable;
@@ -491,6 +530,7 @@ impl Engine {
                         }
                     }
                 }
+                Timer::ResumeDeadline(generation) => self.on_resume_deadline(generation, now),
                 Timer::Reconnect(_) => {}
             }
         }
@@ -514,7 +554,7 @@ impl Engine {
         let d = self.opts.agent.lifetime.unwrap_or_default();
         let why = format!("origin's --lifetime of {} s is over", d.as_secs_f64());
         log::warn!("{why}: ending the session");
-        if let Some(m) = self.epoch.as_mut().and_then(Pairing::mux) {
+        if let Some(m) = &mut self.mux {
             for ch in m.channel_ids() {
                 m.close(ch, &why);
             }
