@@ -50,6 +50,11 @@
 //!   cut off (EOF/reset) within a few seconds with only a prefix of its
 //!   echo, and the dest closes the channel.
 //!
+//! Channel resume is attacked too: the relay alters the dest's SESSION
+//! RESUME on a resuming link, or replays a whole earlier link's resume
+//! exchange to the origin on a later one; both fail closed (4401) and the
+//! channel resumes intact on the next link.
+//!
 //! A self-check runs the same bit flip against `--insecure-plaintext`:
 //! there the relay *can* read the payload and corrupt what the server
 //! receives, which shows that the proxy really tampers and the checks
@@ -810,6 +815,7 @@ fn at(role: Role, dir: Dir, nth: usize) -> Target {
         dir,
         nth,
         min_len: BIG,
+        link: 0,
     }
 }
 
@@ -1227,6 +1233,7 @@ fn flipped_bit_in_the_origins_handshake_reply_is_refused_by_the_dest() {
                 dir: Dir::Down,
                 nth: 0,
                 min_len: 0,
+                link: 0,
             },
             byte: 5,
             mask: 0x80,
@@ -1244,6 +1251,7 @@ fn dests_handshake_reflected_back_to_it_is_refused() {
                 dir: Dir::Up,
                 nth: 0,
                 min_len: 0,
+                link: 0,
             },
         },
     );
@@ -1571,6 +1579,155 @@ fn spoofed_peer_joined_to_the_origin_does_not_wedge_the_session() {
         "the session stayed wedged: {:?} after {} bytes\n{}",
         run.ending,
         run.echoed.len(),
+        w.logs()
+    );
+}
+
+// ---- attacks on channel resume (issue 10) --------------------------
+
+/// Make the dest pair again: a fake `peer-joined` on its link `dest_link`
+/// starts a new handshake there that the origin cannot open (4401); both
+/// reconnect and the channel resumes on the next link.
+fn force_relink(w: &World, dest_link: usize) {
+    assert!(
+        w.mitm.inject_to_client(
+            Role::Dest,
+            dest_link,
+            &[Frame::ping(b"sockrelay peer-joined 4242 127.0.0.1:4242")]
+        ),
+        "no dest connection {dest_link}\n{}",
+        w.logs()
+    );
+}
+
+/// How many times the dest resumed its channel.
+fn resumes(w: &World) -> usize {
+    w.dest()
+        .proc
+        .log_text()
+        .matches("resumed 1 channel(s)")
+        .count()
+}
+
+/// A client that spans several re-pairings: 30 chunks 100 ms apart.
+fn slow_client(w: &World, tag: &str) -> (std::thread::JoinHandle<ClientRun>, Vec<u8>) {
+    let sent = chunks(tag, 30);
+    let intended = sent.concat();
+    let path = w.dest().socket.clone();
+    let t = std::thread::spawn(move || {
+        client_waiting(
+            &path,
+            &sent,
+            Duration::from_millis(100),
+            Duration::from_secs(30),
+        )
+    });
+    (t, intended)
+}
+
+/// The relay alters the dest's SESSION RESUME on its second link: the
+/// first binary frame of 60 bytes or more there (the Noise handshake
+/// message is 48, a sealed HELLO 29, the sealed RESUME of one channel 85;
+/// or HELLO and RESUME together): the origin cannot open it and closes
+/// (4401); nothing resumes on that link, and the channel resumes intact on
+/// the next one.
+#[test]
+fn an_altered_resume_exchange_fails_closed_and_the_channel_resumes_on_the_next_link() {
+    let w = World::start(
+        "alter-resume",
+        Attack::FlipBit {
+            at: Target {
+                role: Role::Dest,
+                dir: Dir::Up,
+                nth: 0,
+                min_len: 60,
+                link: 1,
+            },
+            byte: 20,
+            mask: 0x04,
+        },
+    );
+    let (t, intended) = slow_client(&w, "alter-resume");
+    std::thread::sleep(Duration::from_millis(250));
+    force_relink(&w, 0);
+    let run = t.join().unwrap();
+    assert!(
+        w.mitm.wait_fired(Duration::from_secs(5)),
+        "the attack never struck\n{}",
+        w.logs()
+    );
+    assert!(
+        w.mitm
+            .fired()
+            .iter()
+            .any(|f| f.contains("flipped") && !f.contains("Dest connection 0")),
+        "{:?}",
+        w.mitm.fired()
+    );
+    assert_reason_logged(&w, &[E2E_DECRYPT]);
+    assert_resumed_intact(&w, &run, &intended);
+    assert!(
+        w.mitm.connections(Role::Dest) >= 3,
+        "the altered link cannot have carried the resume\n{}",
+        w.logs()
+    );
+}
+
+/// The relay records what the dest sent on one link (its resume exchange
+/// and data) and replays it to the origin on a later link: the origin
+/// cannot open any of it (other keys), closes (4401), and the channel
+/// resumes intact on the link after; the replay resumed nothing.
+#[test]
+fn a_resume_exchange_replayed_from_an_earlier_link_fails_closed() {
+    let w = World::start("replay-resume", Attack::None);
+    let (t, intended) = slow_client(&w, "replay-resume");
+    std::thread::sleep(Duration::from_millis(250));
+    force_relink(&w, 0);
+    assert!(
+        wait_for(Duration::from_secs(15), || resumes(&w) >= 1),
+        "no first resume\n{}",
+        w.logs()
+    );
+    // The dest's link that resumed (reconnects refused with 404 count too).
+    let link = w.mitm.connections(Role::Dest) - 1;
+    let old: Vec<Frame> = w
+        .mitm
+        .frames()
+        .into_iter()
+        .filter(|c| {
+            c.role == Role::Dest
+                && c.role_index == link
+                && c.dir == Dir::Up
+                && c.frame.opcode == OpCode::Binary
+        })
+        .map(|c| c.frame)
+        .collect();
+    assert!(old.len() >= 3, "{} frames on link {link}", old.len());
+    force_relink(&w, link);
+    assert!(
+        wait_for(Duration::from_secs(15), || resumes(&w) >= 2),
+        "no second resume\n{}",
+        w.logs()
+    );
+    let failures_before = w.origin.proc.log_text().matches(E2E_DECRYPT).count();
+    let origin_link = w.mitm.connections(Role::Origin) - 1;
+    // Everything after link 1's handshake message: HELLO, SESSION RESUME,
+    // then whatever followed.
+    assert!(w
+        .mitm
+        .inject_to_client(Role::Origin, origin_link, &old[1..]));
+    assert!(
+        wait_for(Duration::from_secs(5), || {
+            w.origin.proc.log_text().matches(E2E_DECRYPT).count() > failures_before
+        }),
+        "the origin took the replayed messages\n{}",
+        w.logs()
+    );
+    let run = t.join().unwrap();
+    assert_resumed_intact(&w, &run, &intended);
+    assert!(
+        wait_for(Duration::from_secs(15), || resumes(&w) >= 3),
+        "no resume after the replay\n{}",
         w.logs()
     );
 }

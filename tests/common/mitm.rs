@@ -90,15 +90,19 @@ pub struct Captured {
 }
 
 /// Where an attack strikes: the `nth` (from 0) binary frame of at least
-/// `min_len` payload bytes that flows in `dir` on the *first* connection of
-/// `role`. Later connections (the clients' reconnects) pass untouched, so
-/// a test can also check that the session recovers.
+/// `min_len` payload bytes that flows in `dir` on the first connection of
+/// `role` (`link` 0), or on the first of its reconnects from the `link`-th
+/// on that carries such a frame (a reconnect refused with 404 carries
+/// none), e.g. the link a channel resumes on. The attack strikes once;
+/// other connections pass untouched, so a test can also check that the
+/// session recovers.
 #[derive(Clone, Copy, Debug)]
 pub struct Target {
     pub role: Role,
     pub dir: Dir,
     pub nth: usize,
     pub min_len: usize,
+    pub link: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -157,6 +161,8 @@ struct Log {
     /// HTTP heads (request as the client sent it, response), per connection.
     heads: Vec<(usize, Role, Dir, Vec<u8>)>,
     fired: Vec<String>,
+    /// The connection (role index) the attack struck on, once it has.
+    struck_on: Option<usize>,
     origin_admission: Option<String>,
     conns: Vec<ConnInfo>,
     role_counts: HashMap<Role, usize>,
@@ -676,7 +682,12 @@ fn on_frame(ctx: &Ctx, dir: Dir, st: &mut AttackState, frame: Frame) -> bool {
     let matches = attack.target().is_some_and(|t| {
         t.role == ctx.role
             && t.dir == dir
-            && ctx.role_index == 0
+            && (if t.link == 0 {
+                ctx.role_index == 0
+            } else {
+                let struck = ctx.sh.log.lock().unwrap().struck_on;
+                ctx.role_index >= t.link && struck.is_none_or(|r| r == ctx.role_index)
+            })
             && frame.opcode == OpCode::Binary
             && frame.payload.len() >= t.min_len
     });
@@ -688,9 +699,10 @@ fn on_frame(ctx: &Ctx, dir: Dir, st: &mut AttackState, frame: Frame) -> bool {
     let t = attack.target().unwrap();
     let what = |verb: &str| {
         format!(
-            "{verb} binary frame #{nth} ({} bytes) {dir:?} on {:?} connection 0",
+            "{verb} binary frame #{nth} ({} bytes) {dir:?} on {:?} connection {}",
             frame.payload.len(),
-            ctx.role
+            ctx.role,
+            ctx.role_index
         )
     };
     // A held frame goes out right after the next matching one.
@@ -703,6 +715,7 @@ fn on_frame(ctx: &Ctx, dir: Dir, st: &mut AttackState, frame: Frame) -> bool {
         st.prev = Some(frame.clone());
         return forward(ctx, dir, st, &frame);
     }
+    ctx.sh.log.lock().unwrap().struck_on = Some(ctx.role_index);
     match attack {
         Attack::None => forward(ctx, dir, st, &frame),
         Attack::FlipBit { byte, mask, .. } => {
