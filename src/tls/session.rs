@@ -134,8 +134,9 @@ impl Buf {
 /// rustls's client or server connection behind one vtable. A binary that
 /// never calls [`TlsSession::client`] (the relay) or
 /// [`TlsSession::server`] (origin and dest) never builds the other side's
-/// vtable, so the linker drops that side's state machine: an enum with
-/// both variants kept both in every binary (README "Dependencies").
+/// vtable, so the linker may drop what only that side reaches; an enum
+/// with both variants kept both in every binary (7–12 KiB per binary,
+/// README "Dependencies").
 trait Side {
     /// One pass of rustls over `rx`: bytes to discard from `rx`, and where
     /// `handle` stopped.
