@@ -10,16 +10,26 @@
 //!    connections, no framing, no control) under the same load.
 //! 2. **New paired sessions per second**: origin upgrade, dest join, the
 //!    origin's pairing pong, one message delivered, both closed; T client
-//!    threads in parallel. Also the relay's CPU time per session.
+//!    threads in parallel. Also the relay's CPU time per session. With the
+//!    `tls` feature the same phase runs against a relay with `--tls-cert`
+//!    (a test CA made at run time with the `openssl` CLI; the bench's
+//!    client is rustls's blocking `StreamOwned`): full handshakes (client
+//!    resumption off), then resumed ones (the relay's default stateful
+//!    ticket cache, the clients sharing one config), each as a ratio of the
+//!    plain rate measured in the same run.
 //!
 //! `cargo bench --bench relay_scale` (`-- --quick` for a shorter run;
-//! `-- --sessions N --inflight K --seconds S` to change the load; set
+//! `-- --sessions N --inflight K --seconds S` to change the load;
+//! `-- --only-new-sessions` for phase 2 alone, `--no-tls` without its TLS
+//! rows; set
 //! `SOCKRELAY_BENCH_RELAY=/path/to/sockrelay-relay` to measure another build).
 //! Loopback only; every loop is bounded in count and time.
 
 mod common;
 
-use common::{masked, pair_relay, read_small_frame, set_fd_limit, spawn_server, Server, RELAY};
+use common::{
+    masked, pair_on, pair_relay, read_small_frame, set_fd_limit, spawn_server, Server, RELAY,
+};
 use mio::net::{TcpListener as MioListener, TcpStream as MioStream};
 use mio::{Events, Interest, Poll, Token};
 use sockrelay::ws::frame::OpCode;
@@ -32,22 +42,24 @@ use std::time::{Duration, Instant};
 const MSG: usize = 64;
 
 fn start_relay(fds: u64) -> Server {
+    start_relay_with(fds, &[])
+}
+
+fn start_relay_with(fds: u64, extra: &[&str]) -> Server {
     // SOCKRELAY_BENCH_RELAY: another build's relay, as in benches/relay.rs.
     let bin = std::env::var("SOCKRELAY_BENCH_RELAY").unwrap_or_else(|_| RELAY.into());
-    spawn_server(
-        &bin,
-        &[
-            "-p",
-            "0",
-            "-b",
-            "127.0.0.1",
-            "--max-pending",
-            "65536",
-            "--ping-interval",
-            "600",
-        ],
-        fds,
-    )
+    let mut args = vec![
+        "-p",
+        "0",
+        "-b",
+        "127.0.0.1",
+        "--max-pending",
+        "65536",
+        "--ping-interval",
+        "600",
+    ];
+    args.extend_from_slice(extra);
+    spawn_server(&bin, &args, fds)
 }
 
 fn start_naive(fds: u64) -> Server {
@@ -343,33 +355,194 @@ fn small_messages(
 
 // ---- phase 2: new paired sessions per second -------------------------------
 
-fn sessions_per_second(server: &Server, threads: usize, per_thread: usize) -> (f64, Duration) {
+/// The bench's client side of a relay connection: plain TCP, or rustls's
+/// blocking client over TCP.
+enum Link {
+    Plain(TcpStream),
+    #[cfg(feature = "tls")]
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Link {
+    fn connect(addr: SocketAddr, tls: Option<&TlsClient>) -> Link {
+        let s = TcpStream::connect(addr).expect("connect relay");
+        s.set_nodelay(true).expect("nodelay");
+        match tls {
+            None => Link::Plain(s),
+            #[cfg(feature = "tls")]
+            Some(t) => {
+                let c = rustls::ClientConnection::new(t.config.clone(), t.name.clone())
+                    .expect("TLS client");
+                Link::Tls(Box::new(rustls::StreamOwned::new(c, s)))
+            }
+            #[cfg(not(feature = "tls"))]
+            Some(t) => match *t {},
+        }
+    }
+
+    /// The TLS handshake was a resumption (false for plain TCP).
+    fn resumed(&self) -> bool {
+        match self {
+            Link::Plain(_) => false,
+            #[cfg(feature = "tls")]
+            Link::Tls(t) => t.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
+        }
+    }
+}
+
+impl Read for Link {
+    fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Link::Plain(s) => s.read(b),
+            #[cfg(feature = "tls")]
+            Link::Tls(s) => s.read(b),
+        }
+    }
+}
+
+impl Write for Link {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Link::Plain(s) => s.write(b),
+            #[cfg(feature = "tls")]
+            Link::Tls(s) => s.write(b),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Link::Plain(s) => s.flush(),
+            #[cfg(feature = "tls")]
+            Link::Tls(s) => s.flush(),
+        }
+    }
+}
+
+#[cfg(feature = "tls")]
+#[derive(Clone)]
+struct TlsClient {
+    config: std::sync::Arc<rustls::ClientConfig>,
+    name: rustls::pki_types::ServerName<'static>,
+}
+
+#[cfg(not(feature = "tls"))]
+#[derive(Clone)]
+enum TlsClient {}
+
+struct Rate {
+    per_second: f64,
+    relay_cpu: Duration,
+    /// Connections whose TLS handshake was a resumption (read by the TLS
+    /// rows only).
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    resumed: usize,
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    connections: usize,
+}
+
+fn sessions_per_second(
+    server: &Server,
+    threads: usize,
+    per_thread: usize,
+    tls: Option<TlsClient>,
+) -> Rate {
     let addr = server.addr;
     let pid = server.child.id();
     let cpu0 = cpu_time(pid);
     let start = Instant::now();
     let workers: Vec<_> = (0..threads)
         .map(|_| {
+            let tls = tls.clone();
             std::thread::spawn(move || {
                 let msg = masked(OpCode::Binary, &[0x42; MSG]);
+                let mut resumed = 0;
                 for _ in 0..per_thread {
-                    let (mut origin, mut dest) = pair_relay(addr);
+                    let (mut origin, mut dest) = pair_on(|| Link::connect(addr, tls.as_ref()));
                     origin.write_all(&msg).expect("first message");
+                    origin.flush().expect("first message");
                     let (op, p) = read_small_frame(&mut dest);
                     assert!(op == 0x2 && p.len() == MSG, "first message lost");
+                    resumed += origin.resumed() as usize + dest.resumed() as usize;
                 }
+                resumed
             })
         })
         .collect();
+    let mut resumed = 0;
     for w in workers {
-        w.join().expect("session worker");
+        resumed += w.join().expect("session worker");
     }
     let elapsed = start.elapsed();
-    let n = (threads * per_thread) as f64;
-    (
-        n / elapsed.as_secs_f64(),
-        cpu_time(pid).saturating_sub(cpu0) / (threads * per_thread) as u32,
-    )
+    let n = threads * per_thread;
+    Rate {
+        per_second: n as f64 / elapsed.as_secs_f64(),
+        relay_cpu: cpu_time(pid).saturating_sub(cpu0) / n as u32,
+        resumed,
+        connections: 2 * n,
+    }
+}
+
+/// A TLS relay for the sessions phase: a test CA and an ECDSA P-256
+/// certificate for 127.0.0.1 made now with `openssl` (as the tests do),
+/// and two client configurations trusting that CA: resumption off (every
+/// handshake full) and on (rustls's default in-memory ticket cache).
+#[cfg(feature = "tls")]
+struct TlsSetup {
+    dir: std::path::PathBuf,
+    cert: String,
+    key: String,
+    full: TlsClient,
+    resuming: TlsClient,
+}
+
+#[cfg(feature = "tls")]
+impl TlsSetup {
+    fn new() -> TlsSetup {
+        use sockrelay::tls::testcerts::{make_ca, make_leaf, KeyKind};
+        let dir = std::env::temp_dir().join(format!("sockrelay-bench-tls-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let ca = make_ca(&dir, "ca");
+        let (cert, key) = make_leaf(
+            &dir,
+            "ca",
+            "relay",
+            &["IP:127.0.0.1"],
+            KeyKind::EcdsaP256,
+            30,
+        );
+        let mut roots = rustls::RootCertStore::empty();
+        for c in sockrelay::tls::config::load_certs(&ca).expect("CA") {
+            roots.add(c).expect("CA");
+        }
+        let roots = std::sync::Arc::new(roots);
+        let client = |resumption: rustls::client::Resumption| {
+            let mut cfg = rustls::ClientConfig::builder_with_provider(sockrelay::tls::provider())
+                .with_protocol_versions(sockrelay::tls::VERSIONS)
+                .expect("versions")
+                .with_root_certificates(roots.clone())
+                .with_no_client_auth();
+            cfg.alpn_protocols = vec![sockrelay::tls::ALPN_HTTP11.to_vec()];
+            cfg.resumption = resumption;
+            TlsClient {
+                config: std::sync::Arc::new(cfg),
+                name: rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name"),
+            }
+        };
+        TlsSetup {
+            cert: cert.to_str().expect("utf-8 path").into(),
+            key: key.to_str().expect("utf-8 path").into(),
+            full: client(rustls::client::Resumption::disabled()),
+            resuming: client(rustls::client::Resumption::default()),
+            dir,
+        }
+    }
+}
+
+#[cfg(feature = "tls")]
+impl Drop for TlsSetup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 // ---- the naive forwarder (a subprocess of this bench) ----------------------
@@ -503,7 +676,13 @@ fn main() {
     let seconds: f64 = arg(&args, "--seconds", if quick { 3.0 } else { 10.0 });
     let max_requests: u64 = arg(&args, "--max-requests", 5_000_000);
     let fds = set_fd_limit(sessions as u64 * 4 + 1024);
+    if !args.iter().any(|a| a == "--only-new-sessions") {
+        many_sessions(sessions, inflight, seconds, max_requests, fds);
+    }
+    new_sessions(&args, quick, fds);
+}
 
+fn many_sessions(sessions: usize, inflight: usize, seconds: f64, max_requests: u64, fds: u64) {
     println!(
         "\n## {sessions} paired sessions, {inflight} requests of {MSG} B in flight each, \
          answered by {MSG} B, {seconds} s\n"
@@ -528,16 +707,48 @@ fn main() {
         ours_us / base_us.max(1e-9)
     );
     drop(relay);
+}
 
-    let threads: usize = arg(&args, "--threads", 4);
-    let per_thread: usize = arg(&args, "--per-thread", if quick { 500 } else { 2500 });
+fn new_sessions(args: &[String], quick: bool, fds: u64) {
+    let threads: usize = arg(args, "--threads", 4);
+    let per_thread: usize = arg(args, "--per-thread", if quick { 500 } else { 2500 });
     let relay = start_relay(fds);
-    let (rate, cpu) = sessions_per_second(&relay, threads, per_thread);
+    let plain = sessions_per_second(&relay, threads, per_thread, None);
+    drop(relay);
     println!("\n## New paired sessions per second ({threads} client threads x {per_thread})\n");
-    println!("| measure | result |\n|---|---|");
-    println!("| sessions/s (upgrade + join + pong + first message) | {rate:.0} |");
-    println!(
-        "| relay CPU per session | {:.1} µs |",
-        cpu.as_secs_f64() * 1e6
-    );
+    println!("| relay | sessions/s (upgrade + join + pong + first message) | relay CPU per session | vs plain: sessions/s | vs plain: relay CPU |");
+    println!("|---|---|---|---|---|");
+    let row = |name: &str, r: &Rate| {
+        println!(
+            "| {name} | {:.0} | {:.1} µs | {:.2} | {:.2} |",
+            r.per_second,
+            r.relay_cpu.as_secs_f64() * 1e6,
+            r.per_second / plain.per_second.max(1e-9),
+            r.relay_cpu.as_secs_f64() / plain.relay_cpu.as_secs_f64().max(1e-9),
+        )
+    };
+    row("plain (baseline)", &plain);
+    #[cfg(feature = "tls")]
+    if !args.iter().any(|a| a == "--no-tls") {
+        let setup = TlsSetup::new();
+        let relay = start_relay_with(fds, &["--tls-cert", &setup.cert, "--tls-key", &setup.key]);
+        let full = sessions_per_second(&relay, threads, per_thread, Some(setup.full.clone()));
+        // One full handshake per thread fills the shared client cache; the
+        // measured sessions then resume.
+        let warm = sessions_per_second(&relay, threads, 1, Some(setup.resuming.clone()));
+        let resumed =
+            sessions_per_second(&relay, threads, per_thread, Some(setup.resuming.clone()));
+        row("TLS 1.3, full handshakes (ECDSA P-256)", &full);
+        row("TLS 1.3, resumed (session tickets)", &resumed);
+        println!(
+            "\nTLS connections resumed: {} of {} with resumption off, {} of {} with it on \
+             (warm-up: {} of {})",
+            full.resumed,
+            full.connections,
+            resumed.resumed,
+            resumed.connections,
+            warm.resumed,
+            warm.connections
+        );
+    }
 }

@@ -121,6 +121,13 @@ fn idle_tls_connection_holds_at_most_4_kib_per_side() {
     let server_only = LIVE.load(Ordering::Relaxed) - before;
     let per_server = (server_only as f64 - pool_bytes() as f64) / PAIRS as f64;
     println!("idle TLS server connection (the relay's side): {per_server:.0} heap bytes, without the shared pool");
+    // The floor: rustls's connection value alone (boxed by `TlsSession`);
+    // its key schedule, record-layer keys and handshake leftovers are
+    // separate allocations (README "Architecture").
+    println!(
+        "of which rustls's UnbufferedServerConnection value: {} bytes",
+        std::mem::size_of::<rustls::server::UnbufferedServerConnection>()
+    );
     assert!(
         per_server <= 4096.0,
         "{per_server:.0} bytes per idle server side"

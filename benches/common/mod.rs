@@ -163,7 +163,7 @@ pub fn masked(op: OpCode, payload: &[u8]) -> Vec<u8> {
     out
 }
 
-pub fn read_head(s: &mut TcpStream) -> String {
+pub fn read_head<S: Read>(s: &mut S) -> String {
     let mut head = Vec::new();
     let mut b = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -175,7 +175,7 @@ pub fn read_head(s: &mut TcpStream) -> String {
 }
 
 /// Read one small unmasked frame (the relay's pings): opcode and payload.
-pub fn read_small_frame(s: &mut TcpStream) -> (u8, Vec<u8>) {
+pub fn read_small_frame<S: Read>(s: &mut S) -> (u8, Vec<u8>) {
     let mut h = [0u8; 2];
     s.read_exact(&mut h).expect("frame header");
     let mut p = vec![0u8; (h[1] & 0x7f) as usize];
@@ -188,6 +188,13 @@ pub fn read_small_frame(s: &mut TcpStream) -> (u8, Vec<u8>) {
 pub fn upgrade(addr: SocketAddr, path: &str) -> (TcpStream, String) {
     let mut s = TcpStream::connect(addr).expect("connect relay");
     s.set_nodelay(true).expect("nodelay");
+    let id = upgrade_on(&mut s, path);
+    (s, id)
+}
+
+/// The upgrade of [`upgrade`] on a stream already open (e.g. TLS over
+/// TCP): the session id.
+pub fn upgrade_on<S: Read + Write>(s: &mut S, path: &str) -> String {
     write!(
         s,
         "GET {path} HTTP/1.1\r\nHost: b\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -195,25 +202,38 @@ pub fn upgrade(addr: SocketAddr, path: &str) -> (TcpStream, String) {
          Sockrelay-Admission: bench\r\n\r\n"
     )
     .expect("send upgrade");
-    let head = read_head(&mut s);
+    s.flush().expect("send upgrade");
+    let head = read_head(s);
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     let id = head
         .lines()
         .find_map(|l| l.strip_prefix("Sockrelay-Session: "))
         .unwrap_or("")
         .to_string();
-    let _ = read_small_frame(&mut s);
-    (s, id)
+    let _ = read_small_frame(s);
+    id
 }
 
 /// One paired relay session whose origin has answered peer-joined:
 /// (origin, dest).
 pub fn pair_relay(addr: SocketAddr) -> (TcpStream, TcpStream) {
-    let (mut origin, id) = upgrade(addr, "/origin");
-    let (dest, _) = upgrade(addr, &format!("/dest?id={id}"));
+    pair_on(|| {
+        let s = TcpStream::connect(addr).expect("connect relay");
+        s.set_nodelay(true).expect("nodelay");
+        s
+    })
+}
+
+/// [`pair_relay`] over streams that `connect` opens (plain or TLS).
+pub fn pair_on<S: Read + Write>(mut connect: impl FnMut() -> S) -> (S, S) {
+    let mut origin = connect();
+    let id = upgrade_on(&mut origin, "/origin");
+    let mut dest = connect();
+    upgrade_on(&mut dest, &format!("/dest?id={id}"));
     let (_, joined) = read_small_frame(&mut origin);
     origin
         .write_all(&masked(OpCode::Pong, &joined))
         .expect("pong");
+    origin.flush().expect("pong");
     (origin, dest)
 }

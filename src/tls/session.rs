@@ -131,10 +131,60 @@ impl Buf {
     }
 }
 
-enum Conn {
-    Client(Box<UnbufferedClientConnection>),
-    Server(Box<UnbufferedServerConnection>),
+/// rustls's client or server connection behind one vtable. A binary that
+/// never calls [`TlsSession::client`] (the relay) or
+/// [`TlsSession::server`] (origin and dest) never builds the other side's
+/// vtable, so the linker may drop what only that side reaches; an enum
+/// with both variants kept both in every binary (7–12 KiB per binary,
+/// README "Dependencies").
+trait Side {
+    /// One pass of rustls over `rx`: bytes to discard from `rx`, and where
+    /// `handle` stopped.
+    fn step(
+        &mut self,
+        rx: &mut [u8],
+        f: &mut Fields<'_, '_, '_>,
+    ) -> Result<(usize, Next), TlsError>;
+    /// Encodes the alert rustls queued after a failure, if any.
+    fn encode_alert(&mut self, rx: &mut [u8], tx: &mut Buf);
+    fn alpn(&self) -> Option<&[u8]>;
 }
+
+impl Side for UnbufferedClientConnection {
+    fn step(
+        &mut self,
+        rx: &mut [u8],
+        f: &mut Fields<'_, '_, '_>,
+    ) -> Result<(usize, Next), TlsError> {
+        let UnbufferedStatus { discard, state } = self.process_tls_records(rx);
+        Ok((discard, handle(state.map_err(TlsError::from)?, f)?))
+    }
+    fn encode_alert(&mut self, rx: &mut [u8], tx: &mut Buf) {
+        encode_alert(self.process_tls_records(rx).state, tx)
+    }
+    fn alpn(&self) -> Option<&[u8]> {
+        self.alpn_protocol()
+    }
+}
+
+impl Side for UnbufferedServerConnection {
+    fn step(
+        &mut self,
+        rx: &mut [u8],
+        f: &mut Fields<'_, '_, '_>,
+    ) -> Result<(usize, Next), TlsError> {
+        let UnbufferedStatus { discard, state } = self.process_tls_records(rx);
+        Ok((discard, handle(state.map_err(TlsError::from)?, f)?))
+    }
+    fn encode_alert(&mut self, rx: &mut [u8], tx: &mut Buf) {
+        encode_alert(self.process_tls_records(rx).state, tx)
+    }
+    fn alpn(&self) -> Option<&[u8]> {
+        self.alpn_protocol()
+    }
+}
+
+type Conn = Box<dyn Side>;
 
 /// What `read` produced.
 #[derive(Debug, PartialEq, Eq)]
@@ -182,12 +232,12 @@ impl TlsSession {
         name: rustls::pki_types::ServerName<'static>,
     ) -> Result<Self, TlsError> {
         let c = UnbufferedClientConnection::new(config, name).map_err(TlsError::from)?;
-        Ok(Self::new(Conn::Client(Box::new(c))))
+        Ok(Self::new(Box::new(c)))
     }
 
     pub fn server(config: Arc<rustls::ServerConfig>) -> Result<Self, TlsError> {
         let c = UnbufferedServerConnection::new(config).map_err(TlsError::from)?;
-        Ok(Self::new(Conn::Server(Box::new(c))))
+        Ok(Self::new(Box::new(c)))
     }
 
     fn new(conn: Conn) -> Self {
@@ -215,10 +265,7 @@ impl TlsSession {
 
     /// The ALPN protocol agreed, if any.
     pub fn alpn(&self) -> Option<&[u8]> {
-        match &self.conn {
-            Conn::Client(c) => c.alpn_protocol(),
-            Conn::Server(c) => c.alpn_protocol(),
-        }
+        self.conn.alpn()
     }
 
     /// Space to read ciphertext into; commit with `recv_commit`. Empty when
@@ -401,22 +448,7 @@ impl TlsSession {
                 };
                 // The two sides' states are different types; `handle` is
                 // generic over them.
-                match &mut self.conn {
-                    Conn::Client(c) => {
-                        let UnbufferedStatus { discard, state } = c.process_tls_records(rx);
-                        (
-                            discard,
-                            handle(state.map_err(TlsError::from)?, &mut fields)?,
-                        )
-                    }
-                    Conn::Server(c) => {
-                        let UnbufferedStatus { discard, state } = c.process_tls_records(rx);
-                        (
-                            discard,
-                            handle(state.map_err(TlsError::from)?, &mut fields)?,
-                        )
-                    }
-                }
+                self.conn.step(rx, &mut fields)?
             };
             let (discard, next) = step;
             if discard > 0 {
@@ -438,10 +470,7 @@ impl TlsSession {
 impl TlsSession {
     fn encode_pending_alert(&mut self) {
         let rx = self.rx.pending_mut();
-        match &mut self.conn {
-            Conn::Client(c) => encode_alert(c.process_tls_records(rx).state, &mut self.tx),
-            Conn::Server(c) => encode_alert(c.process_tls_records(rx).state, &mut self.tx),
-        }
+        self.conn.encode_alert(rx, &mut self.tx);
     }
 }
 
