@@ -36,6 +36,12 @@ const KEEP_MSG_BUFFERS: usize = 4;
 /// into the message buffer instead of through `inbuf` (one copy less per
 /// byte); shorter rests go through `inbuf` with whatever follows them.
 const DIRECT_READ_MIN: u64 = 4096;
+/// After a data frame at least this long, the next read at a frame
+/// boundary offers `inbuf` only [`BOUNDARY_READ_BYTES`]: enough for the
+/// next header and a small message, while the bulk of a long frame's
+/// payload comes by the direct path.
+const LONG_FRAME_BYTES: u64 = 16 * 1024;
+const BOUNDARY_READ_BYTES: usize = 4096;
 /// How often, at most, flushing asks the kernel what the relay has
 /// acknowledged (the "not reading" check; far below any --dead-after).
 const ACK_CHECK_EVERY: Duration = Duration::from_millis(50);
@@ -135,6 +141,8 @@ pub struct WsConn {
     msg: Vec<u8>,
     msg_len: usize,
     msg_is_binary: bool,
+    /// The last data frame was at least [`LONG_FRAME_BYTES`] long.
+    long_frames: bool,
     /// Drained message buffers to reuse (see [`WsConn::recycle`]).
     spare_msgs: Vec<Vec<u8>>,
     out: Vec<u8>,
@@ -190,6 +198,7 @@ impl WsConn {
             msg: Vec::new(),
             msg_len: 0,
             msg_is_binary: false,
+            long_frames: false,
             spare_msgs: Vec::new(),
             // The upgrade request waits here until the connect completes.
             out: req,
@@ -563,7 +572,10 @@ impl WsConn {
                     self.sock.socket_read(buf, hup)
                 }
                 None => {
-                    let room = (self.inbuf.len() - self.in_len).min(budget);
+                    let mut room = (self.inbuf.len() - self.in_len).min(budget);
+                    if self.in_len == 0 && self.long_frames && !self.dec.in_frame() {
+                        room = room.min(BOUNDARY_READ_BYTES);
+                    }
                     let end = self.in_len + room;
                     self.sock
                         .socket_read(&mut self.inbuf[self.in_len..end], hup)
@@ -679,6 +691,7 @@ impl WsConn {
                     }
                     // One allocation per message instead of a doubling
                     // series (the decoder bounds payload_len by the limit).
+                    self.long_frames = h.payload_len >= LONG_FRAME_BYTES;
                     let want = h.payload_len.min(MAX_WS_MESSAGE_BYTES) as usize;
                     if self.msg.capacity() < self.msg_len + want {
                         self.msg.truncate(self.msg_len);
