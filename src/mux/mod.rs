@@ -615,13 +615,27 @@ impl Mux {
 
     /// Feed one whole WebSocket message (a batch of records). On error the
     /// epoch is over: the error is also kept in [`Mux::error`].
-    pub fn recv_message(&mut self, mut msg: &[u8]) -> Result<()> {
+    pub fn recv_message(&mut self, msg: &[u8]) -> Result<()> {
+        self.recv_message_with(msg, &mut |_, _| 0)
+    }
+
+    /// [`Mux::recv_message`], offering each DATA payload for a channel
+    /// with nothing queued to `deliver` first (for instance a write straight
+    /// to the channel's socket): the `k` bytes it returns as taken count as
+    /// delivered at once (as by [`Mux::consume`]: credit, v2 accounting);
+    /// only the rest is queued for [`Mux::pending`]. One copy less per byte
+    /// while the socket keeps up.
+    pub fn recv_message_with(
+        &mut self,
+        mut msg: &[u8],
+        deliver: &mut dyn FnMut(ChannelId, &[u8]) -> usize,
+    ) -> Result<()> {
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }
         while !msg.is_empty() {
             let res = record::decode(msg).and_then(|(rec, n)| {
-                self.on_record(rec)?;
+                self.on_record(rec, deliver)?;
                 Ok(n)
             });
             match res {
@@ -659,7 +673,11 @@ impl Mux {
         }
     }
 
-    fn on_record(&mut self, rec: Record<'_>) -> Result<()> {
+    fn on_record(
+        &mut self,
+        rec: Record<'_>,
+        deliver: &mut dyn FnMut(ChannelId, &[u8]) -> usize,
+    ) -> Result<()> {
         let kind = rec.kind();
         let Some(peer_window) = self.peer_window else {
             let Record::Hello { version, window } = rec else {
@@ -764,6 +782,19 @@ impl Mux {
                 if c.recv_pos == c.recv.len() {
                     c.recv.clear();
                     c.recv_pos = 0;
+                    // Nothing queued: the socket may take it at once.
+                    let taken = deliver(channel, data).min(data.len());
+                    if taken > 0 {
+                        self.delivered(channel, taken);
+                        let Some(c) = self.channels.get_mut(&channel) else {
+                            return Ok(());
+                        };
+                        c.recv.extend_from_slice(&data[taken..]);
+                        if taken < data.len() {
+                            self.events.push_back(Event::Service(channel));
+                        }
+                        return Ok(());
+                    }
                 }
                 c.recv.extend_from_slice(data);
                 self.events.push_back(Event::Service(channel));
@@ -1070,8 +1101,6 @@ impl Mux {
         if self.failed.is_some() {
             return;
         }
-        let threshold = (self.cfg.window as u64 / 2).max(1);
-        let live = self.link() == Link::Live;
         let Some(c) = self.channels.get_mut(&ch) else {
             return;
         };
@@ -1091,6 +1120,18 @@ impl Mux {
             c.recv.drain(..c.recv_pos);
             c.recv_pos = 0;
         }
+        self.delivered(ch, n);
+    }
+
+    /// `n` received bytes reached the channel's socket (from the queue or
+    /// straight from a message): credit them back, at least half a window
+    /// at a time.
+    fn delivered(&mut self, ch: ChannelId, n: usize) {
+        let threshold = (self.cfg.window as u64 / 2).max(1);
+        let live = self.link() == Link::Live;
+        let Some(c) = self.channels.get_mut(&ch) else {
+            return;
+        };
         c.unacked += n as u64;
         c.consumed_total += n as u64;
         if live && c.unacked >= threshold && !c.eof_recv {
