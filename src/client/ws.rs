@@ -29,6 +29,19 @@ const IN_BUF_BYTES: usize = 96 * 1024;
 /// A message buffer handed back with [`WsConn::recycle`] is kept for the
 /// next message if it is no larger than this (a Noise message is < 64 KiB).
 const KEEP_MSG_BYTES: usize = 128 * 1024;
+/// How many such buffers are kept (a read of the 256 KiB budget yields up
+/// to four 64 KiB messages before the engine hands the first one back).
+const KEEP_MSG_BUFFERS: usize = 4;
+/// The rest of a data frame's payload at least this long is read straight
+/// into the message buffer instead of through `inbuf` (one copy less per
+/// byte); shorter rests go through `inbuf` with whatever follows them.
+const DIRECT_READ_MIN: u64 = 4096;
+/// After a data frame at least this long, the next read at a frame
+/// boundary offers `inbuf` only [`BOUNDARY_READ_BYTES`]: enough for the
+/// next header and a small message, while the bulk of a long frame's
+/// payload comes by the direct path.
+const LONG_FRAME_BYTES: u64 = 16 * 1024;
+const BOUNDARY_READ_BYTES: usize = 4096;
 /// How often, at most, flushing asks the kernel what the relay has
 /// acknowledged (the "not reading" check; far below any --dead-after).
 const ACK_CHECK_EVERY: Duration = Duration::from_millis(50);
@@ -121,11 +134,17 @@ pub struct WsConn {
     inbuf: Box<[u8]>,
     in_len: usize,
     dec: Decoder,
-    /// The data message being reassembled (normally one frame).
+    /// The data message being reassembled (normally one frame): its first
+    /// `msg_len` bytes. The rest of `msg`'s length is initialized slack
+    /// (left by an earlier message in a recycled buffer) that reads may
+    /// overwrite without zeroing it first.
     msg: Vec<u8>,
+    msg_len: usize,
     msg_is_binary: bool,
-    /// A drained message buffer to reuse (see [`WsConn::recycle`]).
-    spare_msg: Vec<u8>,
+    /// The last data frame was at least [`LONG_FRAME_BYTES`] long.
+    long_frames: bool,
+    /// Drained message buffers to reuse (see [`WsConn::recycle`]).
+    spare_msgs: Vec<Vec<u8>>,
     out: Vec<u8>,
     out_pos: usize,
     tcp_connected: bool,
@@ -177,8 +196,10 @@ impl WsConn {
             in_len: 0,
             dec: Decoder::new(Role::Client, MAX_WS_MESSAGE_BYTES),
             msg: Vec::new(),
+            msg_len: 0,
             msg_is_binary: false,
-            spare_msg: Vec::new(),
+            long_frames: false,
+            spare_msgs: Vec::new(),
             // The upgrade request waits here until the connect completes.
             out: req,
             out_pos: 0,
@@ -297,10 +318,85 @@ impl WsConn {
 
     /// Give back the buffer of a [`WsEvent::Binary`] once it is processed,
     /// so the next message reuses its allocation.
-    pub fn recycle(&mut self, mut buf: Vec<u8>) {
-        if buf.capacity() <= KEEP_MSG_BYTES && buf.capacity() > self.spare_msg.capacity() {
-            buf.clear();
-            self.spare_msg = buf;
+    /// Its contents stay as initialized slack (see `msg`).
+    pub fn recycle(&mut self, buf: Vec<u8>) {
+        if buf.capacity() > 0
+            && buf.capacity() <= KEEP_MSG_BYTES
+            && self.spare_msgs.len() < KEEP_MSG_BUFFERS
+        {
+            self.spare_msgs.push(buf);
+        }
+    }
+
+    /// `n` initialized bytes of `msg` after the message so far, for a read
+    /// to fill (zeroed only where no earlier message left slack).
+    fn msg_room(msg: &mut Vec<u8>, msg_len: usize, n: usize) -> &mut [u8] {
+        let end = msg_len + n;
+        if msg.len() < end {
+            msg.resize(end, 0);
+        }
+        &mut msg[msg_len..end]
+    }
+
+    /// Append `data` to the message so far (`msg`, `msg_len`).
+    fn append_to(msg: &mut Vec<u8>, msg_len: &mut usize, data: &[u8]) {
+        let end = *msg_len + data.len();
+        match msg.get_mut(*msg_len..end) {
+            Some(slack) => slack.copy_from_slice(data),
+            None => {
+                msg.truncate(*msg_len);
+                msg.extend_from_slice(data);
+            }
+        }
+        *msg_len = end;
+    }
+
+    /// How much of the current frame's payload the next read may put
+    /// straight into `msg`: nothing is buffered in `inbuf`, the decoder is
+    /// inside a data frame and at least [`DIRECT_READ_MIN`] of it is left.
+    fn direct_room(&self, budget: usize) -> Option<usize> {
+        if self.in_len != 0 || !matches!(self.state, State::Open) {
+            return None;
+        }
+        let rest = self.dec.frame_remaining();
+        if rest < DIRECT_READ_MIN {
+            return None;
+        }
+        Some(usize::try_from(rest).map_or(budget, |r| r.min(budget)))
+    }
+
+    /// `n` bytes were read into `msg` after the message so far: decode them
+    /// there (unmasking, UTF-8 checks and message ends as for `inbuf`).
+    fn take_direct(&mut self, n: usize, events: &mut Vec<WsEvent>) {
+        let start = self.msg_len;
+        let Some(piece) = self.msg.get_mut(start..start + n) else {
+            return;
+        };
+        match self.dec.decode(piece) {
+            Ok(Some((
+                FrameEvent::Payload {
+                    len, message_done, ..
+                },
+                _,
+            ))) if len == n => {
+                self.last_rx = self.read_at;
+                self.msg_len += n;
+                if message_done {
+                    self.message_done(events);
+                }
+            }
+            Ok(_) => {
+                // Cannot happen: n is at most the frame's remaining payload.
+                self.close(1011, "internal error");
+                events.push(WsEvent::ProtocolError(
+                    "frame decoder out of step with a direct read".into(),
+                ));
+            }
+            Err(e) => {
+                let text = format!("relay broke the WebSocket protocol: {e}");
+                self.close(e.close_code(), "protocol error");
+                events.push(WsEvent::ProtocolError(text));
+            }
         }
     }
 
@@ -468,13 +564,25 @@ impl WsConn {
                 self.hup_pending = hup;
                 return ReadOutcome::Budget;
             }
-            let room = (self.inbuf.len() - self.in_len).min(budget);
-            let end = self.in_len + room;
+            // The rest of a long frame goes straight into the message.
+            let direct = self.direct_room(budget);
+            let read = match direct {
+                Some(room) => {
+                    let buf = Self::msg_room(&mut self.msg, self.msg_len, room);
+                    self.sock.socket_read(buf, hup)
+                }
+                None => {
+                    let mut room = (self.inbuf.len() - self.in_len).min(budget);
+                    if self.in_len == 0 && self.long_frames && !self.dec.in_frame() {
+                        room = room.min(BOUNDARY_READ_BYTES);
+                    }
+                    let end = self.in_len + room;
+                    self.sock
+                        .socket_read(&mut self.inbuf[self.in_len..end], hup)
+                }
+            };
             // A short read means drained, unless `hup` (transport module).
-            let (n, eof, drained) = match self
-                .sock
-                .socket_read(&mut self.inbuf[self.in_len..end], hup)
-            {
+            let (n, eof, drained) = match read {
                 Ok(Received::Eof) => (0, true, true),
                 Ok(Received::Bytes { n, drained }) => (n, false, drained),
                 Err(e) if link_error(&e).is_some_and(|f| f.is_permanent()) => {
@@ -492,11 +600,19 @@ impl WsConn {
                 self.read_at = Instant::now();
             }
             budget -= n.min(budget);
-            self.in_len += n;
-            let was_full = self.in_len == self.inbuf.len();
-            if n > 0 || was_full {
-                self.process(events);
-            }
+            let was_full = if direct.is_some() {
+                if n > 0 {
+                    self.take_direct(n, events);
+                }
+                false
+            } else {
+                self.in_len += n;
+                let was_full = self.in_len == self.inbuf.len();
+                if n > 0 || was_full {
+                    self.process(events);
+                }
+                was_full
+            };
             if matches!(self.state, State::Done) {
                 return ReadOutcome::Drained;
             }
@@ -567,16 +683,20 @@ impl WsConn {
             match ev {
                 FrameEvent::DataHeader(h) => {
                     if h.opcode != OpCode::Continuation {
-                        self.msg.clear();
+                        self.msg_len = 0;
                         if self.msg.capacity() == 0 {
-                            self.msg = std::mem::take(&mut self.spare_msg);
+                            self.msg = self.spare_msgs.pop().unwrap_or_default();
                         }
                         self.msg_is_binary = h.opcode == OpCode::Binary;
                     }
                     // One allocation per message instead of a doubling
                     // series (the decoder bounds payload_len by the limit).
+                    self.long_frames = h.payload_len >= LONG_FRAME_BYTES;
                     let want = h.payload_len.min(MAX_WS_MESSAGE_BYTES) as usize;
-                    self.msg.reserve(want);
+                    if self.msg.capacity() < self.msg_len + want {
+                        self.msg.truncate(self.msg_len);
+                        self.msg.reserve(want);
+                    }
                     if h.payload_len == 0 && h.fin {
                         self.message_done(events);
                     }
@@ -584,7 +704,8 @@ impl WsConn {
                 FrameEvent::Payload {
                     len, message_done, ..
                 } => {
-                    self.msg.extend_from_slice(&self.inbuf[pos..pos + len]);
+                    let piece = &self.inbuf[pos..pos + len];
+                    Self::append_to(&mut self.msg, &mut self.msg_len, piece);
                     if message_done {
                         self.message_done(events);
                     }
@@ -630,7 +751,9 @@ impl WsConn {
     }
 
     fn message_done(&mut self, events: &mut Vec<WsEvent>) {
-        let msg = std::mem::take(&mut self.msg);
+        let mut msg = std::mem::take(&mut self.msg);
+        msg.truncate(self.msg_len);
+        self.msg_len = 0;
         // Text messages are not part of our protocol: ignore them.
         if self.msg_is_binary {
             events.push(WsEvent::Binary(msg));

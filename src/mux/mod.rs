@@ -615,13 +615,27 @@ impl Mux {
 
     /// Feed one whole WebSocket message (a batch of records). On error the
     /// epoch is over: the error is also kept in [`Mux::error`].
-    pub fn recv_message(&mut self, mut msg: &[u8]) -> Result<()> {
+    pub fn recv_message(&mut self, msg: &[u8]) -> Result<()> {
+        self.recv_message_with(msg, &mut |_, _| 0)
+    }
+
+    /// [`Mux::recv_message`], offering each DATA payload for a channel
+    /// with nothing queued to `deliver` first (for instance a write straight
+    /// to the channel's socket): the `k` bytes it returns as taken count as
+    /// delivered at once (as by [`Mux::consume`]: credit, v2 accounting);
+    /// only the rest is queued for [`Mux::pending`]. One copy less per byte
+    /// while the socket keeps up.
+    pub fn recv_message_with(
+        &mut self,
+        mut msg: &[u8],
+        deliver: &mut dyn FnMut(ChannelId, &[u8]) -> usize,
+    ) -> Result<()> {
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }
         while !msg.is_empty() {
             let res = record::decode(msg).and_then(|(rec, n)| {
-                self.on_record(rec)?;
+                self.on_record(rec, deliver)?;
                 Ok(n)
             });
             match res {
@@ -659,7 +673,11 @@ impl Mux {
         }
     }
 
-    fn on_record(&mut self, rec: Record<'_>) -> Result<()> {
+    fn on_record(
+        &mut self,
+        rec: Record<'_>,
+        deliver: &mut dyn FnMut(ChannelId, &[u8]) -> usize,
+    ) -> Result<()> {
         let kind = rec.kind();
         let Some(peer_window) = self.peer_window else {
             let Record::Hello { version, window } = rec else {
@@ -764,6 +782,19 @@ impl Mux {
                 if c.recv_pos == c.recv.len() {
                     c.recv.clear();
                     c.recv_pos = 0;
+                    // Nothing queued: the socket may take it at once.
+                    let taken = deliver(channel, data).min(data.len());
+                    if taken > 0 {
+                        self.delivered(channel, taken);
+                        let Some(c) = self.channels.get_mut(&channel) else {
+                            return Ok(());
+                        };
+                        c.recv.extend_from_slice(&data[taken..]);
+                        if taken < data.len() {
+                            self.events.push_back(Event::Service(channel));
+                        }
+                        return Ok(());
+                    }
                 }
                 c.recv.extend_from_slice(data);
                 self.events.push_back(Event::Service(channel));
@@ -930,6 +961,78 @@ impl Mux {
         take
     }
 
+    /// Like [`Mux::send_data`], but the bytes are not copied in: `fill`
+    /// appends up to `n` bytes (its second argument) to the batch being
+    /// built, for instance by reading a socket straight into it, and
+    /// returns whatever it likes (`R`). The record is sized to what `fill`
+    /// appended (nothing is queued when that is 0); only retention (mux
+    /// v2) copies the bytes. `n` is at most `max`, the send window and one
+    /// record, and may be less where the batch being built has room left.
+    /// Returns how many bytes were taken and `fill`'s result; `None` (and
+    /// `fill` is not called) when the window is closed or `max` is 0.
+    pub fn send_data_with<R>(
+        &mut self,
+        ch: ChannelId,
+        max: usize,
+        fill: impl FnOnce(&mut Vec<u8>, usize) -> R,
+    ) -> Option<(usize, R)> {
+        let take = max.min(self.send_window(ch)).min(record::MAX_PAYLOAD_LEN);
+        if take == 0 {
+            return None;
+        }
+        self.send_open_ok(ch);
+        let max_batch = self.cfg.max_batch;
+        let room = self
+            .out
+            .back()
+            .map_or(0, |b| max_batch.saturating_sub(b.len() + HEADER_LEN));
+        // As in push_data: fill the back batch unless only a sliver fits.
+        let chunk = if room >= take || room >= MIN_DATA_SPLIT {
+            room.min(take)
+        } else {
+            (max_batch - HEADER_LEN).min(take)
+        };
+        let batches = self.out.len();
+        let b = self.batch_for(HEADER_LEN + chunk);
+        let start = b.len();
+        record::encode_header(b, Kind::Data, ch, chunk);
+        let body = b.len();
+        let r = fill(b, chunk);
+        // `fill` may only append, at most `chunk` bytes.
+        debug_assert!(b.len() >= body && b.len() <= body + chunk);
+        if b.len() > body + chunk {
+            b.truncate(body + chunk);
+        }
+        let k = b.len().saturating_sub(body);
+        if k == 0 {
+            b.truncate(start);
+            if self.out.len() > batches {
+                if let Some(empty) = self.out.pop_back() {
+                    self.recycle(empty);
+                }
+            }
+            return Some((0, r));
+        }
+        record::set_payload_len(&mut b[start..body], k);
+        self.out_bytes += HEADER_LEN + k;
+        let retain = self.retaining();
+        let cap_limit = self.peer_window.map_or(usize::MAX, |w| w as usize);
+        let data = self.out.back().map_or(&[][..], |b| &b[body..body + k]);
+        if let Some(c) = self.channels.get_mut(&ch) {
+            c.send_window -= k as u64;
+            c.sent_total += k as u64;
+            if retain {
+                let need = c.retained.len() + k;
+                if need > c.retained.capacity() {
+                    let target = (c.retained.capacity() * 2).min(cap_limit).max(need);
+                    c.retained.reserve_exact(target - c.retained.len());
+                }
+                c.retained.extend(data);
+            }
+        }
+        Some((k, r))
+    }
+
     /// Queue DATA records for `data` (already accounted for).
     fn push_data(&mut self, ch: ChannelId, mut data: &[u8]) {
         let max_batch = self.cfg.max_batch;
@@ -998,8 +1101,6 @@ impl Mux {
         if self.failed.is_some() {
             return;
         }
-        let threshold = (self.cfg.window as u64 / 2).max(1);
-        let live = self.link() == Link::Live;
         let Some(c) = self.channels.get_mut(&ch) else {
             return;
         };
@@ -1019,6 +1120,18 @@ impl Mux {
             c.recv.drain(..c.recv_pos);
             c.recv_pos = 0;
         }
+        self.delivered(ch, n);
+    }
+
+    /// `n` received bytes reached the channel's socket (from the queue or
+    /// straight from a message): credit them back, at least half a window
+    /// at a time.
+    fn delivered(&mut self, ch: ChannelId, n: usize) {
+        let threshold = (self.cfg.window as u64 / 2).max(1);
+        let live = self.link() == Link::Live;
+        let Some(c) = self.channels.get_mut(&ch) else {
+            return;
+        };
         c.unacked += n as u64;
         c.consumed_total += n as u64;
         if live && c.unacked >= threshold && !c.eof_recv {

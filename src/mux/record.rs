@@ -156,6 +156,15 @@ pub fn encode_header(out: &mut Vec<u8>, kind: Kind, channel: u32, len: usize) {
     out.extend_from_slice(&(len as u16).to_be_bytes());
 }
 
+/// Rewrite the payload length of the record header at the front of `hdr`
+/// (written by [`encode_header`]; `len <= MAX_PAYLOAD_LEN`).
+pub fn set_payload_len(hdr: &mut [u8], len: usize) {
+    debug_assert!(len <= MAX_PAYLOAD_LEN);
+    if let Some(field) = hdr.get_mut(5..HEADER_LEN) {
+        field.copy_from_slice(&(len as u16).to_be_bytes());
+    }
+}
+
 /// Append a whole record. Callers keep `payload.len() <= MAX_PAYLOAD_LEN`.
 pub fn encode(out: &mut Vec<u8>, kind: Kind, channel: u32, payload: &[u8]) {
     encode_header(out, kind, channel, payload.len());

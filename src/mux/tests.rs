@@ -612,3 +612,61 @@ fn lazy_open_ok_before_eof_and_credit_not_before_close() {
     d.recv_message(&b).unwrap();
     assert!(!d.contains(x));
 }
+
+#[test]
+fn send_data_with_queues_what_fill_appended_and_nothing_for_zero() {
+    let w = 4096u32;
+    let (mut o, mut d) = pair_with(cfg(w, MAX_BATCH_BYTES));
+    let ch = open(&mut o, &mut d);
+    // Nothing appended: nothing queued, the window unchanged.
+    assert_eq!(d.send_data_with(ch, 100, |_, _| ()), Some((0, ())));
+    assert!(d.pop_batch().is_none());
+    assert_eq!(d.send_window(ch), w as usize);
+    // Offered at most the window; appends less; the record says so.
+    let r = d.send_data_with(ch, 10_000, |b, room| {
+        assert_eq!(room, w as usize);
+        b.extend_from_slice(&[5u8; 1000]);
+        room
+    });
+    assert_eq!(r, Some((1000, w as usize)));
+    assert_eq!(d.send_window(ch), w as usize - 1000);
+    assert_eq!(d.send_data(ch, &[6u8; 10]), 10);
+    pump(&mut d, &mut o);
+    let mut want = vec![5u8; 1000];
+    want.extend_from_slice(&[6u8; 10]);
+    assert_eq!(o.pending(ch), &want[..]);
+    // A closed window: fill is not called.
+    assert_eq!(d.send_data_with(ch, 0, |_, _| unreachable!()), None);
+}
+
+#[test]
+fn recv_message_with_delivers_directly_and_credits_exactly() {
+    let w = 4096u32;
+    let (mut o, mut d) = pair_with(cfg(w, MAX_BATCH_BYTES));
+    let ch = open(&mut o, &mut d);
+    let data: Vec<u8> = (0..3000u32).map(|i| i as u8).collect();
+    assert_eq!(d.send_data(ch, &data), 3000);
+    let b = d.pop_batch().unwrap();
+    // The socket takes 2500 of 3000: the rest is queued, credit for half a
+    // window (2048) or more goes back.
+    let mut got = Vec::new();
+    o.recv_message_with(&b, &mut |c, bytes| {
+        assert_eq!(c, ch);
+        got.extend_from_slice(&bytes[..2500]);
+        2500
+    })
+    .unwrap();
+    assert_eq!(got, &data[..2500]);
+    assert_eq!(o.pending(ch), &data[2500..]);
+    assert_eq!(events(&mut o), vec![Event::Service(ch)]);
+    pump(&mut o, &mut d);
+    assert_eq!(d.send_window(ch), w as usize - 3000 + 2500);
+    // With something queued, the next DATA is queued behind it.
+    assert_eq!(d.send_data(ch, &[9u8; 10]), 10);
+    let b = d.pop_batch().unwrap();
+    o.recv_message_with(&b, &mut |_, _| panic!("queue not empty"))
+        .unwrap();
+    let mut want = data[2500..].to_vec();
+    want.extend_from_slice(&[9u8; 10]);
+    assert_eq!(drain(&mut o, ch), want);
+}

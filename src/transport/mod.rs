@@ -93,6 +93,56 @@ fn read_stream<S: io::Read>(s: &mut S, buf: &mut [u8], hup: bool) -> io::Result<
     }
 }
 
+/// Read at most `max` bytes from `s` and append them to `buf`, reading
+/// straight into its spare capacity (no zeroing, no copy); otherwise as
+/// [`Transport::socket_read`].
+pub fn read_append(
+    s: &mio::net::UnixStream,
+    buf: &mut Vec<u8>,
+    max: usize,
+    hup: bool,
+) -> io::Result<Received> {
+    if max == 0 {
+        return Ok(Received::Bytes {
+            n: 0,
+            drained: false,
+        });
+    }
+    buf.reserve(max);
+    let fd = s.as_raw_fd();
+    loop {
+        let spare = buf.spare_capacity_mut();
+        // SAFETY: `spare` is at least `max` bytes (reserved above) of
+        // memory owned by `buf` and borrowed mutably here, so read(2) may
+        // write up to `max` bytes at its start; nothing reads them before
+        // the kernel has written them.
+        let r = unsafe { libc::read(fd, spare.as_mut_ptr().cast(), max) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            return match e.kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock => Ok(Received::Bytes {
+                    n: 0,
+                    drained: true,
+                }),
+                _ => Err(e),
+            };
+        }
+        let n = r as usize;
+        if n == 0 {
+            return Ok(Received::Eof);
+        }
+        // SAFETY: read(2) returned n <= max (it never writes more than it
+        // was offered), and wrote the first n bytes of the spare capacity:
+        // they are initialized and within the capacity.
+        unsafe { buf.set_len(buf.len() + n.min(max)) };
+        return Ok(Received::Bytes {
+            n,
+            drained: n < max && !hup,
+        });
+    }
+}
+
 fn write_stream<S: io::Write>(s: &mut S, bufs: &[IoSlice<'_>]) -> io::Result<Wrote> {
     let offered: usize = bufs.iter().map(|b| b.len()).sum();
     if offered == 0 {

@@ -404,6 +404,13 @@ impl Decoder {
         self.remaining > 0
     }
 
+    /// Payload bytes of the current data frame not yet yielded (0 between
+    /// frames): a caller may read that many straight into its message
+    /// buffer and pass them to [`Decoder::decode`] there.
+    pub fn frame_remaining(&self) -> u64 {
+        self.remaining
+    }
+
     /// True while inside a fragmented message (a non-fin data frame was seen).
     /// It stays true until the payload of the message's final frame has been
     /// yielded.

@@ -186,17 +186,20 @@ impl Engine {
                     if n == 0 {
                         break;
                     }
-                    match conn.sock.socket_read(&mut self.scratch[..n], conn.hup) {
+                    // Read straight into the batch being built: no copy.
+                    let (hup, sock) = (conn.hup, &conn.sock);
+                    let read = m.send_data_with(ch, n, |batch, room| {
+                        crate::transport::read_append(sock, batch, room, hup)
+                    });
+                    let Some((k, read)) = read else { break };
+                    match read {
                         Ok(Received::Eof) => {
                             conn.read_eof = true;
                             m.send_eof(ch);
                             break;
                         }
-                        Ok(Received::Bytes { n: k, drained }) => {
-                            if k > 0 {
-                                m.send_data(ch, &self.scratch[..k]);
-                                budget -= k;
-                            }
+                        Ok(Received::Bytes { drained, .. }) => {
+                            budget -= k.min(budget);
                             // Drained (transport module): wait for the
                             // next edge; EAGAIN also clears the FIN hint.
                             if drained {

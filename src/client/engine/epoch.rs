@@ -220,7 +220,34 @@ impl Engine {
                 if confirmed && self.opts.side == Side::Origin {
                     log::info!("end-to-end encryption established");
                 }
-                match self.mux.as_mut().map(|m| m.recv_message(data)) {
+                // A channel's bytes go straight from the message to its
+                // socket while nothing is queued for it and it takes them.
+                let conns = &mut self.conns;
+                let agent = &self.agent;
+                let mut deliver = |ch: ChannelId, bytes: &[u8]| -> usize {
+                    if agent.as_ref().is_some_and(|g| g.is_guarded(ch)) {
+                        return 0;
+                    }
+                    match conns.get_mut(&ch) {
+                        Some(conn) if conn.writable => match conn.sock.socket_write(bytes) {
+                            Ok(w) => {
+                                // Full: wait for the EPOLLOUT edge.
+                                if w.full {
+                                    conn.writable = false;
+                                }
+                                w.n
+                            }
+                            // The channel's service hits it again and closes.
+                            Err(_) => 0,
+                        },
+                        _ => 0,
+                    }
+                };
+                match self
+                    .mux
+                    .as_mut()
+                    .map(|m| m.recv_message_with(data, &mut deliver))
+                {
                     Some(Err(e)) => {
                         log::error!("peer broke the mux protocol: {e}");
                         Some((e.close_code(), e.to_string()))
