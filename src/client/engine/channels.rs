@@ -81,8 +81,12 @@ impl Engine {
         let ch = match m.open() {
             Ok(ch) => ch,
             Err(mux::Error::Suspended) => {
-                // The link dropped again: wait for the session once more.
-                self.waiting.push_back((sock, Instant::now()));
+                // The link dropped again: wait for the session once more
+                // (with the usual deadline).
+                let now = Instant::now();
+                self.waiting.push_back((sock, now));
+                self.timers
+                    .schedule(now + PENDING_CONN_TIMEOUT, Timer::PendingExpiry);
                 return;
             }
             Err(e) => {
