@@ -547,11 +547,32 @@ fn first_key_blob(answer: &[u8]) -> Option<Vec<u8>> {
 
 #[test]
 fn a_real_ssh_agent_connection_kept_open_gets_every_answer_across_two_relay_restarts() {
-    let dir = TempDir::new("agentresume");
+    agent_across_restarts(false);
+}
+
+/// The same with the origin's ssh-agent guard on (`--agent-key`): the
+/// guard's per-channel state (a request half parsed, an answer awaited)
+/// carries over the resume with the channel's bytes.
+#[test]
+fn the_agent_guard_keeps_working_on_a_channel_resumed_across_relay_restarts() {
+    agent_across_restarts(true);
+}
+
+fn agent_across_restarts(guard: bool) {
+    let dir = TempDir::new(if guard {
+        "agentguardresume"
+    } else {
+        "agentresume"
+    });
     let (_agent, agent_sock, key) = agent_with_key(&dir, "resume-test");
     let mut relay = Relay::start(&dir, 0);
     let port = relay.port;
-    let origin = Origin::start(&dir, port, &agent_sock, &["-v"]);
+    let pubkey_path = format!("{}.pub", key.display());
+    let mut origin_args = vec!["-v"];
+    if guard {
+        origin_args.extend(["--agent-key", pubkey_path.as_str()]);
+    }
+    let origin = Origin::start(&dir, port, &agent_sock, &origin_args);
     let dest = Dest::start(&dir, port, &origin.session, &dir.path("d.sock"), &["-v"]);
 
     // One agent connection, kept open: sign requests every 50 ms.
@@ -641,6 +662,19 @@ fn a_real_ssh_agent_connection_kept_open_gets_every_answer_across_two_relay_rest
         failed.len()
     );
     assert!(ok >= 3, "only {ok} ssh-keygen signatures");
+    if guard {
+        // Every signature went through the guard, and it audited each.
+        let audited = origin
+            .proc
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("agent audit:") && l.contains("agent answered signature"))
+            .count() as u64;
+        assert!(
+            audited >= signed + u64::from(ok),
+            "{audited} audited signatures for {signed} + {ok}\n{logs}"
+        );
+    }
     eprintln!("agent across two restarts: {signed} signatures on one connection, {ok} ssh-keygen -Y sign runs, 0 failures");
 }
 
