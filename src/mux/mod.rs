@@ -1,8 +1,9 @@
 //! End-to-end mux protocol between origin and dest, sans-IO (quiche-style).
 //!
-//! One [`Mux`] lives for one *epoch* of a session: from the moment origin and
-//! dest can talk (after the Noise handshake, or at pairing in plaintext mode)
-//! until the WebSocket drops or the peer changes. It never touches a socket:
+//! A v1 [`Mux`] lives for one *epoch* of a session: from the moment origin
+//! and dest can talk (after the Noise handshake, or at pairing in plaintext
+//! mode) until the WebSocket drops or the peer changes; a v2 mux outlives
+//! epochs (below). It never touches a socket:
 //! - [`Mux::recv_message`] takes one WebSocket message (a batch of records);
 //! - [`Mux::pop_batch`] yields the next outgoing message (≤ `max_batch` bytes);
 //! - [`Mux::poll_event`] reports lifecycle changes and channels to service;

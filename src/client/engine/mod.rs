@@ -4,8 +4,10 @@
 //! control pings; the end-to-end layer (Noise, unless plaintext); the mux
 //! ([`Mux`], sans-IO); the unix sockets, one per channel. An *epoch* is one
 //! origin–dest pairing: it starts at `peer-joined` and ends when the peer
-//! leaves or the WebSocket drops; each epoch has a fresh Noise state, a
-//! fresh mux and fresh channel ids, and nothing crosses epochs.
+//! leaves or the WebSocket drops; each epoch has a fresh Noise state. The
+//! mux and its channels belong to the engine: with channel resume (mux v2)
+//! they are suspended when an epoch ends and resumed over the next one's
+//! handshake; otherwise a new epoch gets a fresh mux and fresh channel ids.
 //!
 //! This file is the loop itself: the types, the poll loop, event dispatch
 //! by token, and the timers. Each responsibility has its own file:
