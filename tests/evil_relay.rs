@@ -1609,9 +1609,9 @@ fn resumes(w: &World) -> usize {
         .count()
 }
 
-/// A client that spans several re-pairings: 30 chunks 100 ms apart.
+/// A client that spans several re-pairings: 50 chunks 100 ms apart.
 fn slow_client(w: &World, tag: &str) -> (std::thread::JoinHandle<ClientRun>, Vec<u8>) {
-    let sent = chunks(tag, 30);
+    let sent = chunks(tag, 50);
     let intended = sent.concat();
     let path = w.dest().socket.clone();
     let t = std::thread::spawn(move || {
@@ -1702,7 +1702,9 @@ fn a_resume_exchange_replayed_from_an_earlier_link_fails_closed() {
         })
         .map(|c| c.frame)
         .collect();
-    assert!(old.len() >= 3, "{} frames on link {link}", old.len());
+    // Its Noise handshake message, then HELLO and SESSION RESUME (one
+    // message or two) and whatever followed.
+    assert!(old.len() >= 2, "{} frames on link {link}", old.len());
     force_relink(&w, link);
     assert!(
         wait_for(Duration::from_secs(15), || resumes(&w) >= 2),
@@ -1711,8 +1713,7 @@ fn a_resume_exchange_replayed_from_an_earlier_link_fails_closed() {
     );
     let failures_before = w.origin.proc.log_text().matches(E2E_DECRYPT).count();
     let origin_link = w.mitm.connections(Role::Origin) - 1;
-    // Everything after link 1's handshake message: HELLO, SESSION RESUME,
-    // then whatever followed.
+    // Everything after that link's handshake message.
     assert!(w
         .mitm
         .inject_to_client(Role::Origin, origin_link, &old[1..]));
