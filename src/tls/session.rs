@@ -150,39 +150,30 @@ trait Side {
     fn alpn(&self) -> Option<&[u8]>;
 }
 
-impl Side for UnbufferedClientConnection {
-    fn step(
-        &mut self,
-        rx: &mut [u8],
-        f: &mut Fields<'_, '_, '_>,
-    ) -> Result<(usize, Next), TlsError> {
-        let UnbufferedStatus { discard, state } = self.process_tls_records(rx);
-        Ok((discard, handle(state.map_err(TlsError::from)?, f)?))
-    }
-    fn encode_alert(&mut self, rx: &mut [u8], tx: &mut Buf) {
-        encode_alert(self.process_tls_records(rx).state, tx)
-    }
-    fn alpn(&self) -> Option<&[u8]> {
-        self.alpn_protocol()
-    }
+/// The two rustls connection types share the unbuffered API but no trait
+/// for it: one implementation, stamped out for each.
+macro_rules! impl_side {
+    ($($conn:ty),+) => {$(
+        impl Side for $conn {
+            fn step(
+                &mut self,
+                rx: &mut [u8],
+                f: &mut Fields<'_, '_, '_>,
+            ) -> Result<(usize, Next), TlsError> {
+                let UnbufferedStatus { discard, state } = self.process_tls_records(rx);
+                Ok((discard, handle(state.map_err(TlsError::from)?, f)?))
+            }
+            fn encode_alert(&mut self, rx: &mut [u8], tx: &mut Buf) {
+                encode_alert(self.process_tls_records(rx).state, tx)
+            }
+            fn alpn(&self) -> Option<&[u8]> {
+                self.alpn_protocol()
+            }
+        }
+    )+};
 }
 
-impl Side for UnbufferedServerConnection {
-    fn step(
-        &mut self,
-        rx: &mut [u8],
-        f: &mut Fields<'_, '_, '_>,
-    ) -> Result<(usize, Next), TlsError> {
-        let UnbufferedStatus { discard, state } = self.process_tls_records(rx);
-        Ok((discard, handle(state.map_err(TlsError::from)?, f)?))
-    }
-    fn encode_alert(&mut self, rx: &mut [u8], tx: &mut Buf) {
-        encode_alert(self.process_tls_records(rx).state, tx)
-    }
-    fn alpn(&self) -> Option<&[u8]> {
-        self.alpn_protocol()
-    }
-}
+impl_side!(UnbufferedClientConnection, UnbufferedServerConnection);
 
 type Conn = Box<dyn Side>;
 
