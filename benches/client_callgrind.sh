@@ -12,7 +12,7 @@
 set -u
 BIN=$(cd "$1" && pwd); shift
 MODES=${1:-up down}; KINDS=${2:-plain e2e}
-W=$(mktemp -d); trap 'rm -rf "$W"' EXIT
+W=${KEEP_DIR:-$(mktemp -d)}; [ -z "${KEEP_DIR:-}" ] && trap 'rm -rf "$W"' EXIT
 export SOCKRELAY_TOKEN=client-callgrind-token-0123456789abcdef
 cat >"$W/server.py" <<'PY'
 import socket, sys, os
@@ -61,10 +61,10 @@ for KIND in $KINDS; do for MODE in $MODES; do
   PORT=$(ss -ltnp | grep "pid=$RELAY," | grep -o '127.0.0.1:[0-9]*' | head -1 | cut -d: -f2)
   python3 "$W/server.py" "$D/srv.sock" & SRV=$!
   sleep 0.3
-  valgrind --tool=callgrind --callgrind-out-file="$D/origin.out" "$BIN/sockrelay-origin" $EXTRA -q 127.0.0.1 "$PORT" "$D/srv.sock" >"$D/origin.stdout" 2>/dev/null & ORIGIN=$!
+  valgrind --tool=callgrind --compress-strings=no --compress-pos=no --callgrind-out-file="$D/origin.out" "$BIN/sockrelay-origin" $EXTRA -q 127.0.0.1 "$PORT" "$D/srv.sock" >"$D/origin.stdout" 2>/dev/null & ORIGIN=$!
   for _ in $(seq 100); do [ -s "$D/origin.stdout" ] && break; sleep 0.2; done
   SESSION=$(head -1 "$D/origin.stdout" | sed 's/^SOCKRELAY_SESSION=//; s/;.*//')
-  valgrind --tool=callgrind --callgrind-out-file="$D/dest.out" "$BIN/sockrelay-dest" $EXTRA -q 127.0.0.1 "$PORT" "$SESSION" "$D/dest.sock" 2>/dev/null & DEST=$!
+  valgrind --tool=callgrind --compress-strings=no --compress-pos=no --callgrind-out-file="$D/dest.out" "$BIN/sockrelay-dest" $EXTRA -q 127.0.0.1 "$PORT" "$SESSION" "$D/dest.sock" 2>/dev/null & DEST=$!
   for _ in $(seq 200); do [ -S "$D/dest.sock" ] && break; sleep 0.2; done
   sleep 2
   python3 "$W/client.py" "$D/dest.sock" ping

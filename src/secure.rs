@@ -559,6 +559,17 @@ impl Transport {
         self.send.advance()
     }
 
+    fn seal_in_place(&mut self, buf: &mut Vec<u8>) -> Result<(), Error> {
+        let nonce = self.send.nonce()?;
+        let tag = self
+            .send
+            .key
+            .seal_in_place_separate_tag(nonce, aead::Aad::empty(), &mut buf[..])
+            .map_err(|_| Error::Internal)?;
+        buf.extend_from_slice(tag.as_ref());
+        self.send.advance()
+    }
+
     fn open(&mut self, ciphertext: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
         let nonce = self.recv.nonce()?;
         let start = out.len();
@@ -982,6 +993,32 @@ impl Noise {
             self.state = State::Failed;
         }
         res
+    }
+
+    /// [`Noise::seal`] without a copy where possible: `buf` holds the
+    /// plaintext and is replaced by the sealed message, encrypted where it
+    /// lies with the tag appended, for a negotiated (v2) session (give
+    /// `buf` [`SEAL_OVERHEAD`] bytes of spare capacity and nothing moves);
+    /// a v1 session seals into a new buffer (snow needs separate input and
+    /// output buffers) that replaces `buf`. On failure the contents of
+    /// `buf` are unspecified and, but for [`Error::TooLarge`], the state
+    /// is poisoned.
+    pub fn seal_in_place(&mut self, buf: &mut Vec<u8>) -> Result<(), Error> {
+        if let State::V2(t) = &mut self.state {
+            if buf.len() > MAX_PLAINTEXT {
+                return Err(Error::TooLarge);
+            }
+            let res = t.seal_in_place(buf);
+            if res.is_err() {
+                buf.clear();
+                self.state = State::Failed;
+            }
+            return res;
+        }
+        let mut sealed = Vec::with_capacity(buf.len() + SEAL_OVERHEAD);
+        self.seal(buf, &mut sealed)?;
+        *buf = sealed;
+        Ok(())
     }
 
     /// [`Noise::open`] without a copy where possible: `msg` holds one sealed

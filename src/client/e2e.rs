@@ -68,6 +68,10 @@ impl E2e {
     pub fn seal(&mut self, p: &[u8], out: &mut Vec<u8>) -> Result<(), E2eError> {
         self.0.seal(p, out).map_err(E2eError::Noise)
     }
+    /// Seal `buf` where it lies (v1 sessions: through a new buffer).
+    pub fn seal_in_place(&mut self, buf: &mut Vec<u8>) -> Result<(), E2eError> {
+        self.0.seal_in_place(buf).map_err(E2eError::Noise)
+    }
     /// Decrypt `c` where it lies (v1 sessions: into `tmp`).
     pub fn open_in_place<'a>(
         &mut self,
@@ -99,6 +103,9 @@ impl E2e {
         match *self {}
     }
     pub fn seal(&mut self, _: &[u8], _: &mut Vec<u8>) -> Result<(), E2eError> {
+        match *self {}
+    }
+    pub fn seal_in_place(&mut self, _: &mut Vec<u8>) -> Result<(), E2eError> {
         match *self {}
     }
     pub fn open_in_place<'a>(

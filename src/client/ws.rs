@@ -9,7 +9,7 @@
 //! [`crate::ws::endpoint`]'s.
 
 use std::fmt;
-use std::io;
+use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,7 @@ use mio::net::TcpStream;
 use super::link::{link_error, Link, LinkPlan};
 use super::{Prng, MAX_WS_MESSAGE_BYTES};
 use crate::control;
+use crate::transport::outq::{OutQueue, MAX_IOV};
 use crate::transport::{Received, Transport};
 use crate::ws::endpoint::{Endpoint, Limits, Verdict};
 use crate::ws::frame::{self, Decoder, Event as FrameEvent, FrameHeader, OpCode, Role};
@@ -145,8 +146,9 @@ pub struct WsConn {
     long_frames: bool,
     /// Drained message buffers to reuse (see [`WsConn::recycle`]).
     spare_msgs: Vec<Vec<u8>>,
-    out: Vec<u8>,
-    out_pos: usize,
+    /// Masked frames waiting for the socket: small ones inline, a batch
+    /// handed over by [`WsConn::send_owned`] as its own buffer.
+    out: OutQueue,
     tcp_connected: bool,
     /// Last time a frame other than a ping arrived (a pong, data, a close,
     /// or the upgrade response): the liveness signal. Pings do not count:
@@ -201,8 +203,7 @@ impl WsConn {
             long_frames: false,
             spare_msgs: Vec::new(),
             // The upgrade request waits here until the connect completes.
-            out: req,
-            out_pos: 0,
+            out: OutQueue::with_inline(req),
             tcp_connected: false,
             last_rx: Instant::now(),
             last_ping_rx: None,
@@ -262,7 +263,7 @@ impl WsConn {
 
     /// Bytes queued and not yet written to the socket.
     pub fn out_len(&self) -> usize {
-        self.out.len() - self.out_pos
+        self.out.len()
     }
 
     /// Queue one unfragmented frame, masked (we are the client).
@@ -270,14 +271,38 @@ impl WsConn {
         if matches!(self.state, State::Done) || self.endpoint.is_closing() {
             return;
         }
-        self.compact_out();
-        frame::encode_frame(
-            &mut self.out,
-            true,
+        let key = self.masks.mask();
+        self.out
+            .append(|out| frame::encode_frame(out, true, opcode, Some(key), payload));
+    }
+
+    /// Queue one unfragmented frame whose payload is `payload` itself:
+    /// masked where it lies and written from there (no copy). The buffer
+    /// comes back through [`WsConn::take_sent_buffer`] once written.
+    pub fn send_owned(&mut self, opcode: OpCode, mut payload: Vec<u8>) {
+        if matches!(self.state, State::Done) || self.endpoint.is_closing() {
+            return;
+        }
+        let key = self.masks.mask();
+        let header = FrameHeader {
+            fin: true,
             opcode,
-            Some(self.masks.mask()),
-            payload,
-        );
+            mask: Some(key),
+            payload_len: payload.len() as u64,
+        };
+        self.out.append(|out| {
+            let start = out.len();
+            out.resize(start + header.encoded_len(), 0);
+            header.encode(&mut out[start..]);
+        });
+        apply_mask(&mut payload, key, 0);
+        self.out.push_payload(payload);
+    }
+
+    /// A buffer queued with [`WsConn::send_owned`] that is written (or
+    /// dropped with the connection), emptied, for reuse.
+    pub fn take_sent_buffer(&mut self) -> Option<Vec<u8>> {
+        self.out.take_written()
     }
 
     /// Queue one unfragmented binary-or-other frame whose `len`-byte payload
@@ -294,7 +319,6 @@ impl WsConn {
         if matches!(self.state, State::Done) || self.endpoint.is_closing() {
             return true;
         }
-        self.compact_out();
         let key = self.masks.mask();
         let header = FrameHeader {
             fin: true,
@@ -302,18 +326,20 @@ impl WsConn {
             mask: Some(key),
             payload_len: len as u64,
         };
-        let start = self.out.len();
-        let header_len = header.encoded_len();
-        self.out.reserve(header_len + len);
-        self.out.resize(start + header_len, 0);
-        header.encode(&mut self.out[start..]);
-        let body = start + header_len;
-        if !fill(&mut self.out) || self.out.len() != body + len {
-            self.out.truncate(start);
-            return false;
-        }
-        apply_mask(&mut self.out[body..], key, 0);
-        true
+        self.out.append(|out| {
+            let start = out.len();
+            let header_len = header.encoded_len();
+            out.reserve(header_len + len);
+            out.resize(start + header_len, 0);
+            header.encode(&mut out[start..]);
+            let body = start + header_len;
+            if !fill(out) || out.len() != body + len {
+                out.truncate(start);
+                return false;
+            }
+            apply_mask(&mut out[body..], key, 0);
+            true
+        })
     }
 
     /// Give back the buffer of a [`WsEvent::Binary`] once it is processed,
@@ -403,8 +429,9 @@ impl WsConn {
     /// Queue a close frame; nothing more will be decoded.
     pub fn close(&mut self, code: u16, reason: &str) {
         if matches!(self.state, State::Open) && !self.endpoint.is_closing() {
-            self.compact_out();
-            frame::encode_close(&mut self.out, Some(self.masks.mask()), code, reason);
+            let key = self.masks.mask();
+            self.out
+                .append(|out| frame::encode_close(out, Some(key), code, reason));
             self.endpoint.on_close_sent();
         }
         self.state = State::Done;
@@ -414,27 +441,16 @@ impl WsConn {
     /// pong). Returns whether a pong went out, after which the relay
     /// counts what we send as meant for the peer it announced.
     pub fn queue_control(&mut self) -> bool {
-        self.compact_out();
         let queued = self.out_len();
-        let masks = &mut self.masks;
-        self.endpoint
-            .encode_pending(&mut self.out, queued, || Some(masks.mask()))
+        let (masks, endpoint) = (&mut self.masks, &mut self.endpoint);
+        self.out
+            .append(|out| endpoint.encode_pending(out, queued, || Some(masks.mask())))
             .pong
     }
 
     /// Pings received and pongs queued on this connection.
     pub fn ping_counts(&self) -> (u64, u64) {
         self.endpoint.counts()
-    }
-
-    fn compact_out(&mut self) {
-        if self.out_pos > 0 && self.out_pos == self.out.len() {
-            self.out.clear();
-            self.out_pos = 0;
-        } else if self.out_pos > 64 * 1024 && self.out_pos * 2 > self.out.len() {
-            self.out.drain(..self.out_pos);
-            self.out_pos = 0;
-        }
     }
 
     /// Write queued bytes until done or `WouldBlock`. While TCP is still
@@ -468,20 +484,17 @@ impl WsConn {
             return Ok(());
         }
         let mut wrote = 0;
-        while self.out_pos < self.out.len() {
-            // A short write means the socket is full (transport module).
-            let w = self.sock.socket_write(&self.out[self.out_pos..])?;
-            self.out_pos += w.n;
+        while !self.out.is_empty() {
+            // One writev for up to MAX_IOV segments (headers and the
+            // batches they frame); a short write means the socket is full
+            // (transport module).
+            let mut iov = [IoSlice::new(&[]); MAX_IOV];
+            let n = self.out.io_slices(&mut iov);
+            let w = self.sock.socket_write_vectored(&iov[..n])?;
+            self.out.advance(w.n);
             wrote += w.n;
             if w.full {
                 break;
-            }
-        }
-        if self.out_pos == self.out.len() {
-            self.out.clear();
-            self.out_pos = 0;
-            if self.out.capacity() > 256 * 1024 {
-                self.out = Vec::new();
             }
         }
         self.written_total += wrote as u64;

@@ -86,6 +86,13 @@ pub const MAX_DATA_PER_BATCH: usize = MAX_BATCH_BYTES - record::HEADER_LEN;
 /// a new batch is begun instead (avoids slivers of a few bytes).
 const MIN_DATA_SPLIT: usize = 512;
 
+/// Spare capacity every batch buffer gets beyond `max_batch`: room for the
+/// tag when the batch is sealed where it lies (`secure::SEAL_OVERHEAD`),
+/// so sealing never reallocates and moves it.
+pub const BATCH_TAIL_ROOM: usize = 16;
+#[cfg(feature = "e2e")]
+const _: () = assert!(BATCH_TAIL_ROOM == crate::secure::SEAL_OVERHEAD);
+
 #[cfg(feature = "e2e")]
 const _: () = assert!(MAX_BATCH_BYTES == crate::secure::MAX_PLAINTEXT);
 
@@ -566,7 +573,7 @@ impl Mux {
 
     /// Give a drained batch buffer back for reuse (optional).
     pub fn recycle(&mut self, mut buf: Vec<u8>) {
-        if self.spare.len() < 4 && buf.capacity() <= self.cfg.max_batch {
+        if self.spare.len() < 4 && buf.capacity() <= self.cfg.max_batch + BATCH_TAIL_ROOM {
             buf.clear();
             self.spare.push(buf);
         }
@@ -581,7 +588,10 @@ impl Mux {
                 .back()
                 .is_some_and(|b| b.len() + need <= self.cfg.max_batch);
         if !fits {
-            let b = self.spare.pop().unwrap_or_default();
+            let b = self
+                .spare
+                .pop()
+                .unwrap_or_else(|| Vec::with_capacity(self.cfg.max_batch + BATCH_TAIL_ROOM));
             self.out.push_back(b);
         }
         self.out.back_mut().expect("a batch was just ensured")

@@ -17,6 +17,7 @@
 //! [`resolve`] is the stage before the stream: the name lookup, off the
 //! loop.
 
+pub mod outq;
 pub mod resolve;
 
 use std::io::{self, IoSlice};

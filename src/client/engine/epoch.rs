@@ -302,40 +302,28 @@ impl Engine {
             if epoch.is_established() {
                 let mut sealer = epoch.sealer();
                 if link.ws.is_open() {
-                    while let Some(batch) = m.pop_batch() {
-                        match sealer.as_deref_mut() {
-                            None => link.ws.send(OpCode::Binary, &batch),
-                            Some(e2e) => {
-                                // Sealed straight into the WebSocket output
-                                // buffer, then masked there: no copy between.
-                                let len = batch.len() + SEAL_OVERHEAD;
-                                let mut err = None;
-                                let ok = link.ws.send_with(OpCode::Binary, len, |out| {
-                                    match e2e.seal(&batch, out) {
-                                        Ok(()) => true,
-                                        Err(e) => {
-                                            err = Some(e);
-                                            false
-                                        }
-                                    }
-                                });
-                                if !ok {
-                                    self.stop = Some(Err(match err {
-                                        Some(err) => Error::E2e { stage: "seal", err },
-                                        None => Error::Local(
-                                            "end-to-end seal: sealed length differs".into(),
-                                        ),
-                                    }));
-                                    return;
-                                }
+                    while let Some(mut batch) = m.pop_batch() {
+                        // Masked (and sealed) where the batch lies, and
+                        // written from there: no copy into the WebSocket
+                        // output (transport::outq).
+                        if let Some(e2e) = sealer.as_deref_mut() {
+                            if let Err(err) = e2e.seal_in_place(&mut batch) {
+                                self.stop = Some(Err(Error::E2e { stage: "seal", err }));
+                                return;
                             }
                         }
-                        m.recycle(batch);
+                        link.ws.send_owned(OpCode::Binary, batch);
                     }
                 }
             }
         }
         self.flush_ws();
+        // Batches the socket has taken go back to the mux for reuse.
+        if let (Some(m), Some(link)) = (&mut self.mux, &mut self.link) {
+            while let Some(b) = link.ws.take_sent_buffer() {
+                m.recycle(b);
+            }
+        }
         // Below the low-water mark again: resume channels held back.
         if self.hwm_hit {
             let out = self.link.as_ref().map_or(0, |l| l.ws.out_len());

@@ -94,7 +94,6 @@ mod daemon;
 mod epoch;
 mod link;
 
-use super::e2e::SEAL_OVERHEAD;
 use super::pairing::{self, Pairing, PairingError};
 
 /// One unix connection carrying one channel. Readiness is remembered
