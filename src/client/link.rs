@@ -435,6 +435,21 @@ impl crate::transport::Transport for Link {
         })
     }
 
+    fn socket_read_append(
+        &mut self,
+        buf: &mut Vec<u8>,
+        max: usize,
+        tail: &mut [u8],
+        hup: bool,
+    ) -> io::Result<crate::transport::Received> {
+        match &mut self.stream {
+            Stream::Tcp(s) => s.socket_read_append(buf, max, tail, hup),
+            // TLS: rustls hands out plaintext from its own buffer.
+            #[cfg(feature = "tls")]
+            Stream::Tls(_) => crate::transport::read_append_zeroed(self, buf, max, hup),
+        }
+    }
+
     fn socket_write_vectored(
         &mut self,
         bufs: &[IoSlice<'_>],

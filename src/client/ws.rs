@@ -37,11 +37,11 @@ const KEEP_MSG_BUFFERS: usize = 4;
 /// into the message buffer instead of through `inbuf` (one copy less per
 /// byte); shorter rests go through `inbuf` with whatever follows them.
 const DIRECT_READ_MIN: u64 = 4096;
-/// After a data frame at least this long, the next read at a frame
-/// boundary offers `inbuf` only [`BOUNDARY_READ_BYTES`]: enough for the
-/// next header and a small message, while the bulk of a long frame's
-/// payload comes by the direct path.
-const LONG_FRAME_BYTES: u64 = 16 * 1024;
+/// A read at a frame boundary with nothing buffered offers `inbuf` only
+/// this much (after whatever is left of the current frame): enough for the
+/// next header and a run of small messages, while a long frame's payload
+/// comes by the direct path (no copy). The direct read itself brings the
+/// next boundary's bytes along, into `inbuf` (one readv).
 const BOUNDARY_READ_BYTES: usize = 4096;
 /// How often, at most, flushing asks the kernel what the relay has
 /// acknowledged (the "not reading" check; far below any --dead-after).
@@ -142,8 +142,6 @@ pub struct WsConn {
     msg: Vec<u8>,
     msg_len: usize,
     msg_is_binary: bool,
-    /// The last data frame was at least [`LONG_FRAME_BYTES`] long.
-    long_frames: bool,
     /// Drained message buffers to reuse (see [`WsConn::recycle`]).
     spare_msgs: Vec<Vec<u8>>,
     /// Masked frames waiting for the socket: small ones inline, a batch
@@ -200,7 +198,6 @@ impl WsConn {
             msg: Vec::new(),
             msg_len: 0,
             msg_is_binary: false,
-            long_frames: false,
             spare_msgs: Vec::new(),
             // The upgrade request waits here until the connect completes.
             out: OutQueue::with_inline(req),
@@ -352,16 +349,6 @@ impl WsConn {
         {
             self.spare_msgs.push(buf);
         }
-    }
-
-    /// `n` initialized bytes of `msg` after the message so far, for a read
-    /// to fill (zeroed only where no earlier message left slack).
-    fn msg_room(msg: &mut Vec<u8>, msg_len: usize, n: usize) -> &mut [u8] {
-        let end = msg_len + n;
-        if msg.len() < end {
-            msg.resize(end, 0);
-        }
-        &mut msg[msg_len..end]
     }
 
     /// Append `data` to the message so far (`msg`, `msg_len`).
@@ -577,17 +564,28 @@ impl WsConn {
                 self.hup_pending = hup;
                 return ReadOutcome::Budget;
             }
-            // The rest of a long frame goes straight into the message.
+            // The rest of a long frame goes straight into the message, and
+            // in the same readv the next frame's header (with up to
+            // BOUNDARY_READ_BYTES after it) into `inbuf`: one read per
+            // long message.
             let direct = self.direct_room(budget);
             let read = match direct {
                 Some(room) => {
-                    let buf = Self::msg_room(&mut self.msg, self.msg_len, room);
-                    self.sock.socket_read(buf, hup)
+                    let tail = BOUNDARY_READ_BYTES.min(budget - room).min(self.inbuf.len());
+                    // Into the spare capacity after the message so far.
+                    self.msg.truncate(self.msg_len);
+                    self.sock
+                        .socket_read_append(&mut self.msg, room, &mut self.inbuf[..tail], hup)
                 }
                 None => {
                     let mut room = (self.inbuf.len() - self.in_len).min(budget);
-                    if self.in_len == 0 && self.long_frames && !self.dec.in_frame() {
-                        room = room.min(BOUNDARY_READ_BYTES);
+                    if self.in_len == 0 {
+                        // The (short) rest of this frame and the next
+                        // header, not the next frame's payload: if that is
+                        // long, the direct path reads it without a copy.
+                        let rest =
+                            usize::try_from(self.dec.frame_remaining()).unwrap_or(usize::MAX);
+                        room = room.min(rest.saturating_add(BOUNDARY_READ_BYTES));
                     }
                     let end = self.in_len + room;
                     self.sock
@@ -613,9 +611,15 @@ impl WsConn {
                 self.read_at = Instant::now();
             }
             budget -= n.min(budget);
-            let was_full = if direct.is_some() {
-                if n > 0 {
-                    self.take_direct(n, events);
+            let was_full = if let Some(room) = direct {
+                let into_msg = n.min(room);
+                if into_msg > 0 {
+                    self.take_direct(into_msg, events);
+                }
+                // What went on into `inbuf` (in_len was 0: direct_room).
+                if n > room && !matches!(self.state, State::Done) {
+                    self.in_len = n - room;
+                    self.process(events);
                 }
                 false
             } else {
@@ -704,7 +708,6 @@ impl WsConn {
                     }
                     // One allocation per message instead of a doubling
                     // series (the decoder bounds payload_len by the limit).
-                    self.long_frames = h.payload_len >= LONG_FRAME_BYTES;
                     let want = h.payload_len.min(MAX_WS_MESSAGE_BYTES) as usize;
                     if self.msg.capacity() < self.msg_len + want {
                         self.msg.truncate(self.msg_len);

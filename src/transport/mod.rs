@@ -22,7 +22,7 @@ pub mod resolve;
 
 use std::io::{self, IoSlice};
 use std::net::Shutdown;
-use std::os::unix::io::AsRawFd;
+use std::os::unix::io::{AsRawFd, RawFd};
 
 /// What one [`Transport::socket_read`] produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +50,24 @@ pub trait Transport {
     /// An empty `buf` reads nothing and reports `Bytes { n: 0, drained:
     /// false }`.
     fn socket_read(&mut self, buf: &mut [u8], hup: bool) -> io::Result<Received>;
+
+    /// Read at most `max` bytes appended to `buf` and, in the same read
+    /// where the transport can (readv into `buf`'s spare capacity, no
+    /// zeroing), up to `tail.len()` bytes after them into `tail`. `n` in
+    /// the result counts both; the first `min(n, max)` went to `buf`.
+    /// "Drained" means fewer than `max + tail.len()` came. The default
+    /// zero-fills `buf`'s new part and leaves `tail` alone, which is just
+    /// as correct (a transport such as TLS reads from its own buffer).
+    fn socket_read_append(
+        &mut self,
+        buf: &mut Vec<u8>,
+        max: usize,
+        tail: &mut [u8],
+        hup: bool,
+    ) -> io::Result<Received> {
+        let _ = tail;
+        read_append_zeroed(self, buf, max, hup)
+    }
 
     /// Write from `bufs` (retrying EINTR); a write of 0 bytes when some
     /// were offered is `WriteZero`.
@@ -94,6 +112,25 @@ fn read_stream<S: io::Read>(s: &mut S, buf: &mut [u8], hup: bool) -> io::Result<
     }
 }
 
+/// [`Transport::socket_read_append`] without the readv: `buf` zero-filled
+/// for the read, then cut to what came.
+pub(crate) fn read_append_zeroed<T: Transport + ?Sized>(
+    t: &mut T,
+    buf: &mut Vec<u8>,
+    max: usize,
+    hup: bool,
+) -> io::Result<Received> {
+    let start = buf.len();
+    buf.resize(start + max, 0);
+    let r = t.socket_read(&mut buf[start..], hup);
+    let got = match r {
+        Ok(Received::Bytes { n, .. }) => n.min(max),
+        _ => 0,
+    };
+    buf.truncate(start + got);
+    r
+}
+
 /// Read at most `max` bytes from `s` and append them to `buf`, reading
 /// straight into its spare capacity (no zeroing, no copy); otherwise as
 /// [`Transport::socket_read`].
@@ -103,21 +140,47 @@ pub fn read_append(
     max: usize,
     hup: bool,
 ) -> io::Result<Received> {
-    if max == 0 {
+    readv_append(s.as_raw_fd(), buf, max, &mut [], hup)
+}
+
+/// One readv(2) on `fd`: at most `max` bytes into `buf`'s spare capacity
+/// (appended; no zeroing, no copy), then up to `tail.len()` into `tail`.
+/// As [`Transport::socket_read_append`].
+fn readv_append(
+    fd: RawFd,
+    buf: &mut Vec<u8>,
+    max: usize,
+    tail: &mut [u8],
+    hup: bool,
+) -> io::Result<Received> {
+    let offered = max.saturating_add(tail.len());
+    if offered == 0 {
         return Ok(Received::Bytes {
             n: 0,
             drained: false,
         });
     }
     buf.reserve(max);
-    let fd = s.as_raw_fd();
     loop {
         let spare = buf.spare_capacity_mut();
-        // SAFETY: `spare` is at least `max` bytes (reserved above) of
-        // memory owned by `buf` and borrowed mutably here, so read(2) may
-        // write up to `max` bytes at its start; nothing reads them before
-        // the kernel has written them.
-        let r = unsafe { libc::read(fd, spare.as_mut_ptr().cast(), max) };
+        let iov = [
+            libc::iovec {
+                iov_base: spare.as_mut_ptr().cast(),
+                iov_len: max,
+            },
+            libc::iovec {
+                iov_base: tail.as_mut_ptr().cast(),
+                iov_len: tail.len(),
+            },
+        ];
+        // SAFETY: the first iovec is `max` bytes at the start of `buf`'s
+        // spare capacity (at least `max` bytes: reserved above), the
+        // second is all of `tail`; both are memory owned by buffers
+        // borrowed mutably here, disjoint (one is `buf`'s heap block, the
+        // other a separate `&mut` slice), and outlive the call. readv(2)
+        // writes at most iov_len bytes to each, in order, and nothing
+        // reads the spare bytes before the kernel has written them.
+        let r = unsafe { libc::readv(fd, iov.as_ptr(), 2) };
         if r < 0 {
             let e = io::Error::last_os_error();
             return match e.kind() {
@@ -133,13 +196,13 @@ pub fn read_append(
         if n == 0 {
             return Ok(Received::Eof);
         }
-        // SAFETY: read(2) returned n <= max (it never writes more than it
-        // was offered), and wrote the first n bytes of the spare capacity:
-        // they are initialized and within the capacity.
+        // SAFETY: readv(2) returned n <= max + tail.len() and filled the
+        // first iovec before the second, so the first min(n, max) bytes
+        // of the spare capacity are initialized and within the capacity.
         unsafe { buf.set_len(buf.len() + n.min(max)) };
         return Ok(Received::Bytes {
             n,
-            drained: n < max && !hup,
+            drained: n < offered && !hup,
         });
     }
 }
@@ -167,6 +230,15 @@ impl Transport for mio::net::TcpStream {
     fn socket_read(&mut self, buf: &mut [u8], hup: bool) -> io::Result<Received> {
         read_stream(self, buf, hup)
     }
+    fn socket_read_append(
+        &mut self,
+        buf: &mut Vec<u8>,
+        max: usize,
+        tail: &mut [u8],
+        hup: bool,
+    ) -> io::Result<Received> {
+        readv_append(self.as_raw_fd(), buf, max, tail, hup)
+    }
     fn socket_write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<Wrote> {
         write_stream(self, bufs)
     }
@@ -181,6 +253,15 @@ impl Transport for mio::net::TcpStream {
 impl Transport for mio::net::UnixStream {
     fn socket_read(&mut self, buf: &mut [u8], hup: bool) -> io::Result<Received> {
         read_stream(self, buf, hup)
+    }
+    fn socket_read_append(
+        &mut self,
+        buf: &mut Vec<u8>,
+        max: usize,
+        tail: &mut [u8],
+        hup: bool,
+    ) -> io::Result<Received> {
+        readv_append(self.as_raw_fd(), buf, max, tail, hup)
     }
     fn socket_write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<Wrote> {
         write_stream(self, bufs)
@@ -232,6 +313,90 @@ mod tests {
         );
         a.shutdown_write().unwrap();
         assert_eq!(b.socket_read(&mut buf, true).unwrap(), Received::Eof);
+    }
+
+    #[test]
+    fn read_append_fills_the_buffer_then_the_tail_and_is_drained_only_short_of_both() {
+        let (mut a, mut b) = pair();
+        a.socket_write(b"0123456789").unwrap();
+        let mut buf = b"ab".to_vec();
+        let mut tail = [0u8; 4];
+        // 8 of the 10 bytes: 4 appended to buf, 4 in the tail, not drained.
+        let got = b.socket_read_append(&mut buf, 4, &mut tail, false).unwrap();
+        assert_eq!(
+            got,
+            Received::Bytes {
+                n: 8,
+                drained: false
+            }
+        );
+        assert_eq!((&buf[..], &tail), (&b"ab0123"[..], b"4567"));
+        // The last 2: short of the 8 offered, drained; the tail untouched.
+        let got = b.socket_read_append(&mut buf, 4, &mut tail, false).unwrap();
+        assert_eq!(
+            got,
+            Received::Bytes {
+                n: 2,
+                drained: true
+            }
+        );
+        assert_eq!((&buf[..], &tail), (&b"ab012389"[..], b"4567"));
+        // Nothing there: drained, buf unchanged.
+        let got = b.socket_read_append(&mut buf, 4, &mut tail, false).unwrap();
+        assert_eq!(
+            got,
+            Received::Bytes {
+                n: 0,
+                drained: true
+            }
+        );
+        assert_eq!(buf.len(), 8);
+        // The default (no readv) fills buf alone.
+        a.socket_write(b"abcdef").unwrap();
+        let mut other = Vec::new();
+        let got = Single(&mut b)
+            .socket_read_append(&mut other, 4, &mut tail, false)
+            .unwrap();
+        assert_eq!(
+            got,
+            Received::Bytes {
+                n: 4,
+                drained: false
+            }
+        );
+        assert_eq!((&other[..], &tail), (&b"abcd"[..], b"4567"));
+        a.shutdown_write().unwrap();
+        let got = Single(&mut b)
+            .socket_read_append(&mut other, 4, &mut [], false)
+            .unwrap();
+        assert_eq!(
+            got,
+            Received::Bytes {
+                n: 2,
+                drained: true
+            }
+        );
+        assert_eq!(&other[..], b"abcdef");
+        assert_eq!(
+            b.socket_read_append(&mut other, 4, &mut tail, false)
+                .unwrap(),
+            Received::Eof
+        );
+        assert_eq!(other.len(), 6);
+    }
+
+    /// A transport with only the required methods (no readv).
+    struct Single<'a>(&'a mut UnixStream);
+    impl Transport for Single<'_> {
+        fn socket_read(&mut self, buf: &mut [u8], hup: bool) -> io::Result<Received> {
+            read_stream(self.0, buf, hup)
+        }
+        fn socket_write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<Wrote> {
+            write_stream(self.0, bufs)
+        }
+        fn shutdown_write(&mut self) -> io::Result<()> {
+            self.0.shutdown(Shutdown::Write)
+        }
     }
 
     #[test]
