@@ -74,7 +74,7 @@ impl OutQueue {
     /// queue's end and may only append to it (or truncate what it
     /// appended itself).
     pub fn append<R>(&mut self, f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
-        let needs_new = !self.segs.back().is_some_and(|s| !s.payload);
+        let needs_new = self.segs.back().is_none_or(|s| s.payload);
         if needs_new {
             let buf = self.spare_inline.take().unwrap_or_default();
             self.segs.push_back(Segment {
