@@ -171,6 +171,15 @@ fn getopts_for(side: Side) -> getopts::Options {
         ),
         "SECS",
     );
+    o.optopt(
+        "",
+        "channel-window",
+        &format!(
+            "flow-control window per channel and direction: the most buffered for one channel; larger is faster across long round trips, smaller holds less memory for stalled channels (16K to 16M; default: {}K)",
+            crate::mux::INITIAL_WINDOW >> 10
+        ),
+        "BYTES",
+    );
     super::agent_glue::getopts(&mut o, side);
     o.optflag(
         "",
@@ -279,12 +288,30 @@ fn liveness(m: &getopts::Matches) -> Result<Liveness, String> {
             }
         },
     };
+    let channel_window = match m.opt_str("channel-window") {
+        None => d.channel_window,
+        Some(v) => match crate::cli::parse_size(&v) {
+            Ok(n) if (MIN_CHANNEL_WINDOW..=MAX_CHANNEL_WINDOW).contains(&n) => n as u32,
+            _ => {
+                return Err(format!(
+                    "--channel-window {v:?}: give a size from 16K to 16M (e.g. 1M)"
+                ))
+            }
+        },
+    };
     Ok(Liveness {
         keepalive,
         dead_after,
         resume_window,
+        channel_window,
     })
 }
+
+/// `--channel-window` bounds. The protocol's floor is `mux::MIN_WINDOW`
+/// (1 KiB); below 16 KiB a channel crawls. 16 MiB per channel and
+/// direction is already far more than one channel needs on any link.
+const MIN_CHANNEL_WINDOW: u64 = 16 << 10;
+const MAX_CHANNEL_WINDOW: u64 = 16 << 20;
 
 fn limits(m: &getopts::Matches) -> Result<Limits, String> {
     let mut allow_dest = Vec::new();
@@ -914,8 +941,21 @@ mod tests {
                 keepalive: Duration::from_millis(200),
                 dead_after: Duration::from_millis(500),
                 resume_window: crate::mux::DEFAULT_RESUME_WINDOW,
+                channel_window: crate::mux::INITIAL_WINDOW,
             }
         );
+        assert_eq!(
+            with(&["--channel-window", "4M"]).unwrap().channel_window,
+            4 << 20
+        );
+        assert_eq!(
+            with(&["--channel-window", "16384"]).unwrap().channel_window,
+            16384
+        );
+        for bad in ["16383", "17M", "x", "-1", "1G", ""] {
+            let e = with(&["--channel-window", bad]).unwrap_err();
+            assert!(e.contains("--channel-window"), "{e}");
+        }
         assert_eq!(
             with(&["--resume-window", "2.5"]).unwrap().resume_window,
             Duration::from_millis(2500)
