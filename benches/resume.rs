@@ -409,10 +409,9 @@ fn retained_memory(base: Option<&str>) {
         drop((origin, dest));
     }
     println!(
-        "\nA channel's window is {} KiB per direction: the origin buffers what its \
-         server does not read, and (this build) the dest retains what the origin has \
-         not consumed.",
-        256
+        "\nA channel's window starts at 256 KiB per direction and (this build) grows \
+         up to 1 MiB while its reader keeps up: the origin buffers what its server \
+         does not read, and the dest retains what the origin has not consumed."
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

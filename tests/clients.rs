@@ -62,9 +62,10 @@ fn echo_64_parallel_channels_e2e() {
 }
 
 /// `--channel-window` on one side only: each side advertises its own
-/// window (origin 16 KiB, dest the 1 MiB default), each honours the
-/// other's, and 16 parallel channels of up to 1 MiB echo byte-exact
-/// through the tiny one (a CREDIT every 8 KiB).
+/// window (origin 16 KiB, which cannot grow; dest the 256 KiB initial
+/// window, which grows up to the 1 MiB default), each honours the other's,
+/// and 16 parallel channels of up to 1 MiB echo byte-exact through the
+/// tiny one (a CREDIT every 8 KiB) and the growing one.
 #[test]
 fn each_side_grants_its_own_channel_window() {
     let dir = TempDir::new("chanwin");
@@ -83,16 +84,19 @@ fn each_side_grants_its_own_channel_window() {
         &dir.path("dest.sock"),
         &["-v"],
     );
-    // The advertised window carries the v2 mark in its low byte.
-    let adv = |w: u32| format!("peer ready, window {}", (w & !0xff) | 0x52);
+    // The advertised window carries the v2 mark in its low byte and the
+    // window-growth mark in bit 8 (mux::GROW_MARK).
+    let adv = |w: u32| format!("peer ready, window {}", (w & !0xff) | 0x52 | 0x100);
     assert!(
         dest.proc.wait_log(&adv(16 << 10), Duration::from_secs(10)),
         "dest did not see the origin's 16 KiB window:\n{}",
         dest.proc.log_text()
     );
     assert!(
-        origin.proc.wait_log(&adv(1 << 20), Duration::from_secs(10)),
-        "origin did not see the dest's 1 MiB window:\n{}",
+        origin
+            .proc
+            .wait_log(&adv(256 << 10), Duration::from_secs(10)),
+        "origin did not see the dest's 256 KiB initial window:\n{}",
         origin.proc.log_text()
     );
     let threads: Vec<_> = (0..16u64)

@@ -16,6 +16,9 @@ fuzz_target!(|data: &[u8]| {
         window: 4096,
         max_batch: MAX_BATCH,
         lazy_open_ok: true,
+        // Windows that grow (WINDOW records), up to 4 x the initial one.
+        grow: true,
+        max_window: 16384,
     };
     let win = Duration::from_secs(60);
     let mut m = [

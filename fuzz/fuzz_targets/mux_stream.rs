@@ -25,6 +25,9 @@ fuzz_target!(|data: &[u8]| {
             max_batch: MAX_BATCH,
             // Both OPEN_OK modes (the binaries use the lazy one).
             lazy_open_ok: mode & 4 != 0,
+            // With and without WINDOW records.
+            grow: mode & 8 != 0,
+            max_window: WINDOW * 4,
         },
     );
     // Let the well-formed path be reached often: start with a valid HELLO

@@ -175,8 +175,9 @@ fn getopts_for(side: Side) -> getopts::Options {
         "",
         "channel-window",
         &format!(
-            "flow-control window per channel and direction: the most buffered for one channel; larger is faster across long round trips, smaller holds less memory for stalled channels (16K to 16M; default: {}K)",
-            crate::mux::INITIAL_WINDOW >> 10
+            "largest flow-control window per channel and direction (a channel starts at {}K and grows while its reader keeps up): the most buffered for one channel; larger is faster across long round trips (16K to 16M; default: {}K)",
+            crate::mux::INITIAL_WINDOW >> 10,
+            crate::mux::DEFAULT_MAX_WINDOW >> 10
         ),
         "BYTES",
     );
@@ -941,7 +942,7 @@ mod tests {
                 keepalive: Duration::from_millis(200),
                 dead_after: Duration::from_millis(500),
                 resume_window: crate::mux::DEFAULT_RESUME_WINDOW,
-                channel_window: crate::mux::INITIAL_WINDOW,
+                channel_window: crate::mux::DEFAULT_MAX_WINDOW,
             }
         );
         assert_eq!(

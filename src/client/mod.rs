@@ -381,8 +381,9 @@ pub struct Liveness {
     /// How long channels wait for a lost link to come back (mux v2
     /// resume); zero: no resume, channels close with the link.
     pub resume_window: Duration,
-    /// `--channel-window`: the flow-control window we grant each channel
-    /// per direction (advertised in HELLO), hence the most we buffer for
+    /// `--channel-window`: the largest flow-control window we grant a
+    /// channel per direction (a channel starts at `mux::INITIAL_WINDOW`
+    /// and grows while its socket keeps up), hence the most we buffer for
     /// one channel, and the most the peer retains for it.
     pub channel_window: u32,
 }
@@ -393,7 +394,7 @@ impl Default for Liveness {
             keepalive: KEEPALIVE,
             dead_after: DEAD_AFTER,
             resume_window: crate::mux::DEFAULT_RESUME_WINDOW,
-            channel_window: crate::mux::INITIAL_WINDOW,
+            channel_window: crate::mux::DEFAULT_MAX_WINDOW,
         }
     }
 }

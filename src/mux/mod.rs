@@ -68,15 +68,27 @@ pub const V2_WINDOW_MARK: u32 = 0x52;
 pub const DEFAULT_RESUME_WINDOW: Duration = Duration::from_secs(60);
 /// Cleanly finished or closed channel ids remembered for a resume.
 const MAX_TOMBSTONES: usize = 4096;
-/// Per-channel, per-direction window we advertise: the most a peer may send
-/// on one channel before we grant credit, hence the most we buffer for it
-/// (and, with resume, the most a peer retains for it). 1 MiB: with 256 KiB
-/// a bulk channel spent its window before the credit came back, so every
-/// 128 KiB cost the relay and both clients a wake-up for a 17-byte CREDIT,
-/// and the chain ran at 0.6 of the naive 3-hop floor; with 1 MiB it runs at
-/// the floor (README "Benchmarks", the channel window). A v1 peer reads it
-/// like any other window.
-pub const INITIAL_WINDOW: u32 = 1024 * 1024;
+/// Per-channel, per-direction window we advertise in HELLO: what a channel
+/// starts with, the most a peer may send on it before we grant credit,
+/// hence the most we buffer for it (and, with resume, the most a peer
+/// retains for it) unless the window grows ([`GROW_MARK`]).
+pub const INITIAL_WINDOW: u32 = 256 * 1024;
+/// How far a channel's window may grow ([`Config::max_window`], the
+/// binaries' `--channel-window`). With 256 KiB a bulk channel spends its
+/// window before the credit is back, so every 128 KiB cost the relay and
+/// both clients a wake-up for a 17-byte CREDIT and the chain ran at 0.6 of
+/// the naive 3-hop floor; with 1 MiB it runs at the floor (README
+/// "Benchmarks", the channel window).
+pub const DEFAULT_MAX_WINDOW: u32 = 1024 * 1024;
+/// Bit 8 of the window a mux advertises in HELLO: it speaks WINDOW records
+/// (a receiver raising one channel's window, [`Config::grow`]). A receiver
+/// grows a channel's window only when the sender set it too, and only
+/// while its own socket keeps up with the channel (nothing queued for it
+/// when credit is due), so a stalled channel keeps the initial window and
+/// a bulk one gets the window it needs. Earlier builds never set the bit
+/// and read it as 256 bytes more window, which they may use: the window
+/// we grant is the value we advertise, bit included.
+pub const GROW_MARK: u32 = 0x100;
 /// A peer advertising less than this would make the protocol crawl; treated
 /// as a protocol error.
 pub const MIN_WINDOW: u32 = 1024;
@@ -249,6 +261,12 @@ struct Channel {
     sent_total: u64,
     /// Bytes the peer consumed (sum of CREDIT, or a RESUME entry).
     acked: u64,
+    /// Our receive window for this channel: the HELLO window plus the
+    /// WINDOW increments we sent.
+    grant: u64,
+    /// The peer's window for it: its HELLO window plus the WINDOW
+    /// increments we received (at most `grant` on the peer's side).
+    peer_grant: u64,
     /// Sent bytes `[acked, sent_total)`. A ring, so freeing acknowledged
     /// bytes never moves the rest.
     retained: VecDeque<u8>,
@@ -273,6 +291,8 @@ impl Channel {
             ok_pending: false,
             sent_total: 0,
             acked: 0,
+            grant: recv_window as u64,
+            peer_grant: send_window as u64,
             retained: VecDeque::new(),
             recv_total: 0,
             consumed_total: 0,
@@ -326,6 +346,12 @@ pub struct Config {
     /// for an open one, and the channel cannot finish before OPEN_OK
     /// (which precedes our EOF) has arrived.
     pub lazy_open_ok: bool,
+    /// Speak WINDOW records ([`GROW_MARK`]): advertise the mark, accept
+    /// WINDOW from a peer, and grow our channels' windows up to
+    /// `max_window` when the peer set the mark too.
+    pub grow: bool,
+    /// The largest a channel's receive window may grow to (with `grow`).
+    pub max_window: u32,
 }
 
 impl Default for Config {
@@ -334,16 +360,32 @@ impl Default for Config {
             window: INITIAL_WINDOW,
             max_batch: MAX_BATCH_BYTES,
             lazy_open_ok: false,
+            grow: false,
+            max_window: INITIAL_WINDOW,
         }
     }
 }
 
 impl Config {
-    /// What origin and dest use: the defaults plus `lazy_open_ok`.
+    /// What origin and dest use: the defaults plus `lazy_open_ok`, and
+    /// windows that grow up to [`DEFAULT_MAX_WINDOW`].
     pub fn client() -> Config {
         Config {
             lazy_open_ok: true,
+            grow: true,
+            max_window: DEFAULT_MAX_WINDOW,
             ..Config::default()
+        }
+    }
+
+    /// `client()` for a `--channel-window` of `max`: channels start at
+    /// [`INITIAL_WINDOW`] (or `max`, if smaller) and grow up to `max`.
+    pub fn client_with_window(max: u32) -> Config {
+        let max = max.max(MIN_WINDOW);
+        Config {
+            window: INITIAL_WINDOW.min(max),
+            max_window: max,
+            ..Config::client()
         }
     }
 }
@@ -367,6 +409,8 @@ pub struct Mux {
     v2: Option<Box<V2>>,
     /// From the peer's HELLO: whether it speaks v2 (None: not known yet).
     peer_v2: Option<bool>,
+    /// Both we and the peer (its HELLO) speak WINDOW ([`GROW_MARK`]).
+    peer_grows: bool,
     /// v2: output after HELLO is held until the peer's HELLO says which
     /// version to speak (a v1 peer must never see a v2 record).
     hold: bool,
@@ -428,10 +472,16 @@ impl fmt::Debug for V2 {
 impl Mux {
     /// A new epoch. HELLO is queued at once (both sides send it first).
     pub fn new(side: Side, cfg: Config) -> Mux {
+        let mut window = cfg.window.max(MIN_WINDOW);
+        if cfg.grow {
+            window |= GROW_MARK;
+        }
         let cfg = Config {
-            window: cfg.window.max(MIN_WINDOW),
+            window,
             max_batch: cfg.max_batch.clamp(64, MAX_BATCH_BYTES),
             lazy_open_ok: cfg.lazy_open_ok,
+            grow: cfg.grow,
+            max_window: cfg.max_window.max(window),
         };
         let mut mux = Mux {
             side,
@@ -446,6 +496,7 @@ impl Mux {
             failed: None,
             v2: None,
             peer_v2: None,
+            peer_grows: false,
             hold: false,
             hello_pending: false,
         };
@@ -707,6 +758,7 @@ impl Mux {
                 return Err(Error::WindowTooSmall(window));
             }
             self.peer_window = Some(window);
+            self.peer_grows = self.cfg.grow && window & GROW_MARK != 0;
             let peer_v2 = window & 0xff == V2_WINDOW_MARK;
             if self.v2.is_some() {
                 return self.on_hello_v2(window, peer_v2);
@@ -855,6 +907,24 @@ impl Mux {
                     self.events.push_back(Event::Service(channel));
                 }
             }
+            Record::Window { channel, increment } => {
+                if !self.cfg.grow {
+                    return Err(unexpected(kind, channel, "WINDOW, which we never offered"));
+                }
+                if !self.lookup(kind, channel)? {
+                    return Ok(());
+                }
+                let c = self.channels.get_mut(&channel).expect("looked up");
+                let was_closed = c.send_window == 0;
+                c.send_window += increment as u64;
+                c.peer_grant += increment as u64;
+                if c.send_window > u32::MAX as u64 || c.peer_grant > u32::MAX as u64 {
+                    return Err(Error::CreditOverflow { channel });
+                }
+                if was_closed && increment > 0 && !c.eof_sent {
+                    self.events.push_back(Event::Service(channel));
+                }
+            }
         }
         Ok(())
     }
@@ -961,13 +1031,15 @@ impl Mux {
         // Retention never exceeds the peer's window (flow control): grow
         // the ring by doubling, but never past that, so that a full window
         // costs one window, not the next power of two above it.
-        let cap_limit = self.peer_window.map_or(usize::MAX, |w| w as usize);
+
         if let Some(c) = self.channels.get_mut(&ch) {
             c.send_window -= take as u64;
             c.sent_total += take as u64;
             if retain {
                 let need = c.retained.len() + take;
                 if need > c.retained.capacity() {
+                    // The peer's window for this channel, grown ones included.
+                    let cap_limit = usize::try_from(c.peer_grant).unwrap_or(usize::MAX);
                     let target = (c.retained.capacity() * 2).min(cap_limit).max(need);
                     c.retained.reserve_exact(target - c.retained.len());
                 }
@@ -1033,7 +1105,7 @@ impl Mux {
         record::set_payload_len(&mut b[start..body], k);
         self.out_bytes += HEADER_LEN + k;
         let retain = self.retaining();
-        let cap_limit = self.peer_window.map_or(usize::MAX, |w| w as usize);
+
         let data = self.out.back().map_or(&[][..], |b| &b[body..body + k]);
         if let Some(c) = self.channels.get_mut(&ch) {
             c.send_window -= k as u64;
@@ -1041,6 +1113,8 @@ impl Mux {
             if retain {
                 let need = c.retained.len() + k;
                 if need > c.retained.capacity() {
+                    // The peer's window for this channel, grown ones included.
+                    let cap_limit = usize::try_from(c.peer_grant).unwrap_or(usize::MAX);
                     let target = (c.retained.capacity() * 2).min(cap_limit).max(need);
                     c.retained.reserve_exact(target - c.retained.len());
                 }
@@ -1144,20 +1218,38 @@ impl Mux {
     /// straight from a message): credit them back, at least half a window
     /// at a time.
     fn delivered(&mut self, ch: ChannelId, n: usize) {
-        let threshold = (self.cfg.window as u64 / 2).max(1);
         let live = self.link() == Link::Live;
+        let max = if self.peer_grows {
+            self.cfg.max_window as u64
+        } else {
+            0
+        };
         let Some(c) = self.channels.get_mut(&ch) else {
             return;
         };
         c.unacked += n as u64;
         c.consumed_total += n as u64;
-        if live && c.unacked >= threshold && !c.eof_recv {
+        if live && c.unacked >= (c.grant / 2).max(1) && !c.eof_recv {
             // unacked <= window <= u32::MAX: it fits the record.
             let inc = c.unacked as u32;
             c.unacked = 0;
             c.recv_window += inc as u64;
+            // Half the window consumed and nothing left queued for the
+            // socket: the window, not our socket, limits this channel.
+            // Double it (up to the maximum).
+            let grow = if c.grant < max && c.pending().is_empty() {
+                let extra = c.grant.min(max - c.grant) as u32;
+                c.grant += extra as u64;
+                c.recv_window += extra as u64;
+                extra
+            } else {
+                0
+            };
             self.send_open_ok(ch);
             self.push_record(Kind::Credit, ch, &inc.to_be_bytes());
+            if grow > 0 {
+                self.push_record(Kind::Window, ch, &grow.to_be_bytes());
+            }
         }
         self.check_finished(ch);
     }
@@ -1225,6 +1317,7 @@ impl Mux {
         for id in ids {
             if let Some(c) = self.channels.get_mut(&id) {
                 c.send_window = window as u64;
+                c.peer_grant = window as u64;
             }
             self.events.push_back(Event::Service(id));
         }
@@ -1310,14 +1403,15 @@ impl Mux {
     /// Our channels' receive state for RESUME; from here on our receive
     /// windows restart from what we report.
     fn resume_entries(&mut self) -> Vec<resume::Entry> {
-        let w = self.cfg.window as u64;
         let mut ids: Vec<_> = self.channels.keys().copied().collect();
         ids.sort_unstable();
         ids.into_iter()
             .filter_map(|id| {
                 let c = self.channels.get_mut(&id)?;
                 c.unacked = 0;
-                c.recv_window = (c.consumed_total + w).saturating_sub(c.recv_total);
+                // Our grant, grown windows included: what the peer may have
+                // sent and will send again covers at most that.
+                c.recv_window = (c.consumed_total + c.grant).saturating_sub(c.recv_total);
                 let mut flags = 0;
                 if c.open == OpenState::Open {
                     flags |= resume::F_OPEN;
@@ -1442,7 +1536,6 @@ impl Mux {
     /// peer's entries say, regenerate what the outage swallowed.
     fn reconcile(&mut self, peer_mark: u32, entries: &[resume::Entry]) -> Result<()> {
         let peer_window = self.peer_window.unwrap_or(0) as u64;
-        let threshold = (self.cfg.window as u64 / 2).max(1);
         self.set_live();
         let mut listed = std::collections::HashSet::new();
         for e in entries {
@@ -1490,7 +1583,9 @@ impl Mux {
             if delivered {
                 c.eof_acked = true;
             }
-            c.send_window = (e.consumed + peer_window).saturating_sub(c.sent_total);
+            // The peer's window as we know it (WINDOW records in flight
+            // when the link broke are lost: at most the peer's own grant).
+            c.send_window = (e.consumed + c.peer_grant).saturating_sub(c.sent_total);
             let skip = (e.recv_total - c.acked) as usize;
             let resend = c.retained_from(skip);
             let send_eof = c.eof_sent && !eof_recv;
@@ -1499,7 +1594,7 @@ impl Mux {
                 && e.flags & resume::F_OPEN == 0;
             c.ok_pending = false;
             let eof_ack = c.eof_delivered;
-            let credit = if c.unacked >= threshold && !c.eof_recv {
+            let credit = if c.unacked >= (c.grant / 2).max(1) && !c.eof_recv {
                 let inc = c.unacked as u32;
                 c.unacked = 0;
                 c.recv_window += inc as u64;
@@ -1536,6 +1631,7 @@ impl Mux {
                     continue;
                 };
                 c.send_window = peer_window.saturating_sub(c.sent_total);
+                c.peer_grant = peer_window;
                 let resend = c.retained_from(0);
                 let eof = c.eof_sent;
                 self.push_record(Kind::Open, ch, &[]);

@@ -33,6 +33,10 @@ pub enum Kind {
     Session = 9,
     /// v2 only: the sender delivered the peer's EOF and every byte before it.
     EofAck = 10,
+    /// Only to a peer that advertised [`super::GROW_MARK`]: the sender
+    /// raises this channel's receive window by the u32 increment (a grant,
+    /// not an acknowledgement of consumed bytes as CREDIT is in v2).
+    Window = 11,
 }
 
 impl Kind {
@@ -48,6 +52,7 @@ impl Kind {
             8 => Kind::Credit,
             9 => Kind::Session,
             10 => Kind::EofAck,
+            11 => Kind::Window,
             _ => return None,
         })
     }
@@ -66,6 +71,7 @@ pub enum Record<'a> {
     Credit { channel: u32, increment: u32 },
     Session { payload: &'a [u8] },
     EofAck { channel: u32 },
+    Window { channel: u32, increment: u32 },
 }
 
 impl Record<'_> {
@@ -81,6 +87,7 @@ impl Record<'_> {
             Record::Credit { .. } => Kind::Credit,
             Record::Session { .. } => Kind::Session,
             Record::EofAck { .. } => Kind::EofAck,
+            Record::Window { .. } => Kind::Window,
         }
     }
 }
@@ -135,13 +142,15 @@ pub fn decode(msg: &[u8]) -> Result<(Record<'_>, usize), Error> {
             channel,
             data: payload,
         },
-        Kind::Credit => {
+        Kind::Credit | Kind::Window => {
             if len != CREDIT_LEN {
                 return Err(bad_len());
             }
-            Record::Credit {
-                channel,
-                increment: u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]),
+            let increment = u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
+            if kind == Kind::Credit {
+                Record::Credit { channel, increment }
+            } else {
+                Record::Window { channel, increment }
             }
         }
     };
@@ -237,6 +246,13 @@ mod tests {
                 },
             ),
             (
+                enc(Kind::Window, 9, &(1u32 << 20).to_be_bytes()),
+                Record::Window {
+                    channel: 9,
+                    increment: 1 << 20,
+                },
+            ),
+            (
                 enc(Kind::Credit, 9, &77u32.to_be_bytes()),
                 Record::Credit {
                     channel: 9,
@@ -265,7 +281,7 @@ mod tests {
         assert_eq!(decode(&[5, 0, 0, 0]), Err(Error::Truncated));
         assert_eq!(decode(&[5, 0, 0, 0, 1, 0, 3, 1, 2]), Err(Error::Truncated));
         assert_eq!(decode(&[0, 0, 0, 0, 1, 0, 0]), Err(Error::UnknownType(0)));
-        assert_eq!(decode(&[11, 0, 0, 0, 1, 0, 0]), Err(Error::UnknownType(11)));
+        assert_eq!(decode(&[12, 0, 0, 0, 1, 0, 0]), Err(Error::UnknownType(12)));
         assert!(matches!(
             decode(&enc(Kind::Data, 0, b"x")),
             Err(Error::BadChannel { .. })

@@ -34,8 +34,13 @@ fn pair_with(c: Config) -> (Mux, Mux) {
     let mut d = Mux::new(Side::Dest, c);
     assert_eq!(pump(&mut o, &mut d), 1);
     assert_eq!(pump(&mut d, &mut o), 1);
-    assert_eq!(events(&mut o), vec![Event::Ready { window: c.window }]);
-    assert_eq!(events(&mut d), vec![Event::Ready { window: c.window }]);
+    let window = if c.grow {
+        c.window | GROW_MARK
+    } else {
+        c.window
+    };
+    assert_eq!(events(&mut o), vec![Event::Ready { window }]);
+    assert_eq!(events(&mut d), vec![Event::Ready { window }]);
     (o, d)
 }
 
@@ -567,6 +572,7 @@ fn lazy_open_ok_rides_with_the_first_record() {
 fn lazy_open_ok_before_eof_and_credit_not_before_close() {
     let c = Config {
         window: 2048,
+        grow: false,
         ..Config::client()
     };
     let (mut o, mut d) = pair_with(c);
@@ -669,4 +675,81 @@ fn recv_message_with_delivers_directly_and_credits_exactly() {
     let mut want = data[2500..].to_vec();
     want.extend_from_slice(&[9u8; 10]);
     assert_eq!(drain(&mut o, ch), want);
+}
+
+/// Windows grow only where the reader keeps up and both sides speak
+/// WINDOW: a channel whose bytes are consumed at once doubles its window
+/// at each credit up to `max_window`; a stalled one keeps the initial
+/// window; with a peer that does not speak WINDOW nothing grows, and a
+/// WINDOW record sent to a mux that never offered it is a protocol error.
+#[test]
+fn windows_grow_for_readers_that_keep_up_and_only_with_the_mark() {
+    let c = Config {
+        window: 4096,
+        max_batch: 1500,
+        grow: true,
+        max_window: 4096 * 8,
+        ..Config::client()
+    };
+    let w0 = (4096 | GROW_MARK) as usize;
+    let (mut o, mut d) = pair_with(c);
+    let fast = d.open().unwrap();
+    let slow = d.open().unwrap();
+    pump(&mut d, &mut o);
+    o.accept_open(fast);
+    o.accept_open(slow);
+    let mut windows = vec![d.send_window(fast)];
+    for _ in 0..12 {
+        // The fast channel's bytes reach its socket at once (all consumed);
+        // the slow one's stay queued (never consumed).
+        let n = d.send_data(fast, &vec![7u8; d.send_window(fast)]);
+        let _ = d.send_data(slow, &vec![9u8; d.send_window(slow)]);
+        assert!(n > 0);
+        pump(&mut d, &mut o);
+        assert_eq!(drain(&mut o, fast).len(), n);
+        pump(&mut o, &mut d);
+        windows.push(d.send_window(fast));
+    }
+    let _ = (events(&mut o), events(&mut d));
+    assert_eq!(windows[0], w0);
+    assert!(
+        windows.windows(2).all(|p| p[1] >= p[0]),
+        "the window never shrinks: {windows:?}"
+    );
+    assert_eq!(
+        *windows.last().unwrap(),
+        4096 * 8,
+        "grew to the maximum: {windows:?}"
+    );
+    assert_eq!(
+        d.send_window(slow),
+        0,
+        "the stalled channel's window is spent"
+    );
+    assert_eq!(o.channels[&slow].grant, w0 as u64, "and was never grown");
+
+    // A peer without the mark (an earlier build): nothing grows.
+    let old = Config { grow: false, ..c };
+    let mut o = Mux::new(Side::Origin, c);
+    let mut d = Mux::new(Side::Dest, old);
+    pump(&mut o, &mut d);
+    pump(&mut d, &mut o);
+    let ch = d.open().unwrap();
+    pump(&mut d, &mut o);
+    o.accept_open(ch);
+    for _ in 0..4 {
+        let n = d.send_data(ch, &vec![1u8; d.send_window(ch)]);
+        pump(&mut d, &mut o);
+        assert_eq!(drain(&mut o, ch).len(), n);
+        pump(&mut o, &mut d);
+        assert_eq!(
+            d.send_window(ch),
+            w0,
+            "no WINDOW to a peer without the mark"
+        );
+    }
+    // And a WINDOW record to a mux that never offered it fails its epoch.
+    let mut rogue = Vec::new();
+    record::encode(&mut rogue, record::Kind::Window, ch, &4096u32.to_be_bytes());
+    assert!(d.recv_message(&rogue).is_err());
 }

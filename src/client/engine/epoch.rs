@@ -116,8 +116,7 @@ impl Engine {
                 let end_to_end = hash.is_some();
                 self.drop_mux("new session");
                 self.mux_generation += 1;
-                let mut cfg = mux::Config::client();
-                cfg.window = self.opts.liveness.channel_window;
+                let cfg = mux::Config::client_with_window(self.opts.liveness.channel_window);
                 let window = self.opts.liveness.resume_window;
                 self.mux = Some(match self.resume_secret {
                     Some(secret) if end_to_end && !window.is_zero() => {
