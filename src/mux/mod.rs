@@ -89,6 +89,10 @@ pub const DEFAULT_MAX_WINDOW: u32 = 1024 * 1024;
 /// and read it as 256 bytes more window, which they may use: the window
 /// we grant is the value we advertise, bit included.
 pub const GROW_MARK: u32 = 0x100;
+/// The most a peer may grow one channel's window to with WINDOW records
+/// (`--channel-window` allows at most 16 MiB): beyond it the peer is
+/// broken or hostile, and we would retain whatever it lets us send.
+pub const MAX_GROWN_WINDOW: u64 = 16 << 20;
 /// A peer advertising less than this would make the protocol crawl; treated
 /// as a protocol error.
 pub const MIN_WINDOW: u32 = 1024;
@@ -918,7 +922,7 @@ impl Mux {
                 let was_closed = c.send_window == 0;
                 c.send_window += increment as u64;
                 c.peer_grant += increment as u64;
-                if c.send_window > u32::MAX as u64 || c.peer_grant > u32::MAX as u64 {
+                if c.send_window > u32::MAX as u64 || c.peer_grant > MAX_GROWN_WINDOW {
                     return Err(Error::CreditOverflow { channel });
                 }
                 if was_closed && increment > 0 && !c.eof_sent {

@@ -752,4 +752,23 @@ fn windows_grow_for_readers_that_keep_up_and_only_with_the_mark() {
     let mut rogue = Vec::new();
     record::encode(&mut rogue, record::Kind::Window, ch, &4096u32.to_be_bytes());
     assert!(d.recv_message(&rogue).is_err());
+
+    // A peer growing a window past 16 MiB (we would retain what it lets us
+    // send) fails the epoch too.
+    let (mut o, mut d) = pair_with(c);
+    let ch = d.open().unwrap();
+    pump(&mut d, &mut o);
+    let mut grow = Vec::new();
+    record::encode(
+        &mut grow,
+        record::Kind::Window,
+        ch,
+        &(8u32 << 20).to_be_bytes(),
+    );
+    d.recv_message(&grow)
+        .expect("growing to about 8 MiB is fine");
+    assert!(matches!(
+        d.recv_message(&grow),
+        Err(Error::CreditOverflow { .. })
+    ));
 }
